@@ -1,0 +1,43 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+// Layers point one way: TetherCore ← TetherSys ← TetherDevice ← TetherDaemon / Tether ← tether.
+let package = Package(
+    name: "Tether",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "Tether", targets: ["Tether"]),
+        .executable(name: "tether", targets: ["tether"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+    ],
+    targets: [
+        // Pure Swift: ids, errors, wire protocol, kernel ABI, workloads and CPU references, scheduler policy.
+        .target(name: "TetherCore"),
+        // What Swift cannot import: CMSG_* macros, variadic syscall(2), fork helpers.
+        .target(name: "CTetherLinux"),
+        .target(name: "TetherSys", dependencies: ["TetherCore", "CTetherLinux"]),
+        // Vulkan and libdrm headers with VK_NO_PROTOTYPES; both libraries are dlopen()ed at run time.
+        .target(name: "CVulkan", cSettings: [.unsafeFlags(["-I/usr/include/libdrm"])],
+                linkerSettings: [.linkedLibrary("dl")]),
+        .target(name: "TetherDevice", dependencies: ["TetherCore", "TetherSys", "CVulkan"]),
+        .target(name: "TetherDaemon", dependencies: [
+            "TetherCore", "TetherSys", "TetherDevice",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "Tether", dependencies: ["TetherCore", "TetherSys"]),
+        .executableTarget(name: "tether", dependencies: [
+            "TetherCore", "TetherSys", "TetherDevice", "TetherDaemon", "Tether",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "Histogram", package: "hdrhistogram-swift"),
+        ]),
+        .testTarget(name: "TetherCoreTests", dependencies: ["TetherCore"]),
+        .testTarget(name: "TetherDeviceTests", dependencies: ["TetherCore", "TetherSys", "TetherDevice"]),
+        .testTarget(name: "TetherIntegrationTests", dependencies: ["TetherCore", "TetherSys", "Tether"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,50 @@
+#ifndef CTETHER_LINUX_H
+#define CTETHER_LINUX_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+// Swift cannot call variadic syscall(2), expand the CMSG_* macros, or see C11 atomics on memory it
+// did not allocate (shared control words). Each function here exists for one of those reasons.
+
+// --- atomics on shared memory (control words live in memfd / Vulkan host-visible pages) ---
+uint32_t tether_atomic_load_u32(const uint32_t *p);
+void tether_atomic_store_u32(uint32_t *p, uint32_t v);
+bool tether_atomic_cas_u32(uint32_t *p, uint32_t expected, uint32_t desired);
+void tether_atomic_store_u64(uint64_t *p, uint64_t v);
+uint64_t tether_atomic_load_u64(const uint64_t *p);
+
+// --- syscalls glibc 2.36 has no wrapper for, or only variadic ones ---
+int tether_pidfd_open(pid_t pid, unsigned int flags);
+int tether_pidfd_send_signal(int pidfd, int sig);
+int tether_memfd_create(const char *name, unsigned int flags);
+
+// --- clock ---
+uint64_t tether_monotonic_ns(void);
+
+// --- SCM_RIGHTS / SCM_CREDENTIALS over SOCK_SEQPACKET ---
+// Sends one message with up to `fd_count` fds attached. Returns bytes sent or -1 (errno set).
+ssize_t tether_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int fd_count);
+
+// Receives one message. Fills up to `max_fds` received fds (closing any beyond that), and the
+// sender's pid/uid from SCM_CREDENTIALS when the socket has SO_PASSCRED (else -1). `truncated` is
+// set when the message or its control data did not fit. Returns bytes received, 0 on EOF, -1 on error.
+ssize_t tether_recv_with_fds(int sock, void *buf, size_t len, int *fds, int max_fds, int *fd_count,
+                             pid_t *sender_pid, uid_t *sender_uid, bool *truncated);
+
+// Enables SO_PASSCRED so every received message carries the sender's credentials.
+int tether_enable_passcred(int sock);
+// The pidfd of the peer at connect time (SO_PEERPIDFD, Linux >= 6.5); -1 where unsupported.
+int tether_peer_pidfd(int sock);
+// pid/uid of the peer at connect time (SO_PEERCRED).
+int tether_peer_cred(int sock, pid_t *pid, uid_t *uid);
+
+// --- fork helpers ---
+// Registers a pthread_atfork child handler that calls `handler` (the client library's hook).
+int tether_atfork_child(void (*handler)(void));
+// Ends a forked child without running atexit handlers (a process that loaded lavapipe hangs in exit()).
+_Noreturn void tether_exit_now(int status);
+
+#endif

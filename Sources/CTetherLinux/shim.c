@@ -1,0 +1,127 @@
+#define _GNU_SOURCE
+#include "CTetherLinux.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77
+#endif
+
+uint32_t tether_atomic_load_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+void tether_atomic_store_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+bool tether_atomic_cas_u32(uint32_t *p, uint32_t expected, uint32_t desired) {
+    return __atomic_compare_exchange_n(p, &expected, desired, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+void tether_atomic_store_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+uint64_t tether_atomic_load_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+
+int tether_pidfd_open(pid_t pid, unsigned int flags) { return (int)syscall(SYS_pidfd_open, pid, flags); }
+int tether_pidfd_send_signal(int pidfd, int sig) {
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+}
+int tether_memfd_create(const char *name, unsigned int flags) { return memfd_create(name, flags); }
+
+uint64_t tether_monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+#define TETHER_MAX_FDS 8
+
+ssize_t tether_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int fd_count) {
+    if (fd_count < 0 || fd_count > TETHER_MAX_FDS) { errno = EINVAL; return -1; }
+    struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+    union { char buf[CMSG_SPACE(sizeof(int) * TETHER_MAX_FDS)]; struct cmsghdr align; } control;
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (fd_count > 0) {
+        memset(&control, 0, sizeof(control));
+        msg.msg_control = control.buf;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * fd_count);
+        struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+        cmsg->cmsg_level = SOL_SOCKET;
+        cmsg->cmsg_type = SCM_RIGHTS;
+        cmsg->cmsg_len = CMSG_LEN(sizeof(int) * fd_count);
+        memcpy(CMSG_DATA(cmsg), fds, sizeof(int) * fd_count);
+    }
+    ssize_t n;
+    do { n = sendmsg(sock, &msg, MSG_NOSIGNAL); } while (n < 0 && errno == EINTR);
+    return n;
+}
+
+ssize_t tether_recv_with_fds(int sock, void *buf, size_t len, int *fds, int max_fds, int *fd_count,
+                             pid_t *sender_pid, uid_t *sender_uid, bool *truncated) {
+    struct iovec iov = {.iov_base = buf, .iov_len = len};
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * TETHER_MAX_FDS) + CMSG_SPACE(sizeof(struct ucred))];
+        struct cmsghdr align;
+    } control;
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+                         .msg_controllen = sizeof(control.buf)};
+    *fd_count = 0;
+    *sender_pid = -1;
+    *sender_uid = (uid_t)-1;
+    *truncated = false;
+    ssize_t n;
+    do { n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC); } while (n < 0 && errno == EINTR);
+    if (n < 0) return n;
+    if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) *truncated = true;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET) continue;
+        if (c->cmsg_type == SCM_RIGHTS) {
+            int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            int received[TETHER_MAX_FDS * 2];
+            if (count > TETHER_MAX_FDS * 2) count = TETHER_MAX_FDS * 2;
+            memcpy(received, CMSG_DATA(c), sizeof(int) * count);
+            for (int i = 0; i < count; i++) {
+                if (*fd_count < max_fds) fds[(*fd_count)++] = received[i];
+                else close(received[i]);  // never leak an fd a client forced on us
+            }
+        } else if (c->cmsg_type == SCM_CREDENTIALS) {
+            struct ucred cred;
+            memcpy(&cred, CMSG_DATA(c), sizeof(cred));
+            *sender_pid = cred.pid;
+            *sender_uid = cred.uid;
+        }
+    }
+    return n;
+}
+
+int tether_enable_passcred(int sock) {
+    int one = 1;
+    return setsockopt(sock, SOL_SOCKET, SO_PASSCRED, &one, sizeof(one));
+}
+
+int tether_peer_pidfd(int sock) {
+    int fd = -1;
+    socklen_t len = sizeof(fd);
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERPIDFD, &fd, &len) < 0) return -1;
+    return fd;
+}
+
+int tether_peer_cred(int sock, pid_t *pid, uid_t *uid) {
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) return -1;
+    *pid = cred.pid;
+    *uid = cred.uid;
+    return 0;
+}
+
+int tether_atfork_child(void (*handler)(void)) { return pthread_atfork(NULL, NULL, handler); }
+
+_Noreturn void tether_exit_now(int status) { _exit(status); }

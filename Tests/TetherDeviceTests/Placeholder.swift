@@ -1,0 +1,3 @@
+import Testing
+
+@Test func placeholderTetherDeviceTests() { #expect(Bool(true)) }
