@@ -122,6 +122,63 @@ int tether_peer_cred(int sock, pid_t *pid, uid_t *uid) {
     return 0;
 }
 
+int tether_accept_nonblocking(int listener) {
+    return accept4(listener, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+}
+
+#define TETHER_MAX_TRACKED 256
+static pthread_mutex_t tracked_lock = PTHREAD_MUTEX_INITIALIZER;
+static int tracked_fds[TETHER_MAX_TRACKED];
+static bool tracked_close[TETHER_MAX_TRACKED];
+static int tracked_count = 0;
+static int closed_on_fork = 0;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void tracked_prepare(void) { pthread_mutex_lock(&tracked_lock); }
+static void tracked_parent(void) { pthread_mutex_unlock(&tracked_lock); }
+static void tracked_child(void) {
+    int kept = 0;
+    for (int i = 0; i < tracked_count; i++) {
+        if (tracked_close[i]) {
+            close(tracked_fds[i]);
+            closed_on_fork++;
+        } else {
+            tracked_fds[kept] = tracked_fds[i];
+            tracked_close[kept] = false;
+            kept++;
+        }
+    }
+    tracked_count = kept;
+    pthread_mutex_unlock(&tracked_lock);
+}
+static void register_atfork(void) { pthread_atfork(tracked_prepare, tracked_parent, tracked_child); }
+
+void tether_track_device_fd(int fd, bool close_on_fork) {
+    pthread_once(&atfork_once, register_atfork);
+    pthread_mutex_lock(&tracked_lock);
+    if (tracked_count < TETHER_MAX_TRACKED) {
+        tracked_fds[tracked_count] = fd;
+        tracked_close[tracked_count] = close_on_fork;
+        tracked_count++;
+    }
+    pthread_mutex_unlock(&tracked_lock);
+}
+
+void tether_untrack_device_fd(int fd) {
+    pthread_mutex_lock(&tracked_lock);
+    for (int i = 0; i < tracked_count; i++) {
+        if (tracked_fds[i] == fd) {
+            tracked_fds[i] = tracked_fds[tracked_count - 1];
+            tracked_close[i] = tracked_close[tracked_count - 1];
+            tracked_count--;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&tracked_lock);
+}
+
+int tether_fds_closed_on_fork(void) { return closed_on_fork; }
+
 int tether_atfork_child(void (*handler)(void)) { return pthread_atfork(NULL, NULL, handler); }
 
 _Noreturn void tether_exit_now(int status) { _exit(status); }

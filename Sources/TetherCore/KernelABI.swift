@@ -110,6 +110,18 @@ public enum BuiltinKernel: String, CaseIterable, Sendable, Codable {
         }
     }
 
+    /// Which arguments are owner pointers (checked against the region table at spawn).
+    public var pointerArguments: [Int] {
+        switch self {
+        case .saxpy: return [2, 3]
+        case .reduce: return [1, 2]
+        case .matmul: return [1, 2, 3]
+        case .mandelbrot: return [3]
+        case .listwalk: return [1, 2]
+        case .spin: return []
+        }
+    }
+
     public static let reduceElementsPerGroup = 2048
     public static let matmulTile = 16
     public static let maxListLength = 65_535

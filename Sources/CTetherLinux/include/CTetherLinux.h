@@ -5,6 +5,17 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+
+// Constants glibc hides behind _GNU_SOURCE, which a Swift module map does not define.
+static const unsigned int TETHER_MFD_CLOEXEC = 0x0001U;
+static const unsigned int TETHER_MFD_ALLOW_SEALING = 0x0002U;
+static const int TETHER_F_ADD_SEALS = 1033;
+static const int TETHER_F_GET_SEALS = 1034;
+static const int TETHER_F_SEAL_SEAL = 0x0001;
+static const int TETHER_F_SEAL_SHRINK = 0x0002;
+static const int TETHER_F_SEAL_GROW = 0x0004;
 
 // Swift cannot call variadic syscall(2), expand the CMSG_* macros, or see C11 atomics on memory it
 // did not allocate (shared control words). Each function here exists for one of those reasons.
@@ -41,7 +52,19 @@ int tether_peer_pidfd(int sock);
 // pid/uid of the peer at connect time (SO_PEERCRED).
 int tether_peer_cred(int sock, pid_t *pid, uid_t *uid);
 
+// accept4 is a GNU extension the Glibc module does not export.
+int tether_accept_nonblocking(int listener);
+
 // --- fork helpers ---
+// The client library's device fds. In a forked child, pthread_atfork's child handler closes those
+// tracked with close_on_fork (the user-space workaround from the debate). Kept in C: the handler
+// runs in the child right after fork, where only simple, lock-free-ish code is safe; the table's
+// lock is taken in the prepare handler so no other thread holds it across fork.
+void tether_track_device_fd(int fd, bool close_on_fork);
+void tether_untrack_device_fd(int fd);
+// How many tracked fds the child handler closed in this process (0 in a parent).
+int tether_fds_closed_on_fork(void);
+
 // Registers a pthread_atfork child handler that calls `handler` (the client library's hook).
 int tether_atfork_child(void (*handler)(void));
 // Ends a forked child without running atexit handlers (a process that loaded lavapipe hangs in exit()).

@@ -1,0 +1,208 @@
+/// The scheduling policy: which device thread runs next and for how many workgroups. Pure and
+/// deterministic (no clock, no threads) so tests drive it with a manual clock and compare it with
+/// a reference model; `Scheduler` in TetherDevice runs it against a real backend.
+///
+/// The shape follows the kernel's DRM scheduler: run queues per priority class, one *entity* per
+/// address space, jobs (here: slices of a device thread's grid) in push order.
+///
+/// ```swift
+/// var queue = RunQueue(quantumNanos: 2_000_000)
+/// queue.add(ThreadID(rawValue: 1), space: SpaceID(rawValue: 1), priority: .normal, groups: 1000, persistent: false)
+/// let pick = queue.pick()!            // (thread 1, a first probing slice)
+/// queue.account(pick, nanos: 40_000)   // measured cost of that slice
+/// ```
+///
+/// Algorithm:
+/// - Classes are strict (`high` before `normal` before `low`), except that a runnable lower class
+///   passed over `floorInterval` times in a row gets the next slice: the guaranteed floor.
+/// - Within a class, the address space with the least *virtual time* (device time received) runs
+///   next — fairness between address spaces, not threads. Ties go to the earlier arrival (a
+///   sequence number: the selection must stay FIFO for equal keys). A space that becomes runnable
+///   starts no lower than the class's minimum virtual time, so idling earns no burst.
+/// - Within an address space, its runnable threads take turns (round-robin).
+/// - Slices are sized from the thread's measured cost per workgroup (an exponential average) to
+///   `quantumNanos`; the first slice of a thread probes with one workgroup, and a slice that ran
+///   under half the quantum lets the next one at least double (the first estimates still include
+///   the fixed cost of a dispatch).
+///
+/// - Complexity: `pick` is O(spaces in the class); fine for hundreds of address spaces.
+public struct RunQueue: Sendable {
+    public struct Pick: Sendable, Equatable {
+        public var thread: ThreadID
+        public var space: SpaceID
+        public var groupBase: UInt32
+        public var groupCount: UInt32
+        public var round: UInt32
+    }
+
+    /// What `account` concluded about the thread after its slice.
+    public enum Progress: Sendable, Equatable {
+        /// More workgroups remain; it stays queued.
+        case more
+        /// The grid is complete (a persistent thread starts its next round unless removed).
+        case gridComplete
+    }
+
+    struct Thread: Sendable {
+        var space: SpaceID
+        var priority: PriorityClass
+        var groupTotal: UInt32
+        var nextGroup: UInt32 = 0
+        var round: UInt32 = 0
+        var persistent: Bool
+        var nanosPerGroup: Double?
+        /// Size and duration of the last slice: a slice that ended well inside the quantum means
+        /// the per-group estimate still carries fixed dispatch overhead, so the next one doubles.
+        var lastCount: UInt32 = 0
+        var lastNanos: UInt64 = 0
+        var deviceNanos: UInt64 = 0
+        var inFlight = false
+    }
+
+    struct Space: Sendable {
+        var priority: PriorityClass
+        var virtualNanos: UInt64
+        var arrival: UInt64
+        /// Runnable threads in turn order.
+        var turns: [ThreadID] = []
+        var deviceNanos: UInt64 = 0
+    }
+
+    public var quantumNanos: UInt64
+    public var floorInterval: Int
+    private(set) var threads: [ThreadID: Thread] = [:]
+    private(set) var spaces: [SpaceID: Space] = [:]
+    private var passedOver: [PriorityClass: Int] = [:]
+    private var arrivals: UInt64 = 0
+
+    public init(quantumNanos: UInt64 = 2_000_000, floorInterval: Int = 8) {
+        self.quantumNanos = max(quantumNanos, 1)
+        self.floorInterval = max(floorInterval, 1)
+    }
+
+    public var isEmpty: Bool { threads.isEmpty }
+    public var threadCount: Int { threads.count }
+    public func contains(_ id: ThreadID) -> Bool { threads[id] != nil }
+    public func deviceNanos(of id: ThreadID) -> UInt64? { threads[id]?.deviceNanos }
+    public func deviceNanos(ofSpace id: SpaceID) -> UInt64? { spaces[id]?.deviceNanos }
+
+    /// Queues a device thread of `groups` workgroups. A space's priority is that of its most
+    /// recent thread (an address space is one entity, as in the DRM scheduler).
+    public mutating func add(_ id: ThreadID, space: SpaceID, priority: PriorityClass, groups: UInt32, persistent: Bool) {
+        precondition(threads[id] == nil, "thread \(id) queued twice")
+        threads[id] = Thread(space: space, priority: priority, groupTotal: max(groups, 1), persistent: persistent)
+        if spaces[space] == nil {
+            arrivals += 1
+            spaces[space] = Space(priority: priority, virtualNanos: minimumVirtualNanos(priority), arrival: arrivals)
+        } else if spaces[space]!.turns.isEmpty {
+            // Waking up after idling: no credit for the idle time.
+            spaces[space]!.virtualNanos = max(spaces[space]!.virtualNanos, minimumVirtualNanos(priority))
+        }
+        spaces[space]!.priority = priority
+        spaces[space]!.turns.append(id)
+    }
+
+    /// Removes a thread (finished, killed or failed). Its in-flight slice, if any, is the caller's
+    /// to wait for.
+    @discardableResult
+    public mutating func remove(_ id: ThreadID) -> Bool {
+        guard let t = threads.removeValue(forKey: id) else { return false }
+        spaces[t.space]?.turns.removeAll { $0 == id }
+        return true
+    }
+
+    /// Removes every thread of an address space and forgets the space; returns the removed ids.
+    public mutating func removeSpace(_ space: SpaceID) -> [ThreadID] {
+        let ids = threads.filter { $0.value.space == space }.map(\.key).sorted()
+        for id in ids { threads[id] = nil }
+        spaces[space] = nil
+        return ids
+    }
+
+    private func minimumVirtualNanos(_ priority: PriorityClass) -> UInt64 {
+        spaces.values.filter { $0.priority == priority && !$0.turns.isEmpty }.map(\.virtualNanos).min() ?? 0
+    }
+
+    private func runnable(_ space: Space) -> Bool {
+        space.turns.contains { threads[$0]?.inFlight == false }
+    }
+
+    /// The next slice to run, or nil when nothing is runnable. The thread is in flight until
+    /// `account` (or `remove`).
+    public mutating func pick() -> Pick? {
+        var classes = Set<PriorityClass>()
+        for s in spaces.values where runnable(s) { classes.insert(s.priority) }
+        guard let top = classes.max() else { return nil }
+        var chosen = top
+        // The floor: the most-passed-over lower class that reached the interval runs now.
+        if let starved = classes.filter({ $0 < top && passedOver[$0, default: 0] >= floorInterval })
+            .max(by: { passedOver[$0, default: 0] < passedOver[$1, default: 0] }) {
+            chosen = starved
+        }
+        for c in classes where c != chosen { passedOver[c, default: 0] += 1 }
+        passedOver[chosen] = 0
+
+        let candidates = spaces.filter { $0.value.priority == chosen && runnable($0.value) }
+        let (spaceID, space) = candidates.min {
+            ($0.value.virtualNanos, $0.value.arrival) < ($1.value.virtualNanos, $1.value.arrival)
+        }!
+        let index = space.turns.firstIndex { threads[$0]?.inFlight == false }!
+        let id = space.turns[index]
+        // Round-robin: the chosen thread goes to the back of its space's turns.
+        spaces[spaceID]!.turns.remove(at: index)
+        spaces[spaceID]!.turns.append(id)
+
+        var t = threads[id]!
+        let remaining = t.groupTotal - t.nextGroup
+        var count: UInt32 = 1
+        if let cost = t.nanosPerGroup, cost > 0 {
+            var estimate = (Double(quantumNanos) / cost).rounded(.down)
+            if t.lastNanos < quantumNanos / 2 { estimate = max(estimate, Double(t.lastCount) * 2) }
+            count = UInt32(max(1, min(Double(remaining), estimate)))
+        }
+        t.inFlight = true
+        threads[id] = t
+        return Pick(thread: id, space: spaceID, groupBase: t.nextGroup, groupCount: count, round: t.round)
+    }
+
+    /// Records that `pick` ran for `nanos` and advances the thread.
+    @discardableResult
+    public mutating func account(_ pick: Pick, nanos: UInt64) -> Progress {
+        if var s = spaces[pick.space] {
+            s.virtualNanos &+= nanos
+            s.deviceNanos &+= nanos
+            spaces[pick.space] = s
+        }
+        guard var t = threads[pick.thread] else { return .gridComplete }
+        t.inFlight = false
+        t.deviceNanos &+= nanos
+        let perGroup = Double(nanos) / Double(max(pick.groupCount, 1))
+        // Exponential average: adapts to a kernel whose cost drifts, ignores one noisy slice.
+        t.nanosPerGroup = t.nanosPerGroup.map { 0.7 * $0 + 0.3 * perGroup } ?? perGroup
+        t.lastCount = pick.groupCount
+        t.lastNanos = nanos
+        t.nextGroup = pick.groupBase + pick.groupCount
+        var progress = Progress.more
+        if t.nextGroup >= t.groupTotal {
+            progress = .gridComplete
+            if t.persistent {
+                t.nextGroup = 0
+                t.round &+= 1
+            }
+        }
+        threads[pick.thread] = t
+        return progress
+    }
+
+    /// Verifies the internal invariants (tests call it after every mutation).
+    public func checkInvariants() {
+        for (id, t) in threads {
+            precondition(spaces[t.space] != nil, "thread \(id) has no space")
+            precondition(spaces[t.space]!.turns.filter { $0 == id }.count == 1, "thread \(id) not exactly once in its turns")
+            precondition(t.nextGroup <= t.groupTotal, "thread \(id) past its grid")
+        }
+        for (sid, s) in spaces {
+            for id in s.turns { precondition(threads[id]?.space == sid, "space \(sid) lists a foreign or dead thread") }
+        }
+    }
+}

@@ -1,0 +1,51 @@
+import Synchronization
+import TetherCore
+import TetherDevice
+import TetherSys
+
+/// One accepted client connection — the user-space twin of an open device file.
+///
+/// Replies may be sent from any thread (a `join` is answered by the scheduler's worker when the
+/// thread ends), so the fd lives behind a lock and is closed under it: a late reply can never
+/// reach a reused fd number.
+final class Connection: @unchecked Sendable {
+    enum Binding {
+        case unbound
+        case bound(AddressSpace)
+    }
+
+    let id: UInt64
+    private let fd: Mutex<Int32>
+    /// Touched by the event loop only.
+    var binding: Binding = .unbound
+
+    init(id: UInt64, fd: consuming OwnedDescriptor) {
+        self.id = id
+        self.fd = Mutex(fd.release())
+    }
+
+    var rawFD: Int32 { fd.withLock { $0 } }
+
+    func send(_ reply: Reply, id requestID: UInt64) {
+        let bytes = MessageCodec.encode(reply, id: requestID)
+        fd.withLock { fd in
+            guard fd >= 0 else { return }
+            // A peer that stopped reading or vanished loses its reply; the hang-up path cleans up.
+            try? SeqPacketSocket.send(fd, bytes)
+        }
+    }
+
+    func close() {
+        fd.withLock { fd in
+            if fd >= 0 { _ = Glibc.close(fd) }
+            fd = -1
+        }
+    }
+
+    var space: AddressSpace? {
+        if case .bound(let s) = binding { return s }
+        return nil
+    }
+}
+
+import Glibc

@@ -1,0 +1,457 @@
+import CTetherLinux
+import Glibc
+import Logging
+import TetherCore
+import TetherDevice
+import TetherSys
+
+public struct DaemonConfiguration: Sendable {
+    public var socketPath: String
+    public var backend: BackendChoice
+    public var policy: LifetimePolicy
+    /// Whether a client's `hello` may choose the other policy for its address space.
+    public var allowPolicyOverride: Bool
+    public var quantumNanos: UInt64
+
+    public init(socketPath: String, backend: BackendChoice = .auto, policy: LifetimePolicy = .exit,
+                allowPolicyOverride: Bool = true, quantumNanos: UInt64 = 2_000_000) {
+        self.socketPath = socketPath
+        self.backend = backend
+        self.policy = policy
+        self.allowPolicyOverride = allowPolicyOverride
+        self.quantumNanos = quantumNanos
+    }
+}
+
+/// The device emulator: a socket server whose clients mirror memory and run device threads, and
+/// whose registry ties that work to the owning address space.
+///
+/// One event-loop thread waits in epoll on the listening socket, every connection, every owner's
+/// pidfd and a wake-up eventfd. Requests are handled there and are all short; anything that waits
+/// for device work (teardown, explicit kills) runs on the exit notifier chain's executor, and
+/// `join` is answered by the scheduler when the thread ends.
+public final class Daemon: @unchecked Sendable {
+    public let configuration: DaemonConfiguration
+    public let backend: any ComputeBackend
+    let scheduler: Scheduler
+    let registry = Registry()
+    let chain: ExitNotifierChain
+    let logger: Logger
+    let epoll: Epoll
+    let wake: EventFD
+    private let listener: Int32
+    private var connections: [UInt64: Connection] = [:]
+    private var pidfdSpaces: [UInt64: AddressSpace] = [:]
+    private var nextToken: UInt64 = 1
+    private let stopFlag = Monitor()
+    private var stopRequested = false
+
+    // epoll token kinds, in the top byte; the rest is a never-reused id (fd numbers are reused).
+    static let listenerToken: UInt64 = 1 << 56
+    static let wakeToken: UInt64 = 2 << 56
+    static let connectionKind: UInt64 = 3
+    static let pidfdKind: UInt64 = 4
+
+    public static let maxGroups: UInt32 = 1 << 26
+    public static let maxRegionBytes: UInt64 = 1 << 36
+    public static let maxPersistentNanos: UInt64 = 7 * 86_400 * 1_000_000_000
+
+    /// Opens the device and binds the socket (refusing to steal one a live daemon answers on).
+    public init(_ configuration: DaemonConfiguration, logger: Logger) throws(TetherError) {
+        self.configuration = configuration
+        self.logger = logger
+        backend = try BackendFactory.open(configuration.backend) { logger.notice("\($0)") }
+        scheduler = Scheduler(backend: backend, quantumNanos: configuration.quantumNanos)
+        chain = ExitNotifierChain(registry: registry, scheduler: scheduler)
+        do {
+            epoll = try Epoll()
+            wake = try EventFD()
+            try SocketPath.prepareDirectory(for: configuration.socketPath)
+            if (try? SeqPacketSocket.connect(path: configuration.socketPath)) != nil {
+                throw TetherError(.invalidArgument, "a Tether daemon already listens at \(configuration.socketPath)")
+            }
+            unlink(configuration.socketPath)
+            listener = try SeqPacketSocket.listen(path: configuration.socketPath).release()
+            SeqPacketSocket.setNonBlocking(listener)
+            try epoll.add(listener, token: Self.listenerToken)
+            try epoll.add(wake.fd, token: Self.wakeToken)
+        } catch let error as TetherError {
+            scheduler.shutdown()
+            throw error
+        } catch {
+            scheduler.shutdown()
+            throw TetherError(.invalidArgument, "cannot listen at \(configuration.socketPath): \(error)")
+        }
+        chain.subscribe("log") { [logger] space, t in
+            logger.info("address space released", metadata: [
+                "space": "\(space.id)", "pid": "\(space.pid)", "reason": "\(t.reason)",
+                "threads": "\(t.threadsKilled)", "regions": "\(t.regionsFreed)",
+                "quiesce_us": "\((t.quiescedNanos &- t.noticeNanos) / 1000)",
+                "release_us": "\((t.releasedNanos &- t.noticeNanos) / 1000)",
+            ])
+        }
+    }
+
+    /// Asks the event loop to stop (safe from any thread or a signal-waiting thread).
+    public func requestStop() {
+        stopFlag.withLock { stopRequested = true }
+        wake.signal()
+    }
+
+    /// Runs the event loop until `requestStop`, then kills all device work and releases everything.
+    public func run() {
+        logger.notice("tether daemon listening", metadata: [
+            "socket": "\(configuration.socketPath)", "device": "\(backend.device.name)",
+            "backend": "\(backend.device.backend.rawValue)", "policy": "\(configuration.policy)",
+        ])
+        while !stopFlag.withLock({ stopRequested }) {
+            for (token, events) in epoll.wait(timeoutMillis: 1000) {
+                let now = monotonicNanos()
+                switch token >> 56 {
+                case Self.listenerToken >> 56: acceptAll()
+                case Self.wakeToken >> 56: wake.drain()
+                case Self.connectionKind: readable(token, events: events)
+                case Self.pidfdKind: ownerExited(token, at: now)
+                default: break
+                }
+            }
+        }
+        shutdown()
+    }
+
+    private func shutdown() {
+        logger.notice("stopping: killing all device work")
+        epoll.remove(listener)
+        close(listener)
+        unlink(configuration.socketPath)
+        let now = monotonicNanos()
+        for space in registry.allSpaces where registry.beginTeardown(space, noticeNanos: now) {
+            chain.enqueue(space, reason: "shutdown")
+        }
+        chain.stop()
+        scheduler.shutdown()
+        for c in connections.values { c.close() }
+        connections = [:]
+        logger.notice("stopped")
+    }
+
+    private func token(_ kind: UInt64) -> UInt64 {
+        defer { nextToken += 1 }
+        return kind << 56 | nextToken
+    }
+
+    // MARK: Connections
+
+    private func acceptAll() {
+        while true {
+            guard let accepted = try? SeqPacketSocket.accept(listener), let fd = Optional(accepted) else { return }
+            let t = token(Self.connectionKind)
+            let connection = Connection(id: t, fd: fd)
+            do {
+                try epoll.add(connection.rawFD, token: t, events: UInt32(EPOLLIN.rawValue | EPOLLRDHUP.rawValue))
+                connections[t] = connection
+            } catch {
+                logger.warning("cannot watch a new connection: \(error)")
+                connection.close()
+            }
+        }
+    }
+
+    private func readable(_ token: UInt64, events: UInt32) {
+        guard let connection = connections[token] else { return }
+        // Drain every queued message; a hang-up is seen as EOF after the last one.
+        for _ in 0..<64 {
+            let result: ReceiveResult
+            do {
+                result = try SeqPacketSocket.receive(connection.rawFD, capacity: Wire.maxMessageBytes + 1)
+            } catch {
+                hangUp(connection)
+                return
+            }
+            switch consume result {
+            case .wouldBlock: return
+            case .hangUp:
+                hangUp(connection)
+                return
+            case .message(var message):
+                handle(&message, on: connection)
+            }
+        }
+    }
+
+    /// Every copy of the connection's fd is closed: the `release` of the device file.
+    private func hangUp(_ connection: Connection) {
+        epoll.remove(connection.rawFD)
+        connection.close()
+        connections[connection.id] = nil
+        guard let space = connection.space else { return }
+        let remaining = registry.connectionClosed(space)
+        if remaining == 0, registry.beginTeardown(space, noticeNanos: monotonicNanos()) {
+            logger.debug("last connection released", metadata: ["space": "\(space.id)", "pid": "\(space.pid)"])
+            chain.enqueue(space, reason: "release")
+        }
+    }
+
+    /// The owner's pidfd became readable: its whole thread group exited (`exit_mm`).
+    private func ownerExited(_ token: UInt64, at now: UInt64) {
+        guard let space = pidfdSpaces.removeValue(forKey: token) else { return }
+        epoll.remove(space.pidfd)
+        registry.ownerExited(space)
+        logger.debug("owner exited", metadata: ["space": "\(space.id)", "pid": "\(space.pid)", "policy": "\(space.policy)"])
+        if space.policy == .exit, registry.beginTeardown(space, noticeNanos: now) {
+            chain.enqueue(space, reason: "ownerExit")
+        }
+    }
+
+    // MARK: Requests
+
+    private func handle(_ message: inout ReceivedMessage, on connection: Connection) {
+        var fds = message.takeFds()
+        defer { for fd in fds { close(fd) } }
+        if message.truncated {
+            connection.send(.error(TetherError(.malformedMessage, "message exceeds \(Wire.maxMessageBytes) bytes or carries too many fds")), id: 0)
+            return
+        }
+        let requestID: UInt64
+        let request: Request
+        do {
+            (requestID, request) = try MessageCodec.decodeRequest(message.bytes)
+        } catch {
+            var r = WireReader(message.bytes)
+            let id = (try? MessageCodec.readHeader(&r))?.requestID ?? 0
+            connection.send(.error(error), id: id)
+            return
+        }
+        do {
+            if let reply = try respond(request, id: requestID, sender: message.senderPid, uid: message.senderUid,
+                                       fds: &fds, on: connection) {
+                connection.send(reply, id: requestID)
+            }
+        } catch {
+            connection.send(.error(error), id: requestID)
+        }
+    }
+
+    /// The reply, or nil when it will be sent later (join, kill).
+    private func respond(_ request: Request, id: UInt64, sender: Int32, uid: UInt32, fds: inout [Int32],
+                         on connection: Connection) throws(TetherError) -> Reply? {
+        if !request.isOwnerRequest { return try respondTool(request, id: id, uid: uid, on: connection) }
+        let space = try owner(of: connection, sender: sender, uid: uid, request: request)
+        switch request {
+        case .hello(_, let backendChoice):
+            if backendChoice != .auto, backendChoice.rawValue != backend.device.backend.rawValue {
+                throw TetherError(.backendUnavailable,
+                    "this daemon serves the \(backend.device.backend.rawValue) backend (\(backend.device.name)); start one with `tether daemon --backend \(backendChoice.rawValue)`")
+            }
+            return .hello(HelloReply(space: space.id, pid: space.pid, policy: space.policy,
+                                     backend: backend.device.backend, deviceName: backend.device.name))
+        case .mirror(let base, let size):
+            return .mirrored(try mirror(base: base, size: size, fds: &fds, space: space))
+        case .unmirror(let regionID):
+            try registry.removeRegion(regionID, of: space).release()
+            return .done
+        case .spawn(let s):
+            return .spawned(try spawn(s, space: space))
+        case .join(let threadID):
+            let thread = try ownThread(threadID, of: space)
+            scheduler.onCompletion(thread) { [registry] outcome in
+                connection.send(.joined(Self.report(thread, outcome: outcome)), id: id)
+                registry.forget(thread.id, of: space)
+            }
+            return nil
+        case .kill(let threadID):
+            let thread = try ownThread(threadID, of: space)
+            killLater(thread, id: id, on: connection)
+            return nil
+        case .status(let threadID):
+            let thread = try ownThread(threadID, of: space)
+            return .status(Self.report(thread, outcome: nil))
+        default:
+            throw TetherError(.malformedMessage, "unexpected request")
+        }
+    }
+
+    /// Binds on first use and enforces ownership (lifetime rules 1, 2 and 5).
+    private func owner(of connection: Connection, sender: Int32, uid: UInt32, request: Request) throws(TetherError) -> AddressSpace {
+        guard sender > 0 else {
+            throw TetherError(.permissionDenied, "the kernel did not report the sender of this message (SO_PASSCRED)")
+        }
+        if let space = connection.space {
+            switch space.phase {
+            case .live: break
+            case .tearingDown, .gone:
+                throw TetherError(.ownerExited, "the address space of pid \(space.pid) that owned this connection was torn down; open a new connection")
+            }
+            guard sender == space.pid else {
+                throw TetherError(.notOwner, "pid \(sender) does not own this connection (pid \(space.pid) does); a forked child or a process the fd was passed to must open its own connection")
+            }
+            return space
+        }
+        var policy = configuration.policy
+        if case .hello(let wanted?, _) = request, wanted != policy {
+            guard configuration.allowPolicyOverride else {
+                throw TetherError(.permissionDenied, "this daemon runs --policy \(policy) and does not allow a per-connection override")
+            }
+            policy = wanted
+        }
+        let pidfd: OwnedDescriptor
+        do { pidfd = try Pidfd.open(sender) } catch {
+            throw TetherError(.ownerExited, "the sending process \(sender) already exited")
+        }
+        let (space, created) = registry.bind(pid: sender, uid: uid, policy: policy, pidfd: pidfd)
+        connection.binding = .bound(space)
+        if created {
+            let t = token(Self.pidfdKind)
+            pidfdSpaces[t] = space
+            do { try epoll.add(space.pidfd, token: t) } catch { logger.warning("cannot watch pidfd of \(sender): \(error)") }
+            logger.debug("address space created", metadata: ["space": "\(space.id)", "pid": "\(sender)", "policy": "\(policy)"])
+        }
+        return space
+    }
+
+    private func mirror(base: UInt64, size: UInt64, fds: inout [Int32], space: AddressSpace) throws(TetherError) -> RegionID {
+        guard fds.count == 1 else {
+            throw TetherError(.invalidArgument, "mirror needs exactly one memfd attached (got \(fds.count))")
+        }
+        let page = UInt64(Memfd.pageSize)
+        guard size > 0, size <= Self.maxRegionBytes, size % page == 0, base % page == 0, base > 0,
+              base <= UInt64.max - size else {
+            throw TetherError(.invalidArgument, "a region must be whole pages at a page-aligned address, 1 page to \(Self.maxRegionBytes >> 30) GiB")
+        }
+        let fd = fds.removeFirst()
+        let inspected: (size: Int, shrinkSealed: Bool)
+        do { inspected = try Memfd.inspect(fd) } catch {
+            close(fd)
+            throw TetherError(.invalidArgument, "the attached fd is not a memfd: \(error)")
+        }
+        // An unsealed memfd could be truncated by its owner, turning our mapping into SIGBUS.
+        guard inspected.shrinkSealed, UInt64(inspected.size) >= size else {
+            close(fd)
+            throw TetherError(.invalidArgument, "the memfd must be sealed against shrinking (F_SEAL_SHRINK) and hold at least \(size) bytes")
+        }
+        let region = try DeviceRegion(id: registry.makeRegionID(), memfd: OwnedDescriptor(adopting: fd), ownerBase: base,
+                                      size: Int(size), backend: backend)
+        do {
+            try registry.add(region, to: space)
+        } catch {
+            region.release()
+            throw error
+        }
+        return region.id
+    }
+
+    private func spawn(_ s: SpawnRequest, space: AddressSpace) throws(TetherError) -> ThreadID {
+        guard s.groups >= 1, s.groups <= Self.maxGroups else {
+            throw TetherError(.gridTooLarge, "a grid of \(s.groups) workgroups is outside 1…\(Self.maxGroups)")
+        }
+        guard s.persistentNanos <= Self.maxPersistentNanos else {
+            throw TetherError(.invalidArgument, "a persistent thread may run at most 7 days")
+        }
+        let program: KernelProgram
+        switch s.program {
+        case .builtin(let kernel):
+            guard s.args.count == kernel.argumentCount else {
+                throw TetherError(.invalidArgument, "\(kernel.rawValue) takes \(kernel.argumentCount) arguments, got \(s.args.count)")
+            }
+            // Pointers are checked here for a clear error up front; device code still checks
+            // every access against the region table and faults instead of crashing.
+            let regions = (try? registry.withLock { space.regions.values.map(\.entry) }) ?? []
+            for i in kernel.pointerArguments where !regions.contains(where: { $0.translate(s.args[i], bytes: 1) != nil }) {
+                throw TetherError(.addressFault, "argument \(i) of \(kernel.rawValue) (0x\(String(s.args[i], radix: 16))) is outside every mirrored region of this process")
+            }
+            program = .builtin(kernel)
+        case .spirv(let words, let invocations):
+            guard backend.device.backend == .vulkan else {
+                throw TetherError(.unsupported, "custom SPIR-V kernels need a Vulkan backend; this daemon runs \(backend.device.backend.rawValue)")
+            }
+            program = .spirv(words: words, invocationsPerGroup: Int(invocations))
+        }
+        let context = try backend.makeContext(program: program)
+        let thread = DeviceThread(id: registry.makeThreadID(), space: space.id, program: program, args: s.args,
+                                  groups: s.groups, persistentNanos: s.persistentNanos, priority: s.priority,
+                                  context: context, regions: space.table)
+        try registry.add(thread, to: space)
+        try scheduler.submit(thread)
+        return thread.id
+    }
+
+    private func ownThread(_ id: ThreadID, of space: AddressSpace) throws(TetherError) -> DeviceThread {
+        guard let t = try registry.withLock({ space.threads[id] }) else {
+            throw TetherError(.noSuchThread, "no device thread \(id) in this address space")
+        }
+        return t
+    }
+
+    /// Kills off the event loop (it waits for a slice in flight) and replies when quiesced.
+    private func killLater(_ thread: DeviceThread, id: UInt64, on connection: Connection) {
+        let scheduler = self.scheduler
+        startThread(name: "tether-kill") {
+            let alive = scheduler.kill(thread)
+            connection.send(.killed(wasAlive: alive), id: id)
+        }
+    }
+
+    static func report(_ t: DeviceThread, outcome: ThreadOutcome?) -> ThreadReport {
+        ThreadReport(thread: t.id, kernel: t.program.name, state: outcome?.state ?? t.state,
+                     deviceNanos: outcome?.deviceNanos ?? t.deviceNanos, priority: t.priority, error: outcome?.error)
+    }
+
+    // MARK: Tool requests
+
+    private func respondTool(_ request: Request, id: UInt64, uid: UInt32, on connection: Connection) throws(TetherError) -> Reply? {
+        switch request {
+        case .ping: return .pong
+        case .ps: return .ps(processTable())
+        case .timelines(let pid): return .timelines(registry.timelines(pid: pid))
+        case .killProcess(let pid):
+            let spaces = registry.spaces(ofPid: pid)
+            guard !spaces.isEmpty else { throw TetherError(.invalidArgument, "pid \(pid) has no device work here") }
+            guard uid == 0 || spaces.allSatisfy({ $0.uid == uid }) else {
+                throw TetherError(.permissionDenied, "pid \(pid) belongs to another user; only root may kill it")
+            }
+            let now = monotonicNanos()
+            let owned = spaces.filter { registry.beginTeardown($0, noticeNanos: now) }
+            guard !owned.isEmpty else { return .killedProcess(threads: 0) }
+            let counter = KillCounter(remaining: owned.count)
+            for space in owned {
+                chain.enqueue(space, reason: "kill") { timeline in
+                    if let total = counter.add(timeline.threadsKilled) { connection.send(.killedProcess(threads: total), id: id) }
+                }
+            }
+            return nil
+        case .killThread(let threadID):
+            guard let (thread, space) = registry.thread(threadID) else {
+                throw TetherError(.noSuchThread, "no device thread \(threadID)")
+            }
+            guard uid == 0 || space.uid == uid else {
+                throw TetherError(.permissionDenied, "device thread \(threadID) belongs to another user; only root may kill it")
+            }
+            killLater(thread, id: id, on: connection)
+            return nil
+        default:
+            throw TetherError(.malformedMessage, "unexpected request")
+        }
+    }
+
+    func processTable() -> ProcessTable {
+        let scheduler = self.scheduler
+        let spaces = registry.report { scheduler.deviceNanos(ofSpace: $0) }
+        return ProcessTable(backend: backend.device.backend, deviceName: backend.device.name,
+                            policy: configuration.policy, spaces: spaces)
+    }
+}
+
+/// Counts down kill completions across spaces; the last one gets the total.
+final class KillCounter: @unchecked Sendable {
+    private let monitor = Monitor()
+    private var remaining: Int
+    private var total: UInt32 = 0
+    init(remaining: Int) { self.remaining = remaining }
+    func add(_ n: UInt32) -> UInt32? {
+        monitor.withLock {
+            total += n
+            remaining -= 1
+            return remaining == 0 ? total : nil
+        }
+    }
+}

@@ -1,0 +1,84 @@
+import TetherCore
+
+/// A device as `tether devices` shows it.
+public struct DeviceDescription: Sendable, Codable, Equatable {
+    public var name: String
+    public var backend: BackendKind
+    /// `discrete-gpu`, `integrated-gpu`, `virtual-gpu`, `cpu` (a Vulkan CPU driver) or `software`.
+    public var type: String
+    public var driver: String
+    public var apiVersion: String
+    public var vendorID: UInt32
+    public var deviceID: UInt32
+    public var externalMemoryHost: Bool
+    public var bufferDeviceAddress: Bool
+    public var timelineSemaphore: Bool
+    /// The DRM render node matched by PCI ids, if any.
+    public var renderNode: String?
+
+    public var isGPU: Bool { type.hasSuffix("gpu") }
+    /// Tether can run on it: everything it needs is there.
+    public var usable: Bool { externalMemoryHost && bufferDeviceAddress && timelineSemaphore }
+    /// The reason it cannot be used, for `tether devices`.
+    public var missing: [String] {
+        var m: [String] = []
+        if !externalMemoryHost { m.append("VK_EXT_external_memory_host") }
+        if !bufferDeviceAddress { m.append("bufferDeviceAddress") }
+        if !timelineSemaphore { m.append("timelineSemaphore") }
+        return m
+    }
+}
+
+/// The program a device thread runs.
+public enum KernelProgram: Sendable, Equatable {
+    case builtin(BuiltinKernel)
+    /// The caller's own SPIR-V (entry point `main`, the push-constant layout of `KernelABI`).
+    case spirv(words: [UInt32], invocationsPerGroup: Int)
+
+    public var name: String {
+        switch self {
+        case .builtin(let k): k.rawValue
+        case .spirv: "spirv"
+        }
+    }
+}
+
+/// Memory imported into a device. Freeing the import is `deinit`; the pages stay mapped by their
+/// owner, who must unmap only after the import is gone.
+public protocol ImportedMemory: AnyObject, Sendable {
+    /// Where device code finds the first byte (a buffer device address, or a host pointer).
+    var deviceBase: UInt64 { get }
+}
+
+/// Per-device-thread execution state: the control block and whatever the backend needs to run a
+/// slice. Used by one thread at a time (the scheduler's worker); the control word may be written
+/// from any thread.
+public protocol ThreadContext: AnyObject, Sendable {
+    var control: UnsafeMutablePointer<ControlBlock> { get }
+    /// Runs workgroups `[groupBase, groupBase + groupCount)` and returns when they are done.
+    func runSlice(args: [UInt64], regions: [RegionTableEntry], groupBase: UInt32, groupCount: UInt32,
+                  groupTotal: UInt32, round: UInt32) throws(TetherError)
+}
+
+/// A compute device: a Vulkan physical device or the software backend.
+public protocol ComputeBackend: AnyObject, Sendable {
+    var device: DeviceDescription { get }
+    /// Imports `size` bytes at `base` (page-aligned, whole pages) for device access.
+    func importMemory(base: UnsafeMutableRawPointer, size: Int) throws(TetherError) -> any ImportedMemory
+    func makeContext(program: KernelProgram) throws(TetherError) -> any ThreadContext
+}
+
+extension ThreadContext {
+    /// Asks device code of this thread to stop (kill or yield); it polls the word.
+    public func signal(_ word: UInt32) {
+        tetherAtomicStore(&control.pointee.word, word)
+    }
+    public func resetControl() {
+        tetherAtomicStore(&control.pointee.word, KernelABI.controlRun)
+        control.pointee.fault = 0
+        control.pointee.faultAddress = 0
+    }
+    public var fault: (code: UInt32, address: UInt64) {
+        (control.pointee.fault, control.pointee.faultAddress)
+    }
+}

@@ -1,0 +1,129 @@
+import CTetherLinux
+import Glibc
+
+/// One received message: its bytes, the fds that came with it (owned by the receiver now), and the
+/// sender the kernel vouches for (`SCM_CREDENTIALS`; pid −1 where the socket lacks `SO_PASSCRED`).
+public struct ReceivedMessage: ~Copyable {
+    public var bytes: [UInt8]
+    public var fds: [Int32]
+    public var senderPid: pid_t
+    public var senderUid: uid_t
+    /// The message or its attached fds did not fit the receive buffer.
+    public var truncated: Bool
+
+    /// Takes ownership of the received fds; the caller must close them.
+    public mutating func takeFds() -> [Int32] {
+        defer { fds = [] }
+        return fds
+    }
+
+    deinit { for fd in fds { close(fd) } }
+}
+
+public enum ReceiveResult: ~Copyable {
+    case message(ReceivedMessage)
+    /// The peer closed (every copy of its end is gone).
+    case hangUp
+    /// Non-blocking socket with nothing to read.
+    case wouldBlock
+}
+
+/// A Unix `SOCK_SEQPACKET` socket: message boundaries kept, fds passed with `SCM_RIGHTS`.
+public enum SeqPacketSocket {
+    public static let maxFdsPerMessage: Int32 = 8
+
+    /// Binds and listens at `path` with owner-only permissions, with `SO_PASSCRED` set on the
+    /// listening socket so accepted sockets inherit it.
+    public static func listen(path: String, backlog: Int32 = 512) throws(SystemError) -> OwnedDescriptor {
+        let fd = OwnedDescriptor(adopting: try retryingInterrupts("socket") {
+            socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        })
+        try retryingInterrupts("setsockopt(SO_PASSCRED)") { tether_enable_passcred(fd.raw) }
+        var addr = try address(path)
+        let oldMask = umask(0o077)
+        defer { umask(oldMask) }
+        try retryingInterrupts("bind(\(path))") {
+            withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd.raw, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+        }
+        try retryingInterrupts("listen") { Glibc.listen(fd.raw, backlog) }
+        return fd
+    }
+
+    /// Connects to the daemon at `path` (`SOCK_CLOEXEC`: an exec'd image must not inherit the
+    /// device, see the lifetime rules).
+    public static func connect(path: String) throws(SystemError) -> OwnedDescriptor {
+        let fd = OwnedDescriptor(adopting: try retryingInterrupts("socket") {
+            socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        })
+        var addr = try address(path)
+        try retryingInterrupts("connect(\(path))") {
+            withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd.raw, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+        }
+        return fd
+    }
+
+    /// Accepts one connection (non-blocking, close-on-exec); nil when none is pending.
+    public static func accept(_ listener: Int32) throws(SystemError) -> OwnedDescriptor? {
+        while true {
+            let fd = tether_accept_nonblocking(listener)
+            if fd >= 0 { return OwnedDescriptor(adopting: fd) }
+            switch errno {
+            case EINTR: continue
+            case EAGAIN, ECONNABORTED: return nil
+            default: throw SystemError("accept4")
+            }
+        }
+    }
+
+    public static func send(_ fd: Int32, _ bytes: [UInt8], fds: [Int32] = []) throws(SystemError) {
+        let n = bytes.withUnsafeBytes { buf in
+            fds.withUnsafeBufferPointer { tether_send_with_fds(fd, buf.baseAddress, buf.count, $0.baseAddress, Int32($0.count)) }
+        }
+        if n < 0 { throw SystemError("sendmsg") }
+    }
+
+    public static func receive(_ fd: Int32, capacity: Int) throws(SystemError) -> ReceiveResult {
+        var bytes = [UInt8](repeating: 0, count: capacity)
+        var fds = [Int32](repeating: -1, count: Int(maxFdsPerMessage))
+        var fdCount: Int32 = 0
+        var pid: pid_t = -1
+        var uid: uid_t = 0
+        var truncated = false
+        let n = bytes.withUnsafeMutableBytes { buf in
+            fds.withUnsafeMutableBufferPointer {
+                tether_recv_with_fds(fd, buf.baseAddress, buf.count, $0.baseAddress, maxFdsPerMessage, &fdCount, &pid, &uid, &truncated)
+            }
+        }
+        if n < 0 {
+            if errno == EAGAIN { return .wouldBlock }
+            if errno == ECONNRESET { return .hangUp }
+            throw SystemError("recvmsg")
+        }
+        if n == 0 && fdCount == 0 && !truncated { return .hangUp }
+        bytes.removeSubrange(Int(n)...)
+        return .message(ReceivedMessage(bytes: bytes, fds: Array(fds[0..<Int(fdCount)]), senderPid: pid,
+                                        senderUid: uid, truncated: truncated))
+    }
+
+    public static func setNonBlocking(_ fd: Int32) {
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+    }
+
+    private static func address(_ path: String) throws(SystemError) -> sockaddr_un {
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+            throw SystemError("socket path too long (\(path))", errno: ENAMETOOLONG)
+        }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        return addr
+    }
+}

@@ -1,0 +1,70 @@
+import ArgumentParser
+import Glibc
+import Logging
+import TetherCore
+import TetherDaemon
+import TetherDevice
+import TetherSys
+
+extension LifetimePolicy: ExpressibleByArgument {
+    public init?(argument: String) { self.init(name: argument) }
+}
+
+struct SocketOption: ParsableArguments {
+    @Option(help: "Daemon socket. Default: $TETHER_SOCKET, else $XDG_RUNTIME_DIR/tether/tether.sock, else /tmp/tether-$UID/tether.sock.")
+    var socket: String?
+
+    var path: String { SocketPath.resolve(socket) }
+}
+
+struct DaemonCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "daemon",
+        abstract: "Run the device emulator in the foreground until SIGTERM or SIGINT.")
+
+    @OptionGroup var socket: SocketOption
+    @OptionGroup var backendOptions: BackendOptions
+    @Option(help: "Lifetime policy: exit (tear down at owner exit or last release, whichever is first) or release (only at last release).")
+    var policy: LifetimePolicy = .exit
+    @Flag(help: "Refuse clients that ask for the other policy.") var noPolicyOverride = false
+    @Option(name: .customLong("quantum-us"), help: "Target length of one device slice in microseconds.")
+    var quantumMicros: UInt64 = 2000
+    @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel: String = "notice"
+
+    func validate() throws {
+        guard (10...1_000_000).contains(quantumMicros) else { throw ValidationError("--quantum-us must be 10…1000000") }
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
+    }
+
+    func run() throws {
+        // Signals are taken by one thread with sigwait; every other thread (created after this)
+        // inherits the blocked mask, so SIGTERM never interrupts device work half-way.
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGTERM)
+        sigaddset(&set, SIGINT)
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+        let level = Logger.Level(rawValue: logLevel)!
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = level
+            return h
+        }
+        let logger = Logger(label: "tether.daemon")
+        let daemon: Daemon
+        do {
+            daemon = try Daemon(DaemonConfiguration(
+                socketPath: socket.path, backend: try BackendFactory.resolve(backendOptions.backend), policy: policy,
+                allowPolicyOverride: !noPolicyOverride, quantumNanos: quantumMicros * 1000), logger: logger)
+        } catch let error as TetherError {
+            throw fail(error.message)
+        }
+        startThread(name: "tether-signals") { [set] in
+            var set = set
+            var signal: Int32 = 0
+            sigwait(&set, &signal)
+            daemon.requestStop()
+        }
+        daemon.run()
+    }
+}

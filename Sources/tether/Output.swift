@@ -1,0 +1,27 @@
+import Foundation
+import TetherSys
+
+func printErrorLine(_ s: String) { printError(s) }
+
+/// Pretty, key-sorted JSON on standard output.
+func printJSON<T: Encodable>(_ value: T) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+    let data = try encoder.encode(value)
+    print(String(decoding: data, as: UTF8.self))
+}
+
+/// Left-aligned text table.
+func table(_ header: [String], _ rows: [[String]]) -> String {
+    let all = [header] + rows
+    var widths = [Int](repeating: 0, count: header.count)
+    for row in all { for (i, c) in row.enumerated() where i < widths.count { widths[i] = max(widths[i], c.count) } }
+    return all.map { row in
+        row.enumerated().map { i, c in i == row.count - 1 ? c : c.padding(toLength: widths[i], withPad: " ", startingAt: 0) }
+            .joined(separator: "  ")
+    }.joined(separator: "\n")
+}
+
+func hex(_ v: UInt32) -> String { "0x" + String(v, radix: 16, uppercase: false) }
+
+func formatDouble(_ v: Double, _ digits: Int = 2) -> String { String(format: "%.\(digits)f", v) }
