@@ -2,10 +2,12 @@
 #include "CTetherLinux.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -180,5 +182,26 @@ void tether_untrack_device_fd(int fd) {
 int tether_fds_closed_on_fork(void) { return closed_on_fork; }
 
 int tether_atfork_child(void (*handler)(void)) { return pthread_atfork(NULL, NULL, handler); }
+
+int tether_set_child_subreaper(void) { return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); }
+
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+
+int tether_keep_only_fds(int *fds, int count) {
+    if (count < 0 || count > 16) { errno = EINVAL; return -1; }
+    int moved[16];
+    for (int i = 0; i < count; i++) {
+        moved[i] = fcntl(fds[i], F_DUPFD, 1024);
+        if (moved[i] < 0) return -1;
+    }
+    for (int i = 0; i < count; i++) {
+        if (dup2(moved[i], 3 + i) < 0) return -1;
+        close(moved[i]);
+        fds[i] = 3 + i;
+    }
+    return (int)syscall(SYS_close_range, 3 + count, ~0U, 0);
+}
 
 _Noreturn void tether_exit_now(int status) { _exit(status); }

@@ -89,7 +89,7 @@ fileprivate func approximatelyEqual(_ value: Double, _ expected: Double, relativ
 // MARK: - saxpy
 
 /// `y = a·x + y` over `size` elements: memory bound (12 bytes and 2 flops per element).
-public struct SaxpyWorkload: Workload {
+public struct SaxpyWorkload: Workload, Sendable {
     public static let defaultSize = 16_777_216
     public static let sizeRange = 1...(1 << 28)
     /// The scalar `a`; 2.5 keeps `a·x` exact for the 24-bit inputs.
@@ -165,7 +165,7 @@ public struct SaxpyWorkload: Workload {
 
 /// The sum of `size` floats: each workgroup writes the partial sum of 2,048 elements and the host
 /// adds the partials. Memory bound (4 bytes per element).
-public struct ReduceWorkload: Workload {
+public struct ReduceWorkload: Workload, Sendable {
     public static let defaultSize = 16_777_216
     public static let sizeRange = 1...(1 << 28)
     static let seed: UInt64 = 0x7E7E_5A3B_0000_0002
@@ -251,7 +251,7 @@ public struct ReduceWorkload: Workload {
 // MARK: - matmul
 
 /// `C = A·B` for `size`×`size` row-major matrices: compute bound (2n³ flops).
-public struct MatmulWorkload: Workload {
+public struct MatmulWorkload: Workload, Sendable {
     public static let defaultSize = 512
     public static let sizeRange = 16...2048
     static let seed: UInt64 = 0x7E7E_5A3B_0000_0003
@@ -343,7 +343,7 @@ public struct MatmulWorkload: Workload {
 
 /// Escape iterations of a `size`×`size` image of [−2, 1]×[−1.5, 1.5]: compute bound, with
 /// per-pixel work that varies wildly (divergence).
-public struct MandelbrotWorkload: Workload {
+public struct MandelbrotWorkload: Workload, Sendable {
     public static let defaultSize = 1024
     public static let sizeRange = 16...8192
     public static let maxIterations = 256
@@ -355,8 +355,8 @@ public struct MandelbrotWorkload: Workload {
     public var height: Int { size }
     public let mirroredBytes: Int
     let outOffset: Int
-    /// Total reference iterations, computed on first use of `work` (shared by copies).
-    private let iterationTotal = IterationTotal()
+    /// Total reference iterations over the image, computed by `prepare` for `work`.
+    private var iterationTotal: Int?
 
     public init(size: Int = defaultSize) throws(WorkloadError) {
         guard Self.sizeRange.contains(size) else {
@@ -405,6 +405,9 @@ public struct MandelbrotWorkload: Workload {
     public mutating func prepare(memory: UnsafeMutableRawPointer) -> Launch {
         let pixels = width * height
         typed(memory, outOffset, pixels, as: UInt32.self).update(repeating: 0)
+        if iterationTotal == nil {
+            iterationTotal = Self.totalIterations(width: width, height: height)
+        }
         return Launch(args: [UInt64(width), UInt64(height), UInt64(Self.maxIterations), ownerAddress(memory, outOffset)],
                       groups: UInt32(ceilDiv(pixels, BuiltinKernel.mandelbrot.invocationsPerGroup)))
     }
@@ -416,7 +419,6 @@ public struct MandelbrotWorkload: Workload {
     public func verify(memory: UnsafeMutableRawPointer) -> Verification {
         let pixels = width * height
         let expected = Self.referenceMandelbrot(width: width, height: height, maxIterations: Self.maxIterations)
-        iterationTotal.set(expected)
         let out = typed(memory, outOffset, pixels, as: UInt32.self)
         var mismatches = 0
         var first = -1
@@ -433,27 +435,15 @@ public struct MandelbrotWorkload: Workload {
             + "(\(mismatches) boundary mismatches, at most \(allowedMismatches) allowed).")
     }
 
-    /// About 8 flops per iteration (4 multiplies, 4 adds), summed over the reference image.
+    /// About 8 flops per iteration (4 multiplies, 4 adds), summed over the reference image. The
+    /// sum comes from `prepare`; before it, `work` computes the reference image each time.
     public var work: WorkAmount {
-        let iterations = iterationTotal.total {
-            Self.referenceMandelbrot(width: width, height: height, maxIterations: Self.maxIterations)
-        }
+        let iterations = iterationTotal ?? Self.totalIterations(width: width, height: height)
         return WorkAmount(bytes: 4 * Double(width * height), flops: 8 * Double(iterations), computeBound: true)
     }
 
-    /// A cache, so that `work` (often read once per run) computes the reference image once.
-    private final class IterationTotal {
-        private var value: Int?
-
-        func set(_ counts: [UInt32]) {
-            if value == nil { value = counts.reduce(0) { $0 + Int($1) } }
-        }
-
-        func total(_ compute: () -> [UInt32]) -> Int {
-            if let value { return value }
-            set(compute())
-            return value!
-        }
+    static func totalIterations(width: Int, height: Int) -> Int {
+        referenceMandelbrot(width: width, height: height, maxIterations: maxIterations).reduce(0) { $0 + Int($1) }
     }
 }
 
@@ -461,7 +451,7 @@ public struct MandelbrotWorkload: Workload {
 
 /// Pointer chasing: `size` nodes split into lists of at most 4,096, the nodes shuffled across the
 /// region so that every step is a dependent, cache-unfriendly load. Latency bound.
-public struct ListwalkWorkload: Workload {
+public struct ListwalkWorkload: Workload, Sendable {
     public static let defaultSize = 1_048_576
     public static let sizeRange = 1...(1 << 24)
     public static let nodesPerList = 4096
@@ -568,7 +558,7 @@ public struct ListwalkWorkload: Workload {
 
 /// A busy kernel with no output: every invocation of 64 groups of 64 loops `size` times. The
 /// caller relaunches it for a duration; it exists to measure kill/yield latency and sharing.
-public struct SpinWorkload: Workload {
+public struct SpinWorkload: Workload, Sendable {
     public static let defaultSize = 60_000
     public static let sizeRange = 1...Int(BuiltinKernel.maxSpinIterations)
     public static let groups: UInt32 = 64

@@ -1,6 +1,7 @@
 import CTetherLinux
 import Glibc
 import Logging
+import Synchronization
 import TetherCore
 import TetherDevice
 import TetherSys
@@ -43,6 +44,7 @@ public final class Daemon: @unchecked Sendable {
     private var connections: [UInt64: Connection] = [:]
     private var pidfdSpaces: [UInt64: AddressSpace] = [:]
     private var nextToken: UInt64 = 1
+    private let teardownWaiters = Mutex<[TeardownWaiter]>([])
     private let stopFlag = Monitor()
     private var stopRequested = false
 
@@ -82,6 +84,18 @@ public final class Daemon: @unchecked Sendable {
             scheduler.shutdown()
             throw TetherError(.invalidArgument, "cannot listen at \(configuration.socketPath): \(error)")
         }
+        chain.subscribe("waiters") { [weak self] space, _ in
+            guard let self, registry.spaces(ofPid: space.pid).isEmpty else { return }
+            let due = teardownWaiters.withLock { waiters in
+                let due = waiters.filter { $0.pid == space.pid }
+                waiters.removeAll { $0.pid == space.pid }
+                return due
+            }
+            if !due.isEmpty {
+                let list = registry.timelines(pid: space.pid)
+                for w in due { w.connection.send(.timelines(list), id: w.requestID) }
+            }
+        }
         chain.subscribe("log") { [logger] space, t in
             logger.info("address space released", metadata: [
                 "space": "\(space.id)", "pid": "\(space.pid)", "reason": "\(t.reason)",
@@ -99,13 +113,14 @@ public final class Daemon: @unchecked Sendable {
     }
 
     /// Runs the event loop until `requestStop`, then kills all device work and releases everything.
-    public func run() {
+    public func run(onReady: () -> Void = {}) {
+        onReady()
         logger.notice("tether daemon listening", metadata: [
             "socket": "\(configuration.socketPath)", "device": "\(backend.device.name)",
             "backend": "\(backend.device.backend.rawValue)", "policy": "\(configuration.policy)",
         ])
         while !stopFlag.withLock({ stopRequested }) {
-            for (token, events) in epoll.wait(timeoutMillis: 1000) {
+            for (token, events) in epoll.wait(timeoutMillis: expireTeardownWaiters()) {
                 let now = monotonicNanos()
                 switch token >> 56 {
                 case Self.listenerToken >> 56: acceptAll()
@@ -117,6 +132,19 @@ public final class Daemon: @unchecked Sendable {
             }
         }
         shutdown()
+    }
+
+    /// Answers waiters whose time is up with an empty list; returns how long epoll may sleep.
+    private func expireTeardownWaiters() -> Int32 {
+        let now = monotonicNanos()
+        let (due, next) = teardownWaiters.withLock { waiters in
+            let due = waiters.filter { $0.deadline <= now }
+            waiters.removeAll { $0.deadline <= now }
+            return (due, waiters.map(\.deadline).min())
+        }
+        for w in due { w.connection.send(.timelines([]), id: w.requestID) }
+        guard let next else { return 1000 }
+        return Int32(min(1000, (next - now) / 1_000_000 + 1))
     }
 
     private func shutdown() {
@@ -403,6 +431,18 @@ public final class Daemon: @unchecked Sendable {
         case .ping: return .pong
         case .ps: return .ps(processTable())
         case .timelines(let pid): return .timelines(registry.timelines(pid: pid))
+        case .awaitTeardown(let pid, let timeout):
+            // The check and the registration happen under the waiters' lock, which the teardown
+            // executor also takes after releasing a space: a release in between cannot be missed.
+            let immediate: Bool = teardownWaiters.withLock { waiters in
+                if registry.spaces(ofPid: pid).isEmpty { return true }
+                waiters.append(TeardownWaiter(pid: pid, deadline: monotonicNanos() + UInt64(timeout) * 1_000_000,
+                                              connection: connection, requestID: id))
+                return false
+            }
+            if immediate { return .timelines(registry.timelines(pid: pid)) }
+            wake.signal()  // recompute the epoll timeout for the new deadline
+            return nil
         case .killProcess(let pid):
             let spaces = registry.spaces(ofPid: pid)
             guard !spaces.isEmpty else { throw TetherError(.invalidArgument, "pid \(pid) has no device work here") }
@@ -439,6 +479,13 @@ public final class Daemon: @unchecked Sendable {
         return ProcessTable(backend: backend.device.backend, deviceName: backend.device.name,
                             policy: configuration.policy, spaces: spaces)
     }
+}
+
+struct TeardownWaiter {
+    var pid: Int32
+    var deadline: UInt64
+    var connection: Connection
+    var requestID: UInt64
 }
 
 /// Counts down kill completions across spaces; the last one gets the total.

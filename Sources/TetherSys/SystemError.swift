@@ -52,3 +52,9 @@ extension String {
         self = String(decoding: cBuffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }
+
+/// Writes one line to standard output, unbuffered (a reader may be waiting for it on a pipe).
+public func printLine(_ line: String) {
+    var bytes = Array((line + "\n").utf8)
+    _ = bytes.withUnsafeMutableBytes { write(1, $0.baseAddress, $0.count) }
+}

@@ -50,21 +50,29 @@ struct DaemonCommand: ParsableCommand {
             h.logLevel = level
             return h
         }
-        let logger = Logger(label: "tether.daemon")
-        let daemon: Daemon
+        let daemon = try makeDaemon(logger: Logger(label: "tether.daemon"))
+        startThread(name: "tether-signals") {
+            var signals = sigset_t()
+            sigemptyset(&signals)
+            sigaddset(&signals, SIGTERM)
+            sigaddset(&signals, SIGINT)
+            var signal: Int32 = 0
+            sigwait(&signals, &signal)
+            daemon.requestStop()
+        }
+        daemon.run {
+            // Tools that start a private daemon wait for this line.
+            printLine("ready \(socket.path)")
+        }
+    }
+
+    func makeDaemon(logger: Logger) throws -> Daemon {
         do {
-            daemon = try Daemon(DaemonConfiguration(
+            return try Daemon(DaemonConfiguration(
                 socketPath: socket.path, backend: try BackendFactory.resolve(backendOptions.backend), policy: policy,
                 allowPolicyOverride: !noPolicyOverride, quantumNanos: quantumMicros * 1000), logger: logger)
         } catch let error as TetherError {
             throw fail(error.message)
         }
-        startThread(name: "tether-signals") { [set] in
-            var set = set
-            var signal: Int32 = 0
-            sigwait(&set, &signal)
-            daemon.requestStop()
-        }
-        daemon.run()
     }
 }

@@ -374,19 +374,3 @@ fileprivate struct Bench {
 fileprivate final class Box<T>: @unchecked Sendable {
     var value: T?
 }
-
-@Suite struct TmpPerf {
-    @Test func perf() throws {
-        let cases: [(any Workload)] = [try SaxpyWorkload(size: 1 << 24), try ReduceWorkload(size: 1 << 24), try MatmulWorkload(size: 512),
-                                       try MandelbrotWorkload(size: 1024), try ListwalkWorkload(size: 1 << 20), try SpinWorkload(size: 60_000)]
-        for w in cases {
-            let bench = Bench(w)
-            let clock = ContinuousClock()
-            let t = clock.measure { bench.runAllGroups() }
-            let vt = clock.measure { #expect(bench.workload.verify(memory: bench.memory.base).ok) }
-            let work = w.work
-            let secs = Double(t.components.seconds) + Double(t.components.attoseconds) * 1e-18
-            print("PERF \(w.kernel): \(t) single-thread, \(work.computeBound ? work.flops / secs / 1e9 : work.bytes / secs / 1e9) \(work.computeBound ? "GFLOP/s" : "GB/s"); verify \(vt)")
-        }
-    }
-}

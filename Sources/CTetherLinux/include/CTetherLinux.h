@@ -67,6 +67,12 @@ int tether_fds_closed_on_fork(void);
 
 // Registers a pthread_atfork child handler that calls `handler` (the client library's hook).
 int tether_atfork_child(void (*handler)(void));
+// Makes this process the reaper of orphaned descendants (PR_SET_CHILD_SUBREAPER), so a harness can
+// wait for a grandchild whose parent it killed. prctl is variadic.
+int tether_set_child_subreaper(void);
+// In a freshly forked child: moves `fds` to 3, 4, … (updating the array) and closes every other fd
+// above 2 (close_range), so the child holds no copy of its siblings' pipes or sockets.
+int tether_keep_only_fds(int *fds, int count);
 // Ends a forked child without running atexit handlers (a process that loaded lavapipe hangs in exit()).
 _Noreturn void tether_exit_now(int status);
 

@@ -54,6 +54,9 @@ public enum MessageCodec {
         case .join(let t), .kill(let t), .status(let t), .killThread(let t): w.u64(t.rawValue)
         case .ps, .ping: break
         case .killProcess(let pid), .timelines(let pid): w.u32(UInt32(bitPattern: pid))
+        case .awaitTeardown(let pid, let timeout):
+            w.u32(UInt32(bitPattern: pid))
+            w.u32(timeout)
         }
         return w.bytes
     }
@@ -106,6 +109,7 @@ public enum MessageCodec {
         case .ping: request = .ping
         case .killProcess: request = .killProcess(pid: Int32(bitPattern: try r.u32()))
         case .timelines: request = .timelines(pid: Int32(bitPattern: try r.u32()))
+        case .awaitTeardown: request = .awaitTeardown(pid: Int32(bitPattern: try r.u32()), timeoutMillis: try r.u32())
         case .error: throw TetherError(.malformedMessage, "an error is not a request")
         }
         try r.expectEnd()
@@ -258,7 +262,7 @@ public enum MessageCodec {
                                           regions: regions, mirroredBytes: bytes, deviceNanos: nanos, threads: threads))
             }
             reply = .ps(ProcessTable(backend: BackendKind.allCases[b], deviceName: name, policy: policy, spaces: spaces))
-        case .timelines:
+        case .timelines, .awaitTeardown:
             let n = Int(try r.u32())
             var list: [TeardownTimeline] = []
             for _ in 0..<min(n, 1 << 16) {

@@ -20,7 +20,7 @@ public enum Op: UInt16, Sendable, CaseIterable {
     // Owner requests: the first one binds the connection to the sender's address space.
     case hello = 1, mirror = 2, unmirror = 3, spawn = 4, join = 5, kill = 6, status = 7
     // Tool requests: allowed on any connection, they bind nothing.
-    case ps = 20, killProcess = 21, killThread = 22, timelines = 23, ping = 24
+    case ps = 20, killProcess = 21, killThread = 22, timelines = 23, ping = 24, awaitTeardown = 25
     case error = 0x7FFF
 }
 
@@ -42,6 +42,9 @@ public enum Request: Sendable, Equatable {
     /// Teardown timelines recorded by the daemon, for one pid (0: all).
     case timelines(pid: Int32)
     case ping
+    /// Answered with the timelines of `pid` once its address space has been released (at once if
+    /// it already was), or with an empty list when `timeoutMillis` passes first.
+    case awaitTeardown(pid: Int32, timeoutMillis: UInt32)
 
     public var op: Op {
         switch self {
@@ -57,6 +60,7 @@ public enum Request: Sendable, Equatable {
         case .killThread: .killThread
         case .timelines: .timelines
         case .ping: .ping
+        case .awaitTeardown: .awaitTeardown
         }
     }
 

@@ -92,17 +92,25 @@ public enum SoftwareKernels {
         guard first < n else { return }
         let valid = Int(min(n - first, perGroup))
         let base = x + Int(first)
-        // The shader's order: lane l adds elements l, l + 256, …, l + 1792, then a tree over lanes.
-        // Lanes are the inner loop so that it vectorises.
+        // The shader's order, so the partial is bit-identical: lane l adds elements l, l + 256, …,
+        // l + 1792 (those past n count as 0), then a tree over the lanes. Lanes are independent,
+        // so the loops over them vectorise.
         withUnsafeTemporaryAllocation(of: Float.self, capacity: 256) { buffer in
             let sums = buffer.baseAddress!
             sums.initialize(repeating: 0, count: 256)
             if valid == Int(perGroup) {
-                for k in 0..<8 {
-                    let row = base + k * 256
-                    for lane in 0..<256 {
-                        sums[lane] += row[lane]
-                    }
+                // A whole group: each lane's 8 additions in one pass.
+                for lane in 0..<256 {
+                    var sum: Float = 0
+                    sum += base[lane]
+                    sum += base[lane + 256]
+                    sum += base[lane + 512]
+                    sum += base[lane + 768]
+                    sum += base[lane + 1024]
+                    sum += base[lane + 1280]
+                    sum += base[lane + 1536]
+                    sum += base[lane + 1792]
+                    sums[lane] = sum
                 }
             } else {
                 for k in 0..<8 {
@@ -189,6 +197,8 @@ public enum SoftwareKernels {
         let end = min(first + 256, pixels)
         let w = Float(width)
         let h = Float(height)
+        // Scalar on purpose: an 8-lane SIMD version was 2× faster optimised but 10× slower in
+        // debug builds, where tests and development runs of the software backend live.
         for p in first..<end {
             // Same expressions, same order as the shader (`precise` there, no FMA here).
             let cx: Float = -2 + 3 * Float(p % width) / w
@@ -218,38 +228,74 @@ public enum SoftwareKernels {
         let first = UInt64(group) * 64
         guard first < listCount else { return }
         let end = Int(min(first + 64, listCount))
-        let maxNodes = UInt32(BuiltinKernel.maxListLength)
-        lists: for list in Int(first)..<end {
-            var node = heads[list]
-            var sum: UInt32 = 0
-            var count: UInt32 = 0
-            // As the shader: every node pointer (written by the owner) is checked, first against
-            // the previous node's region, then, on a miss, against the table in order. A fault ends
-            // this list's invocation without writing its result.
-            var region = RegionTableEntry(ownerBase: 0, size: 0, deviceBase: 0)
-            while node != 0 && count < maxNodes {
-                guard node & 7 == 0 else {
-                    context.recordFault(node)
-                    continue lists
-                }
-                if region.translate(node, bytes: 16) == nil {
-                    guard let found = context.regions.first(where: { $0.translate(node, bytes: 16) != nil }) else {
-                        context.recordFault(node)
-                        continue lists
-                    }
-                    region = found
-                }
-                guard let current = UnsafeRawPointer(bitPattern: UInt(region.deviceBase + (node - region.ownerBase))) else {
-                    context.recordFault(node)  // a region mapped at device address 0: not a real mapping
-                    continue lists
-                }
-                sum &+= current.load(fromByteOffset: 8, as: UInt32.self)
-                count += 1
-                node = current.load(as: UInt64.self)
+        let lanes = end - Int(first)
+        // The group's lists are walked in lockstep, one node per list per round, rather than one
+        // list after another: each step is a dependent cache miss, and interleaving 64 independent
+        // chains keeps many misses in flight, as the device's 64 invocations do.
+        withUnsafeTemporaryAllocation(of: ListwalkLane.self, capacity: 64) { buffer in
+            let lane = buffer.baseAddress!
+            for i in 0..<lanes {
+                (lane + i).initialize(to: ListwalkLane(node: heads[Int(first) + i]))
             }
-            out[2 * list] = sum
-            out[2 * list + 1] = count
+            var running = lanes
+            while running > 0 {
+                for i in 0..<lanes where lane[i].running {
+                    if !listwalkStep(&lane[i], context) {
+                        lane[i].running = false
+                        running -= 1
+                        if !lane[i].faulted {
+                            let list = Int(first) + i
+                            out[2 * list] = lane[i].sum
+                            out[2 * list + 1] = lane[i].count
+                        }
+                    }
+                }
+            }
         }
+    }
+
+    /// One invocation of listwalk.comp: where it is in its list.
+    struct ListwalkLane {
+        var node: UInt64
+        var sum: UInt32 = 0
+        var count: UInt32 = 0
+        /// The previous node's region; size 0 matches nothing.
+        var region = RegionTableEntry(ownerBase: 0, size: 0, deviceBase: 0)
+        var running = true
+        var faulted = false
+        init(node: UInt64) { self.node = node }
+    }
+
+    /// Follows one node; false when the walk is over (end of list, length cap, or a fault).
+    /// As the shader: every node pointer (written by the owner) is checked, first against the
+    /// previous node's region, then, on a miss, against the table in order. A fault ends this
+    /// list's invocation without writing its result.
+    @inline(__always)
+    static func listwalkStep(_ lane: inout ListwalkLane, _ context: SoftwareKernelContext) -> Bool {
+        let node = lane.node
+        guard node != 0 && lane.count < UInt32(BuiltinKernel.maxListLength) else { return false }
+        guard node & 7 == 0 else {
+            context.recordFault(node)
+            lane.faulted = true
+            return false
+        }
+        if lane.region.translate(node, bytes: 16) == nil {
+            guard let found = context.regions.first(where: { $0.translate(node, bytes: 16) != nil }) else {
+                context.recordFault(node)
+                lane.faulted = true
+                return false
+            }
+            lane.region = found
+        }
+        guard let current = UnsafeRawPointer(bitPattern: UInt(lane.region.deviceBase + (node - lane.region.ownerBase))) else {
+            context.recordFault(node)  // a region mapped at device address 0: not a real mapping
+            lane.faulted = true
+            return false
+        }
+        lane.sum &+= current.load(fromByteOffset: 8, as: UInt32.self)
+        lane.count += 1
+        lane.node = current.load(as: UInt64.self)
+        return true
     }
 
     // MARK: - spin (spin.comp)

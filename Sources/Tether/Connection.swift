@@ -1,0 +1,476 @@
+import CTetherLinux
+import Glibc
+import TetherCore
+import TetherSys
+
+/// One `SOCK_SEQPACKET` connection to the daemon, shared by every call of a `Device` or
+/// `DaemonControl`.
+///
+/// Calls are multiplexed by request id: a caller registers a waiter under a fresh id, sends, and
+/// sleeps; the one reader thread decodes each reply and wakes the waiter with that id. Replies
+/// may arrive out of order (a `join` is answered only when its thread ends, while later calls go
+/// on), so nothing here assumes request/reply lock-step.
+///
+/// Failure is sticky: once the reader sees hang-up, a read error or a message it cannot attribute
+/// to a call, every pending call and every later call fails with the same error. A call never
+/// hangs on a dead daemon, and a call with a deadline never outlives it.
+///
+/// Fork: a forked child inherits this object but not its reader thread, and it may inherit the
+/// locks in whatever state another thread of the parent held them. A `Connection` is therefore
+/// used only in the process that opened it (`openerPid`); `close()` in any other process returns
+/// without touching the fd, the locks or the waiters. The owners (`Device`, `DaemonControl`)
+/// open a new connection in the child instead.
+final class Connection: @unchecked Sendable {
+    /// The socket. Closed only by `releaseDescriptors`, in the opener, after the reader has
+    /// stopped polling it: closing it under a blocked reader would let the number be reused and
+    /// the reader read somebody else's fd.
+    let fd: Int32
+    let socketPath: String
+    let openerPid: pid_t
+    /// Wakes the reader out of `poll`: on close, and when an async call with a deadline is
+    /// registered (the reader sleeps only until the earliest one). The value is the eventfd, or
+    /// -1 once closed; writers hold the lock so they never write to a closed (reused) number.
+    private let wakeGate: Locked<Int32>
+    /// Whether `fd` is in the C fork table (`tether_track_device_fd`).
+    private let tracked: Bool
+
+    /// Ids, waiters and the sticky failure.
+    private let state = Locked(State())
+    /// True while `fd` is open. Held across `sendmsg`, and by the close of `fd`, so a send never
+    /// hits a closed or reused number. (One message per packet needs no framing lock.)
+    private let sendGate = Locked(true)
+    /// Lets `close()` wait until the reader has left `poll`/`recvmsg` for good.
+    private let readerExit = Completion()
+
+    struct Pending {
+        var waiter: Waiter
+        /// CLOCK_MONOTONIC ns; only async waiters carry one (a blocking caller times itself out).
+        var deadline: UInt64?
+        /// What the call was, for the timeout sentence.
+        var what: String
+        var timeoutSeconds: Double?
+    }
+
+    struct State {
+        var nextID: UInt64 = 1
+        var pending: [UInt64: Pending] = [:]
+        /// Set once (hang-up, read error, unreadable reply, close); every later call throws it.
+        var failure: TetherError?
+        var closed = false
+        var readerRunning = true
+        var readerThread: pthread_t?
+    }
+
+    enum Waiter: Sendable {
+        case blocking(Slot)
+        case async(CheckedContinuation<Result<Reply, TetherError>, Never>)
+
+        /// Never called with a lock held: a continuation must be resumed outside the lock.
+        func resolve(_ result: Result<Reply, TetherError>) {
+            switch self {
+            case .blocking(let slot): slot.fulfil(result)
+            case .async(let continuation): continuation.resume(returning: result)
+            }
+        }
+    }
+
+    // MARK: Opening
+
+    /// Connects, and starts the reader. `track` puts the fd in the C fork table with
+    /// `closeOnFork` (device connections); tool connections bind nothing and stay out of it so
+    /// that `tether_fds_closed_on_fork()` counts device fds only.
+    static func open(path: String, track: Bool, closeOnFork: Bool, sendTimeoutSeconds: Double) throws(TetherError) -> Connection {
+        let fd: Int32
+        do throws(SystemError) {
+            fd = try SeqPacketSocket.connect(path: path).release()
+        } catch {
+            throw connectError(error, path: path)
+        }
+        // Before anything else can fork: a child must see this fd in the table.
+        if track { tether_track_device_fd(fd, closeOnFork) }
+        let wake = eventfd(0, Int32(EFD_CLOEXEC))
+        if wake < 0 {
+            let e = SystemError("eventfd")
+            if track { tether_untrack_device_fd(fd) }
+            Glibc.close(fd)
+            throw TetherError(.resourceExhausted, "cannot create the reader's wake-up eventfd: \(e)")
+        }
+        // A daemon that stops reading must not block a sender forever: sendmsg gives up with
+        // EAGAIN after this long.
+        var tv = timeval(seconds: sendTimeoutSeconds)
+        _ = setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        let connection = Connection(fd: fd, wakeFd: wake, path: path, tracked: track)
+        startThread(name: "tether-reader") { connection.readLoop() }
+        return connection
+    }
+
+    private init(fd: Int32, wakeFd: Int32, path: String, tracked: Bool) {
+        self.fd = fd
+        self.wakeGate = Locked(wakeFd)
+        self.socketPath = path
+        self.tracked = tracked
+        self.openerPid = getpid()
+    }
+
+    deinit {
+        // The reader holds a strong reference while it runs, so this runs after it stopped.
+        close()
+    }
+
+    static func connectError(_ e: SystemError, path: String) -> TetherError {
+        switch e.errno {
+        case ENOENT, ECONNREFUSED, ENOTDIR:
+            // No socket file, or a stale one nobody listens on: the usual "forgot to start it".
+            return TetherError(.deviceLost, "no Tether daemon at \(path); start one with `tether daemon`")
+        case EACCES, EPERM:
+            return TetherError(.permissionDenied, "cannot connect to the Tether daemon at \(path): permission denied (the socket is owner-only; is it another user's daemon?)")
+        case ENAMETOOLONG:
+            return TetherError(.invalidArgument, "socket path \(path) is too long for a Unix socket; choose a shorter --socket or TETHER_SOCKET")
+        case EMFILE, ENFILE, ENOBUFS, ENOMEM:
+            return TetherError(.resourceExhausted, "cannot connect to the Tether daemon at \(path): \(e)")
+        case EAGAIN:
+            return TetherError(.deviceLost, "the Tether daemon at \(path) is not accepting connections (its backlog is full); try again")
+        default:
+            return TetherError(.deviceLost, "cannot connect to the Tether daemon at \(path): \(e)")
+        }
+    }
+
+    // MARK: Errors
+
+    var goneError: TetherError { TetherError(.deviceLost, "the Tether daemon at \(socketPath) went away") }
+
+    static func timeoutError(_ what: String, seconds: Double, path: String) -> TetherError {
+        TetherError(.deviceLost, "no answer from the daemon within \(formatSeconds(seconds)) s (\(what), daemon at \(path))")
+    }
+
+    // MARK: Calls
+
+    /// Sends `request` and blocks until its reply, the deadline (nil: none; the daemon going away
+    /// still ends the wait) or the connection's failure. An `.error` reply is thrown.
+    func call(_ request: Request, fds: [Int32] = [], timeoutSeconds: Double?) throws(TetherError) -> Reply {
+        let what = "\(request.op)"
+        let slot = Slot()
+        let id = try register(Pending(waiter: .blocking(slot), deadline: nil, what: what, timeoutSeconds: timeoutSeconds))
+        do throws(TetherError) {
+            try send(request, id: id, fds: fds)
+        } catch {
+            _ = remove(id)
+            throw error
+        }
+        let deadline = timeoutSeconds.map { monotonicNanos() &+ nanos($0) }
+        if let result = slot.wait(untilNanos: deadline) { return try result.get() }
+        // Timed out, unless the reader claimed the waiter just now: then its reply is being
+        // handed over and takes no time to arrive.
+        if remove(id) != nil {
+            throw Self.timeoutError(what, seconds: timeoutSeconds ?? 0, path: socketPath)
+        }
+        return try slot.wait(untilNanos: nil)!.get()
+    }
+
+    /// The async form (for `join`): the reader resumes the continuation when the reply comes,
+    /// and also enforces the deadline, so no timer thread or dispatch queue is involved.
+    func callAsync(_ request: Request, timeoutSeconds: Double?) async throws(TetherError) -> Reply {
+        let what = "\(request.op)"
+        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Reply, TetherError>, Never>) in
+            let deadline = timeoutSeconds.map { monotonicNanos() &+ nanos($0) }
+            let id: UInt64
+            do throws(TetherError) {
+                id = try register(Pending(waiter: .async(continuation), deadline: deadline, what: what, timeoutSeconds: timeoutSeconds))
+            } catch {
+                continuation.resume(returning: .failure(error))
+                return
+            }
+            // The reader may be asleep with a later (or no) deadline: make it look again.
+            if deadline != nil { wake() }
+            do throws(TetherError) {
+                try send(request, id: id, fds: [])
+            } catch {
+                remove(id)?.waiter.resolve(.failure(error))
+            }
+        }
+        return try result.get()
+    }
+
+    private func register(_ pending: Pending) throws(TetherError) -> UInt64 {
+        try state.withLock { (s: inout State) throws(TetherError) -> UInt64 in
+            if let failure = s.failure { throw failure }
+            let id = s.nextID
+            s.nextID &+= 1
+            s.pending[id] = pending
+            return id
+        }
+    }
+
+    private func remove(_ id: UInt64) -> Pending? {
+        state.withLock { $0.pending.removeValue(forKey: id) }
+    }
+
+    private func send(_ request: Request, id: UInt64, fds: [Int32]) throws(TetherError) {
+        let bytes = MessageCodec.encode(request, id: id)
+        guard bytes.count <= Wire.maxMessageBytes else {
+            throw TetherError(.invalidArgument, "a \(request.op) request of \(bytes.count) bytes exceeds the protocol's \(Wire.maxMessageBytes)-byte limit")
+        }
+        let outcome: SystemError? = sendGate.withLock { open -> SystemError? in
+            guard open else { return SystemError("sendmsg", errno: EBADF) }
+            do throws(SystemError) {
+                try SeqPacketSocket.send(fd, bytes, fds: fds)
+                return nil
+            } catch {
+                return error
+            }
+        }
+        guard let e = outcome else { return }
+        if let failure = state.withLock({ $0.failure }) { throw failure }
+        switch e.errno {
+        case EPIPE, ECONNRESET, ENOTCONN, EBADF:
+            throw goneError
+        case EAGAIN:
+            throw TetherError(.deviceLost, "the Tether daemon at \(socketPath) did not take a \(request.op) request in time (its socket buffer stayed full)")
+        case EMSGSIZE:
+            throw TetherError(.invalidArgument, "a \(request.op) request of \(bytes.count) bytes does not fit the socket's buffer")
+        default:
+            throw TetherError(.deviceLost, "cannot send to the Tether daemon at \(socketPath): \(e)")
+        }
+    }
+
+    // MARK: Reader
+
+    private func readLoop() {
+        state.withLock { $0.readerThread = pthread_self() }
+        var failure: TetherError?
+        // The eventfd stays open while the reader runs (it is closed only after the reader left).
+        let wakeFd = wakeGate.withLock { $0 }
+        var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: wakeFd, events: Int16(POLLIN), revents: 0)]
+        loop: while true {
+            let (closed, timeout) = pollTimeout()
+            if closed { break }
+            fds[0].revents = 0
+            fds[1].revents = 0
+            let n = fds.withUnsafeMutableBufferPointer { poll($0.baseAddress, 2, timeout) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                failure = TetherError(.deviceLost, "the Tether daemon at \(socketPath) went away (\(SystemError("poll")))")
+                break
+            }
+            if fds[1].revents != 0 {
+                var counter: UInt64 = 0
+                _ = read(wakeFd, &counter, 8)
+            }
+            expireDeadlines()
+            guard fds[0].revents != 0 else { continue }
+            do throws(SystemError) {
+                let received = try SeqPacketSocket.receive(fd, capacity: Wire.maxMessageBytes)
+                switch received {
+                case .message(let m):
+                    if let unreadable = deliver(m.bytes, truncated: m.truncated) {
+                        failure = unreadable
+                        break loop
+                    }
+                case .hangUp:
+                    failure = goneError
+                    break loop
+                case .wouldBlock:
+                    continue
+                }
+            } catch {
+                failure = TetherError(.deviceLost, "the Tether daemon at \(socketPath) went away (\(error))")
+                break
+            }
+        }
+        let (waiters, error, closed) = state.withLock { s in
+            s.readerRunning = false
+            if s.failure == nil { s.failure = failure ?? closedError }
+            let waiters = s.pending.values.map(\.waiter)
+            s.pending.removeAll()
+            return (waiters, s.failure!, s.closed)
+        }
+        for w in waiters { w.resolve(.failure(error)) }
+        // Whoever comes last closes the fds: here if close() already ran, else close() will.
+        if closed { releaseDescriptors() }
+        readerExit.complete()
+    }
+
+    private var closedError: TetherError {
+        TetherError(.deviceLost, "the connection to the Tether daemon at \(socketPath) was closed")
+    }
+
+    /// Whether to stop, and how long poll may sleep: until the earliest async deadline.
+    private func pollTimeout() -> (closed: Bool, millis: Int32) {
+        state.withLock { s in
+            if s.closed { return (true, 0) }
+            var earliest: UInt64?
+            for p in s.pending.values {
+                if let d = p.deadline, d < earliest ?? .max { earliest = d }
+            }
+            guard let earliest else { return (false, -1) }
+            let now = monotonicNanos()
+            if earliest <= now { return (false, 0) }
+            // Round up so that a wake-up is never a hair early (which would spin once more).
+            return (false, Int32(min((earliest - now + 999_999) / 1_000_000, UInt64(Int32.max))))
+        }
+    }
+
+    private func expireDeadlines() {
+        let now = monotonicNanos()
+        let expired: [Pending] = state.withLock { s in
+            let ids = s.pending.compactMap { id, p in p.deadline.map { $0 <= now } == true ? id : nil }
+            return ids.compactMap { s.pending.removeValue(forKey: $0) }
+        }
+        for p in expired {
+            p.waiter.resolve(.failure(Self.timeoutError(p.what, seconds: p.timeoutSeconds ?? 0, path: socketPath)))
+        }
+    }
+
+    /// Hands one reply to its waiter. Returns an error when the message cannot be attributed to
+    /// any call (not a Tether message at all): the peer is not a daemon we can talk to.
+    private func deliver(_ bytes: [UInt8], truncated: Bool) -> TetherError? {
+        var id: UInt64
+        var result: Result<Reply, TetherError>
+        do throws(TetherError) {
+            if truncated {
+                throw TetherError(.malformedMessage, "a reply from the daemon exceeded \(Wire.maxMessageBytes) bytes")
+            }
+            let (i, reply) = try MessageCodec.decodeReply(bytes)
+            id = i
+            if case .error(let e) = reply { result = .failure(e) } else { result = .success(reply) }
+        } catch {
+            // Still name the call if the header is readable, version or not, so that it fails
+            // now with the reason instead of timing out.
+            var r = WireReader(bytes)
+            guard bytes.count >= Wire.headerBytes, (try? r.u32()) == Wire.magic else {
+                return TetherError(.malformedMessage, "the peer at \(socketPath) is not a Tether daemon (\(error.message))")
+            }
+            _ = try? r.u16()
+            _ = try? r.u16()
+            id = (try? r.u64()) ?? 0
+            result = .failure(error)
+        }
+        // Unknown ids (a call that timed out, a reply we never asked for) are dropped.
+        state.withLock { $0.pending.removeValue(forKey: id) }?.waiter.resolve(result)
+        return nil
+    }
+
+    private func wake() {
+        wakeGate.withLock { wakeFd in
+            var one: UInt64 = 1
+            if wakeFd >= 0 { _ = write(wakeFd, &one, 8) }
+        }
+    }
+
+    // MARK: Closing
+
+    /// Fails every pending call, stops the reader and closes the fd, in the process that opened
+    /// it; in any other process (a forked child) it does nothing at all. Idempotent.
+    func close() {
+        // A forked child: its copy of the fd is either already closed by the C atfork handler
+        // (closeOnFork, and the number may have been reused since) or deliberately kept open
+        // (the fork-exit scenario). Either way it is not ours to close, and the locks may have
+        // been copied while held by a thread the child does not have.
+        guard getpid() == openerPid else { return }
+        let taken: (waiters: [Waiter], error: TetherError, readerRunning: Bool, onReader: Bool)? = state.withLock { s in
+            if s.closed { return nil }
+            s.closed = true
+            if s.failure == nil { s.failure = closedError }
+            let waiters = s.pending.values.map(\.waiter)
+            s.pending.removeAll()
+            let onReader = s.readerThread.map { pthread_equal($0, pthread_self()) != 0 } ?? false
+            return (waiters, s.failure!, s.readerRunning, onReader)
+        }
+        guard let taken else { return }
+        for w in taken.waiters { w.resolve(.failure(taken.error)) }
+        if taken.readerRunning {
+            wake()
+            // On the reader thread itself the loop is not in poll: it sees `closed` next and
+            // closes the fds on its way out.
+            if taken.onReader { return }
+            readerExit.wait()
+        }
+        releaseDescriptors()
+    }
+
+    /// Closes `fd` (untracking it first) and the eventfd, once. Runs only after the reader has
+    /// left `poll` for good.
+    private func releaseDescriptors() {
+        sendGate.withLock { open in
+            guard open else { return }
+            open = false
+            // Untrack before closing: once closed, the number may belong to someone else.
+            if tracked { tether_untrack_device_fd(fd) }
+            Glibc.close(fd)
+        }
+        wakeGate.withLock { wakeFd in
+            if wakeFd >= 0 { Glibc.close(wakeFd) }
+            wakeFd = -1
+        }
+    }
+}
+
+/// A one-shot result for a blocking caller. Built on `Monitor` (pthread, CLOCK_MONOTONIC) rather
+/// than Dispatch: it must work in a forked child, where libdispatch refuses service once the
+/// parent had used its thread pool.
+final class Slot: @unchecked Sendable {
+    private let monitor = Monitor()
+    /// Under `monitor`.
+    private var result: Result<Reply, TetherError>?
+
+    func fulfil(_ r: Result<Reply, TetherError>) {
+        monitor.withLock {
+            result = r
+            monitor.broadcast()
+        }
+    }
+
+    /// The result, or nil if `deadline` (CLOCK_MONOTONIC ns) passed first.
+    func wait(untilNanos deadline: UInt64?) -> Result<Reply, TetherError>? {
+        monitor.withLock {
+            while result == nil {
+                if !monitor.wait(untilNanos: deadline) { break }
+            }
+            return result
+        }
+    }
+}
+
+/// A latch: `wait` returns once `complete` has been called.
+final class Completion: @unchecked Sendable {
+    private let monitor = Monitor()
+    /// Under `monitor`.
+    private var done = false
+
+    func complete() {
+        monitor.withLock {
+            done = true
+            monitor.broadcast()
+        }
+    }
+
+    func wait() {
+        monitor.withLock {
+            while !done { monitor.wait() }
+        }
+    }
+}
+
+// MARK: Helpers
+
+/// Seconds as nanoseconds, clamped so that a huge timeout cannot overflow a deadline.
+func nanos(_ seconds: Double) -> UInt64 {
+    guard seconds > 0 else { return 0 }
+    return UInt64(min(seconds, 1e9) * 1e9)
+}
+
+/// "30", "0.5": timeouts as people write them.
+func formatSeconds(_ s: Double) -> String {
+    if s.isFinite, s == s.rounded(), abs(s) < 1e15 { return String(Int64(s)) }
+    return String(s)
+}
+
+extension timeval {
+    init(seconds: Double) {
+        let clamped = max(0, min(seconds, 1e9))
+        let whole = clamped.rounded(.down)
+        self.init(tv_sec: Int(whole), tv_usec: Int((clamped - whole) * 1e6))
+        // 0 would mean "block forever" to SO_SNDTIMEO.
+        if tv_sec == 0 && tv_usec == 0 { tv_usec = 1 }
+    }
+}

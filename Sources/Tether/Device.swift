@@ -1,0 +1,383 @@
+import CTetherLinux
+import Glibc
+import TetherCore
+import TetherSys
+
+/// How a `Device` connects.
+public struct DeviceOptions: Sendable {
+    /// nil: `SocketPath.resolve()` (`$TETHER_SOCKET`, then `$XDG_RUNTIME_DIR/tether/tether.sock`,
+    /// then `/tmp/tether-$UID/tether.sock`).
+    public var socketPath: String?
+    /// nil: the daemon's default. Sent in hello; the daemon may refuse an override.
+    public var policy: LifetimePolicy?
+    /// The backend this client expects; the daemon refuses a mismatch (`.auto` accepts any).
+    public var backend: BackendChoice
+    /// Close inherited device fds in a forked child (the user-space workaround of lifetime
+    /// rule 3). Off, a child keeps the parent's connection fd open — which under the `release`
+    /// policy keeps the parent's address space alive; the benchmarks measure exactly that.
+    public var closeOnFork: Bool
+    /// Every call except `join`/`wait` gives up after this long with `.deviceLost`.
+    public var requestTimeoutSeconds: Double
+
+    public init(socketPath: String? = nil, policy: LifetimePolicy? = nil, backend: BackendChoice = .auto,
+                closeOnFork: Bool = true, requestTimeoutSeconds: Double = 30) {
+        self.socketPath = socketPath
+        self.policy = policy
+        self.backend = backend
+        self.closeOnFork = closeOnFork
+        self.requestTimeoutSeconds = requestTimeoutSeconds
+    }
+}
+
+/// A device thread this process spawned.
+public struct DeviceThreadHandle: Sendable, Hashable {
+    public let id: ThreadID
+    public init(id: ThreadID) { self.id = id }
+}
+
+/// A connection to the Tether daemon on behalf of this process's address space.
+///
+/// ```swift
+/// let device = try Device()
+/// let n = 1 << 20
+/// let memory = try device.mirror(bytes: 2 * n * 4)
+/// let x = memory.base.bindMemory(to: Float.self, capacity: 2 * n)
+/// let y = x + n
+/// for i in 0..<n { x[i] = Float(i); y[i] = 1 }
+/// // saxpy: n, a (bit pattern), x, y — pointers are this process's own addresses.
+/// let a: Float = 2
+/// let thread = try device.spawn(.saxpy, args: [UInt64(n), UInt64(a.bitPattern), memory.address,
+///                                              memory.address + UInt64(n * 4)],
+///                               groups: UInt32(n / 256))
+/// let report = try await device.join(thread)
+/// precondition(report.state == .finished && y[3] == 7)   // y = a·x + y, written by the device
+/// device.close()
+/// ```
+///
+/// The first request (hello, sent by `init`) binds the connection to this process; the daemon
+/// tears the address space down when this process exits (policy `exit`) or when the last copy of
+/// the connection fd is closed (`release`), killing its device threads and dropping its regions.
+///
+/// **Fork.** A forked child shares nothing with the parent's connection that it may use: the
+/// daemon answers `notOwner` to requests from another process, and the reader thread did not
+/// survive the fork anyway. So every call first compares `getpid()` with the pid this device
+/// connected from; in a child it transparently opens a connection of its own, says hello with the
+/// same options, and mirrors every region of this device again — same owner addresses (fork
+/// copied the address space) and the same memfds (inherited) — making the child an owner of the
+/// same pages. Handles keep working: `MirroredMemory.region` is translated to the child's region.
+/// The parent's fd is never closed or used in the child: with `closeOnFork` the C atfork handler
+/// already closed it (and the number may have been reused); without, keeping it open is the point.
+/// `getpid()` is checked rather than relying on `pthread_atfork` alone, which raw `clone` skips.
+/// In a child, prefer the blocking calls (`wait`): Swift concurrency does not survive fork.
+///
+/// All methods are thread-safe. Every blocking call is bounded by `requestTimeoutSeconds`, except
+/// `join`/`wait`, which have their own timeout; all of them fail with `.deviceLost` as soon as the
+/// daemon goes away.
+public final class Device: @unchecked Sendable {
+    public let options: DeviceOptions
+    /// The resolved socket path.
+    public let socketPath: String
+
+    private struct Mirror {
+        let memory: MirroredMemory
+        /// The region in the current process's address space (differs from `memory.region` in a
+        /// forked child).
+        var live: RegionID
+    }
+
+    private struct State {
+        var connection: Connection
+        /// The process `connection` belongs to.
+        var pid: pid_t
+        var hello: HelloReply
+        var mirrors: [ObjectIdentifier: Mirror] = [:]
+        var closed = false
+    }
+
+    /// Brief sections only (never held across I/O), so that a fork in another thread is unlikely
+    /// to copy it locked.
+    private let state: Locked<State>
+    /// Serialises re-connection in a forked child, which does I/O.
+    private let reconnectLock = Locked(())
+
+    private var timeout: Double { options.requestTimeoutSeconds }
+
+    /// Connects to the daemon and says hello.
+    ///
+    /// Throws `.deviceLost` ("no Tether daemon at PATH; start one with `tether daemon`") when
+    /// nothing listens at the socket, and whatever the daemon answers to hello (a refused policy
+    /// override, a backend mismatch).
+    public init(_ options: DeviceOptions = .init()) throws(TetherError) {
+        try Self.validate(options)
+        let path = SocketPath.resolve(options.socketPath)
+        let pid = getpid()
+        let connection = try Self.connect(path: path, options: options)
+        self.options = options
+        self.socketPath = path
+        state = Locked(State(connection: connection.0, pid: pid, hello: connection.1))
+    }
+
+    deinit { close() }
+
+    private static func validate(_ options: DeviceOptions) throws(TetherError) {
+        guard options.requestTimeoutSeconds > 0, options.requestTimeoutSeconds.isFinite else {
+            throw TetherError(.invalidArgument, "requestTimeoutSeconds must be a positive number of seconds, not \(options.requestTimeoutSeconds)")
+        }
+    }
+
+    /// A new connection plus hello, in the calling process.
+    private static func connect(path: String, options: DeviceOptions) throws(TetherError) -> (Connection, HelloReply) {
+        let c = try Connection.open(path: path, track: true, closeOnFork: options.closeOnFork,
+                                    sendTimeoutSeconds: options.requestTimeoutSeconds)
+        do throws(TetherError) {
+            let reply = try c.call(.hello(policy: options.policy, backend: options.backend), timeoutSeconds: options.requestTimeoutSeconds)
+            guard case .hello(let hello) = reply else { throw unexpected(reply, to: "hello") }
+            // The daemon refuses a mismatch itself; checked here too so that a client never
+            // runs on a backend it did not ask for, whatever the daemon's version.
+            if options.backend != .auto, hello.backend.rawValue != options.backend.rawValue {
+                throw TetherError(.backendUnavailable, "the Tether daemon at \(path) runs the \(hello.backend.rawValue) backend, not \(options.backend.rawValue); start it with `tether daemon --backend \(options.backend.rawValue)` or ask for backend auto")
+            }
+            return (c, hello)
+        } catch {
+            c.close()
+            throw error
+        }
+    }
+
+    // MARK: Properties
+
+    /// What hello answered: this address space, its pid and policy, the backend and device. In a
+    /// forked child, the child's own once it has made a call.
+    public var hello: HelloReply { state.withLock { $0.hello } }
+
+    /// The raw connection fd of the current connection (-1 once closed). In a forked child that
+    /// has not made a call yet, this is the inherited fd (closed already if `closeOnFork`).
+    public var connectionFD: Int32 { state.withLock { $0.closed ? -1 : $0.connection.fd } }
+
+    // MARK: Memory
+
+    /// Creates `bytes` (rounded up to whole pages) of memory shared with the device: a memfd,
+    /// mapped here, mirrored by the daemon at the same owner addresses.
+    public func mirror(bytes: Int) throws(TetherError) -> MirroredMemory {
+        guard bytes > 0 else { throw TetherError(.invalidArgument, "mirror needs a positive number of bytes, not \(bytes)") }
+        let c = try connection()
+        let size = Memfd.pageRounded(bytes)
+        let memfd = try sys({ () throws(SystemError) in try Memfd.create(name: "tether-mirror", size: size) },
+                            "cannot create \(size) bytes of shared memory")
+        let mapping = try sys({ () throws(SystemError) in try SharedMapping(fd: memfd.raw, size: size) },
+                              "cannot map \(size) bytes of shared memory")
+        let reply = try c.call(.mirror(ownerBase: mapping.address, size: UInt64(size)), fds: [memfd.raw], timeoutSeconds: timeout)
+        guard case .mirrored(let region) = reply else { throw Self.unexpected(reply, to: "mirror") }
+        let memory = MirroredMemory(memfd: memfd, mapping: mapping, region: region)
+        let registered = state.withLock { s in
+            guard !s.closed else { return false }
+            s.mirrors[ObjectIdentifier(memory)] = Mirror(memory: memory, live: region)
+            return true
+        }
+        guard registered else {
+            memory.release()
+            throw closedError
+        }
+        return memory
+    }
+
+    /// Stops mirroring `memory` and unmaps it here. After this, `memory.base` is invalid.
+    ///
+    /// The local pages go whenever the region is gone on the daemon's side too (success, or the
+    /// daemon, the address space or the region no longer exists); if the daemon refuses for
+    /// another reason the memory stays mirrored and the error is thrown.
+    public func unmirror(_ memory: MirroredMemory) throws(TetherError) {
+        let c = try connection()
+        let key = ObjectIdentifier(memory)
+        // Claimed first, so that two concurrent unmirrors do not both ask the daemon.
+        guard let mirror = state.withLock({ $0.mirrors.removeValue(forKey: key) }) else {
+            throw TetherError(.noSuchRegion, "region \(memory.region) is not mirrored by this device (unmirrored already, or mirrored by another Device)")
+        }
+        do throws(TetherError) {
+            let reply = try c.call(.unmirror(mirror.live), timeoutSeconds: timeout)
+            guard case .done = reply else { throw Self.unexpected(reply, to: "unmirror") }
+        } catch {
+            switch error.code {
+            case .deviceLost, .ownerExited, .noSuchRegion:
+                memory.release()
+            default:
+                state.withLock { s in if !s.closed { s.mirrors[key] = mirror } }
+            }
+            throw error
+        }
+        memory.release()
+    }
+
+    // MARK: Threads
+
+    /// Starts a device thread running a built-in kernel over `groups` workgroups.
+    /// `persistentSeconds` > 0 repeats the grid for that long (a persistent thread).
+    public func spawn(_ kernel: BuiltinKernel, args: [UInt64], groups: UInt32, priority: PriorityClass = .normal,
+                      persistentSeconds: Double = 0) throws(TetherError) -> DeviceThreadHandle {
+        guard persistentSeconds >= 0, persistentSeconds.isFinite else {
+            throw TetherError(.invalidArgument, "persistentSeconds must be zero or a positive number of seconds, not \(persistentSeconds)")
+        }
+        return try spawn(SpawnRequest(program: .builtin(kernel), args: args, groups: groups,
+                                      persistentNanos: nanos(persistentSeconds), priority: priority))
+    }
+
+    /// Starts a built-in kernel with a workload's launch (its arguments and grid).
+    public func spawn(_ launch: Launch, kernel: BuiltinKernel, priority: PriorityClass = .normal,
+                      persistentSeconds: Double = 0) throws(TetherError) -> DeviceThreadHandle {
+        try spawn(kernel, args: launch.args, groups: launch.groups, priority: priority, persistentSeconds: persistentSeconds)
+    }
+
+    /// Starts a device thread running custom SPIR-V (entry point `main`, the push-constant
+    /// layout of `KernelABI`).
+    public func spawn(spirv: [UInt32], invocationsPerGroup: UInt32, args: [UInt64], groups: UInt32,
+                      priority: PriorityClass = .normal) throws(TetherError) -> DeviceThreadHandle {
+        guard !spirv.isEmpty, spirv.count <= Wire.maxSpirvWords else {
+            throw TetherError(.invalidArgument, "a SPIR-V module must have 1 to \(Wire.maxSpirvWords) words, not \(spirv.count)")
+        }
+        guard invocationsPerGroup > 0 else { throw TetherError(.invalidArgument, "invocationsPerGroup must be positive") }
+        return try spawn(SpawnRequest(program: .spirv(words: spirv, invocationsPerGroup: invocationsPerGroup),
+                                      args: args, groups: groups, priority: priority))
+    }
+
+    private func spawn(_ request: SpawnRequest) throws(TetherError) -> DeviceThreadHandle {
+        // Checked here because the wire cannot carry more: the daemon would see a malformed
+        // message, not a sentence about arguments.
+        guard request.args.count <= KernelABI.maxArguments else {
+            throw TetherError(.invalidArgument, "a kernel takes at most \(KernelABI.maxArguments) arguments, not \(request.args.count)")
+        }
+        let reply = try connection().call(.spawn(request), timeoutSeconds: timeout)
+        guard case .spawned(let id) = reply else { throw Self.unexpected(reply, to: "spawn") }
+        return DeviceThreadHandle(id: id)
+    }
+
+    /// Waits for `thread` to end and returns how it ended (a killed or faulted thread is a report,
+    /// not an error). `timeoutSeconds`: nil waits as long as the thread runs; the daemon going
+    /// away ends the wait with `.deviceLost` either way.
+    public func join(_ thread: DeviceThreadHandle, timeoutSeconds: Double? = nil) async throws(TetherError) -> ThreadReport {
+        let reply = try await connection().callAsync(.join(thread.id), timeoutSeconds: timeoutSeconds)
+        guard case .joined(let report) = reply else { throw Self.unexpected(reply, to: "join") }
+        return report
+    }
+
+    /// `join`, blocking the calling thread (for forked children and code without async).
+    public func wait(_ thread: DeviceThreadHandle, timeoutSeconds: Double? = nil) throws(TetherError) -> ThreadReport {
+        let reply = try connection().call(.join(thread.id), timeoutSeconds: timeoutSeconds)
+        guard case .joined(let report) = reply else { throw Self.unexpected(reply, to: "join") }
+        return report
+    }
+
+    /// Asks `thread` to stop (through its control word; it ends at its next poll). Returns
+    /// whether it was still alive.
+    public func kill(_ thread: DeviceThreadHandle) throws(TetherError) -> Bool {
+        let reply = try connection().call(.kill(thread.id), timeoutSeconds: timeout)
+        guard case .killed(let wasAlive) = reply else { throw Self.unexpected(reply, to: "kill") }
+        return wasAlive
+    }
+
+    /// The thread's state now, without waiting.
+    public func status(_ thread: DeviceThreadHandle) throws(TetherError) -> ThreadReport {
+        let reply = try connection().call(.status(thread.id), timeoutSeconds: timeout)
+        guard case .status(let report) = reply else { throw Self.unexpected(reply, to: "status") }
+        return report
+    }
+
+    // MARK: Closing
+
+    /// Closes the connection (in the process that opened it) and unmaps every mirrored region
+    /// here. Idempotent; `deinit` does it too. Calls made afterwards throw `.deviceLost`.
+    ///
+    /// In a forked child that never made a call, the inherited connection is left alone (see the
+    /// type's notes on fork); the child's copies of the mappings and memfds are released.
+    public func close() {
+        let taken: (Connection, [MirroredMemory])? = state.withLock { s in
+            if s.closed { return nil }
+            s.closed = true
+            let memories = s.mirrors.values.map(\.memory)
+            s.mirrors.removeAll()
+            return (s.connection, memories)
+        }
+        guard let (connection, memories) = taken else { return }
+        connection.close()
+        for m in memories { m.release() }
+    }
+
+    // MARK: Fork
+
+    /// The connection of the calling process: the current one, or a new one in a forked child.
+    private func connection() throws(TetherError) -> Connection {
+        let pid = getpid()
+        let current = try state.withLock { (s: inout State) throws(TetherError) -> Connection? in
+            if s.closed { throw closedError }
+            return s.pid == pid ? s.connection : nil
+        }
+        if let current { return current }
+        return try reconnect(in: pid)
+    }
+
+    /// Lifetime rule 2: a forked child gets a connection of its own, becomes the owner of the
+    /// same regions, and carries on. On failure nothing changes, and the next call tries again.
+    private func reconnect(in pid: pid_t) throws(TetherError) -> Connection {
+        try reconnectLock.withLock { (_: inout Void) throws(TetherError) -> Connection in
+            // Another thread of this child may have finished it while we waited for the lock.
+            let (done, mirrors) = try state.withLock { (s: inout State) throws(TetherError) -> (Connection?, [Mirror]) in
+                if s.closed { throw closedError }
+                return s.pid == pid ? (s.connection, []) : (nil, Array(s.mirrors.values))
+            }
+            if let done { return done }
+
+            let (c, hello) = try prefixed(pid) { () throws(TetherError) in try Self.connect(path: socketPath, options: options) }
+            do throws(TetherError) {
+                var renamed: [(ObjectIdentifier, RegionID)] = []
+                for mirror in mirrors {
+                    let memory = mirror.memory
+                    let region = try memory.withMemfd { (memfd: Int32?) throws(TetherError) -> RegionID? in
+                        // Released by a concurrent unmirror/close in this child: nothing to do.
+                        guard let memfd else { return nil }
+                        let reply = try c.call(.mirror(ownerBase: memory.address, size: UInt64(memory.size)), fds: [memfd],
+                                               timeoutSeconds: timeout)
+                        guard case .mirrored(let region) = reply else { throw Self.unexpected(reply, to: "mirror") }
+                        return region
+                    }
+                    if let region { renamed.append((ObjectIdentifier(memory), region)) }
+                }
+                try state.withLock { (s: inout State) throws(TetherError) in
+                    if s.closed { throw closedError }
+                    // The parent's connection object is abandoned here, not closed: see `close()`
+                    // of `Connection` for why a child never touches it.
+                    s.connection = c
+                    s.pid = pid
+                    s.hello = hello
+                    for (key, region) in renamed { s.mirrors[key]?.live = region }
+                }
+                return c
+            } catch {
+                c.close()
+                throw TetherError(error.code, "in forked child \(pid), re-mirroring the parent's memory failed: \(error.message)")
+            }
+        }
+    }
+
+    private func prefixed<T>(_ pid: pid_t, _ body: () throws(TetherError) -> T) throws(TetherError) -> T {
+        do throws(TetherError) {
+            return try body()
+        } catch {
+            throw TetherError(error.code, "in forked child \(pid), connecting to the daemon failed: \(error.message)")
+        }
+    }
+
+    // MARK: Errors
+
+    private var closedError: TetherError { TetherError(.deviceLost, "this Device was closed; open a new one") }
+
+    static func unexpected(_ reply: Reply, to what: String) -> TetherError {
+        TetherError(.malformedMessage, "the daemon answered a \(what) request with \(reply); are client and daemon the same build?")
+    }
+
+    private func sys<T: ~Copyable>(_ body: () throws(SystemError) -> T, _ what: String) throws(TetherError) -> T {
+        do throws(SystemError) {
+            return try body()
+        } catch {
+            throw TetherError(.resourceExhausted, "\(what): \(error)")
+        }
+    }
+}

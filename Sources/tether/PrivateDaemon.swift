@@ -1,0 +1,62 @@
+import Foundation
+import Glibc
+import Tether
+import TetherCore
+import TetherSys
+
+/// A daemon this command starts for itself (a separate process: this one must stay free of
+/// Vulkan so that it can fork victims) and stops when done.
+final class PrivateDaemon {
+    let socketPath: String
+    let process: Process
+    let logPath: String
+
+    /// Starts `tether daemon` on a fresh socket and waits until it answers (10 s at most).
+    init(backend: BackendChoice?, policy: LifetimePolicy, quantumMicros: UInt64? = nil, extra: [String] = []) throws {
+        let dir = "/tmp/tether-\(getuid())"
+        try? SocketPath.prepareDirectory(for: dir + "/x")
+        let tag = "\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        socketPath = "\(dir)/private-\(tag).sock"
+        logPath = "\(dir)/private-\(tag).log"
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        var args = ["daemon", "--socket", socketPath, "--policy", policy.description]
+        if let backend { args += ["--backend", backend.rawValue] }
+        if let quantumMicros { args += ["--quantum-us", String(quantumMicros)] }
+        process.arguments = args + extra
+        FileManager.default.createFile(atPath: logPath, contents: nil)
+        process.standardError = FileHandle(forWritingAtPath: logPath)
+        let ready = Pipe()
+        process.standardOutput = ready
+        try process.run()
+        // The daemon prints one line on standard output once it listens.
+        let fd = ready.fileHandleForReading.fileDescriptor
+        var line = [UInt8]()
+        let deadline = monotonicNanos() + 20_000_000_000
+        while !line.contains(UInt8(ascii: "\n")) && monotonicNanos() < deadline {
+            guard (try? waitReadable(fd, timeoutMillis: 500)) == true else { continue }
+            var buf = [UInt8](repeating: 0, count: 256)
+            let n = read(fd, &buf, 256)
+            if n <= 0 { break }
+            line += buf[0..<n]
+        }
+        guard String(decoding: line, as: UTF8.self).hasPrefix("ready") else {
+            let log = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
+            stop()
+            throw TetherError(.deviceLost, "the private daemon did not start: \(log.split(separator: "\n").last.map(String.init) ?? "no output")")
+        }
+    }
+
+    /// SIGTERM, then SIGKILL if it has not stopped within 10 s.
+    func stop() {
+        guard process.isRunning else { return }
+        kill(process.processIdentifier, SIGTERM)
+        let deadline = monotonicNanos() + 10_000_000_000
+        while process.isRunning && monotonicNanos() < deadline { usleep(5_000) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+        unlink(logPath)
+    }
+
+    deinit { stop() }
+}
