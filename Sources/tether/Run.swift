@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Tether
 import TetherCore
 import TetherDevice
 import TetherSys
@@ -29,6 +30,8 @@ struct Run: ParsableCommand {
     @Option(help: "Problem size (elements, matrix order, image width, list nodes or spin iterations).") var size: Int?
     @Option(help: "spin only: run for this many seconds unless killed.") var seconds: Double = 1
     @Flag(help: "Print one JSON object.") var json = false
+    @Flag(help: "Open the device in this process instead of going through a daemon.") var local = false
+    @OptionGroup var socket: SocketOption
 
     func run() throws {
         let choice: BackendChoice
@@ -44,7 +47,7 @@ struct Run: ParsableCommand {
         guard seconds > 0, seconds <= 86_400 else { throw fail("--seconds must be in (0, 86400]") }
         let report: RunReport
         do {
-            report = try runLocal(&w, choice: choice)
+            report = local ? try runLocal(&w, choice: choice) : try runThroughDaemon(&w, choice: choice)
         } catch {
             throw fail(error.message)
         }
@@ -73,15 +76,45 @@ struct Run: ParsableCommand {
         let outcome = try device.run(.builtin(w.kernel), launch: launch, persistentNanos: persistent)
         let elapsed = Double(monotonicNanos() - start) / 1e9
         if let error = outcome.error { throw error }
-        return report(w, backend: backend.device, elapsed: elapsed, memory: region.localBase!,
+        return report(w, backend: backend.device.backend, device: backend.device.name, elapsed: elapsed, memory: region.localBase!,
                       state: outcome.state, path: "local")
     }
 
-    func report(_ w: any Workload, backend: DeviceDescription, elapsed: Double, memory: UnsafeMutableRawPointer,
+    /// Runs through the daemon at the socket path; when none answers, through a private daemon
+    /// started for this run (with the requested backend) and stopped after.
+    func runThroughDaemon(_ w: inout any Workload, choice: BackendChoice) throws(TetherError) -> RunReport {
+        var options = DeviceOptions(socketPath: socket.path, backend: choice)
+        var privateDaemon: PrivateDaemon?
+        defer { privateDaemon?.stop() }
+        let device: Device
+        do {
+            device = try Device(options)
+        } catch let error where error.code == .deviceLost {
+            do { privateDaemon = try PrivateDaemon(backend: choice, policy: .exit) } catch let e as TetherError { throw e } catch {
+                throw TetherError(.deviceLost, "\(error)")
+            }
+            options.socketPath = privateDaemon!.socketPath
+            device = try Device(options)
+        }
+        defer { device.close() }
+        let memory = try device.mirror(bytes: w.mirroredBytes)
+        let launch = w.prepare(memory: memory.base)
+        let persistent = w.kernel == .spin ? seconds : 0
+        let start = monotonicNanos()
+        let thread = try device.spawn(launch, kernel: w.kernel, persistentSeconds: persistent)
+        let outcome = try device.wait(thread, timeoutSeconds: max(600, seconds * 2))
+        let elapsed = Double(monotonicNanos() - start) / 1e9
+        if let error = outcome.error { throw error }
+        let hello = device.hello
+        return report(w, backend: hello.backend, device: hello.deviceName, elapsed: elapsed, memory: memory.base, state: outcome.state,
+                      path: privateDaemon == nil ? "daemon" : "private daemon")
+    }
+
+    func report(_ w: any Workload, backend: BackendKind, device: String, elapsed: Double, memory: UnsafeMutableRawPointer,
                 state: ThreadState, path: String) -> RunReport {
         let verification = w.verify(memory: memory)
         let work = w.work
-        return RunReport(workload: w.kernel.rawValue, backend: backend.backend.rawValue, device: backend.name,
+        return RunReport(workload: w.kernel.rawValue, backend: backend.rawValue, device: device,
                          size: w.size, verified: verification.ok, detail: verification.detail, seconds: elapsed,
                          gbps: work.computeBound ? nil : work.bytes / elapsed / 1e9,
                          gflops: work.computeBound || work.flops > 0 ? work.flops / elapsed / 1e9 : nil,
