@@ -1,0 +1,247 @@
+import CTetherLinux
+import Foundation
+import Glibc
+import Tether
+import TetherCore
+import TetherSys
+import Testing
+
+/// The lifetime rules of DESIGN.md with real processes, a real daemon, real fork, SIGKILL and pidfds.
+@Suite(.serialized) struct LifetimeTests {
+    /// A child that opens the device, mirrors `mib` MiB, starts a long spin thread, says "ready",
+    /// then waits on the handshake's read end (EOF) or exits as told.
+    static func victim(_ daemon: TestDaemon, _ h: Handshake, mib: Int = 4, closeOnFork: Bool = true,
+                       then: (Device) -> Int32 = { _ in pause(); return 0 }) -> pid_t {
+        forkChild {
+            do {
+                let device = try Device(daemon.options(closeOnFork: closeOnFork))
+                let m = try device.mirror(bytes: mib << 20)
+                memset(m.base, 1, m.size)
+                _ = try device.spawn(.spin, args: [60_000], groups: 64, persistentSeconds: 600)
+                h.send("ready")
+                return then(device)
+            } catch {
+                h.send("error \(error)")
+                return 1
+            }
+        }
+    }
+
+    @Test("SIGKILL of the owner tears its address space down at once under the exit policy")
+    func sigkillTearsDown() throws {
+        let daemon = try TestDaemon()
+        let h = Handshake()
+        defer { h.close() }
+        let pid = Self.victim(daemon, h)
+        #expect(h.receive() == "ready")
+        let control = try daemon.control()
+        #expect(try control.ps().spaces.contains { $0.pid == pid && $0.threads.count == 1 && $0.regions == 1 })
+        kill(pid, SIGKILL)
+        let timelines = try control.awaitTeardown(pid: pid, timeoutSeconds: 10)
+        let t = try #require(timelines.last)
+        #expect(t.reason == "ownerExit" || t.reason == "release")
+        #expect(t.threadsKilled == 1 && t.regionsFreed == 1)
+        #expect(t.noticeNanos <= t.quiescedNanos && t.quiescedNanos <= t.releasedNanos)
+        #expect(try control.ps().spaces.allSatisfy { $0.pid != pid })
+        _ = waitChild(pid)
+    }
+
+    @Test("a normal exit releases everything too")
+    func normalExit() throws {
+        let daemon = try TestDaemon()
+        let h = Handshake()
+        defer { h.close() }
+        let pid = Self.victim(daemon, h) { _ in 0 }
+        #expect(h.receive() == "ready")
+        let t = try #require(try daemon.control().awaitTeardown(pid: pid, timeoutSeconds: 10).last)
+        #expect(t.regionsFreed == 1)
+        #expect(waitChild(pid) == 0)
+        #expect(try daemon.control().ps().spaces.isEmpty)
+    }
+
+    @Test("fork-exit: under exit the owner's work dies although its child holds the fd; under release it lives",
+          arguments: [LifetimePolicy.exit, .release])
+    func forkExit(policy: LifetimePolicy) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: tetherBinary())
+        process.arguments = ["scenario", "fork-exit", "--policy", policy.description, "--backend", "software",
+                             "--mib", "8", "--child-seconds", "0.5", "--json"]
+        let out = Pipe()
+        process.standardOutput = out
+        try process.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0)
+        let json = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        #expect(json["childAlive"] as? Bool == true)
+        if policy == .exit {
+            #expect(json["ownerThreadsAfter"] as? Int == 0)
+            #expect(json["ownerRegionsAfter"] as? Int == 0)
+            #expect(json["releasedMicros"] as? Double != nil)
+        } else {
+            #expect(json["ownerThreadsAfter"] as? Int == 1)
+            #expect(json["ownerRegionsAfter"] as? Int == 1)
+            #expect(json["releasedMicros"] == nil)
+            #expect((json["livedOnMicros"] as? Double ?? 0) > 400_000)
+        }
+    }
+
+    @Test("a forked child using its parent's connection is refused with notOwner")
+    func childOnParentConnectionIsRefused() throws {
+        let daemon = try TestDaemon()
+        let fd = try SeqPacketSocket.connect(path: daemon.socketPath)
+        guard case .hello? = rawRequest(fd.raw, .hello(policy: nil, backend: .auto)) else {
+            Issue.record("hello failed")
+            return
+        }
+        let child = forkChild {
+            errorCode(rawRequest(fd.raw, .status(ThreadID(rawValue: 1)))) == .notOwner ? 0 : 1
+        }
+        #expect(waitChild(child) == 0)
+        // The parent, the owner, is still served.
+        #expect(errorCode(rawRequest(fd.raw, .status(ThreadID(rawValue: 1)))) == .noSuchThread)
+    }
+
+    @Test("the library notices the fork and opens a connection of its own in the child",
+          arguments: [true, false])
+    func childGetsItsOwnConnection(closeOnFork: Bool) throws {
+        let daemon = try TestDaemon()
+        let device = try Device(daemon.options(closeOnFork: closeOnFork))
+        let memory = try device.mirror(bytes: 4096)
+        let parentSpace = device.hello.space
+        let child = forkChild {
+            do {
+                // Regions were mirrored again for the child: saxpy on the inherited pages works.
+                let x = memory.base.bindMemory(to: Float.self, capacity: 512)
+                for i in 0..<256 { x[i] = Float(i); x[256 + i] = 1 }
+                let a: Float = 2
+                let t = try device.spawn(.saxpy, args: [256, UInt64(a.bitPattern), memory.address, memory.address + 1024], groups: 1)
+                let r = try device.wait(t, timeoutSeconds: 10)
+                guard r.state == .finished, x[256 + 3] == 7 else { return 2 }
+                return device.hello.space != parentSpace ? 0 : 3
+            } catch {
+                return 1
+            }
+        }
+        #expect(waitChild(child) == 0)
+        // The parent's connection still works after the child came and went.
+        _ = try device.spawn(.spin, args: [10], groups: 1)
+        device.close()
+    }
+
+    @Test("a connection fd passed with SCM_RIGHTS is refused in the receiving process")
+    func passedFdIsRefused() throws {
+        let daemon = try TestDaemon()
+        var pair: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue), 0, &pair) == 0)
+        defer { close(pair[0]); close(pair[1]) }
+        // The receiver forks before the connection exists: it can only get the fd by passing.
+        let receiver = forkChild {
+            guard case .message(var m) = try? SeqPacketSocket.receive(pair[1], capacity: 64) else { return 1 }
+            let fds = m.takeFds()
+            guard fds.count == 1 else { return 2 }
+            return errorCode(rawRequest(fds[0], .status(ThreadID(rawValue: 1)))) == .notOwner ? 0 : 3
+        }
+        let fd = try SeqPacketSocket.connect(path: daemon.socketPath)
+        guard case .hello? = rawRequest(fd.raw, .hello(policy: nil, backend: .auto)) else {
+            Issue.record("hello failed")
+            return
+        }
+        try SeqPacketSocket.send(pair[0], [1], fds: [fd.raw])
+        #expect(waitChild(receiver) == 0)
+    }
+
+    @Test("exec of the owner closes its connection (CLOEXEC) and tears the old image's work down")
+    func execTearsDown() throws {
+        let daemon = try TestDaemon()
+        let h = Handshake()
+        defer { h.close() }
+        let pid = Self.victim(daemon, h) { _ in
+            let args = ["/bin/sleep", "30"]
+            var argv: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
+            execv("/bin/sleep", &argv)
+            return 9
+        }
+        #expect(h.receive() == "ready")
+        let t = try #require(try daemon.control().awaitTeardown(pid: pid, timeoutSeconds: 10).last)
+        #expect(t.reason == "release")
+        #expect(t.threadsKilled == 1)
+        #expect(kill(pid, 0) == 0, "the process itself lives on as /bin/sleep")
+        kill(pid, SIGKILL)
+        _ = waitChild(pid)
+    }
+
+    @Test("after teardown the daemon holds no mapping or fd of the dead process, and its device work stops")
+    func nothingLeaks() throws {
+        let daemon = try TestDaemon()
+        let control = try daemon.control()
+        _ = try control.ps()  // the control connection itself is open from here on
+        let before = daemon.resources()
+        let h = Handshake()
+        defer { h.close() }
+        let pid = Self.victim(daemon, h, mib: 16)
+        #expect(h.receive() == "ready")
+        let during = daemon.resources()
+        #expect(during.memfdMappings == before.memfdMappings + 1)
+        kill(pid, SIGKILL)
+        _ = try #require(try control.awaitTeardown(pid: pid, timeoutSeconds: 10).last)
+        _ = waitChild(pid)
+        let after = daemon.resources()
+        #expect(after.memfdMappings == before.memfdMappings)
+        #expect(after.fds == before.fds, "daemon fds: \(daemon.fdTargets())")
+        // Spinning on the software backend burns both cores; a stopped device burns nothing.
+        let t0 = daemon.cpuTicks()
+        var ts = timespec(tv_sec: 0, tv_nsec: 300_000_000)
+        nanosleep(&ts, nil)  // a measurement window, not synchronisation
+        let ticks = daemon.cpuTicks() - t0
+        #expect(ticks < 10, "daemon used \(ticks) ticks of CPU in 300 ms after teardown")
+    }
+
+    @Test("a client waiting on a join gets deviceLost, promptly, when the daemon is killed")
+    func daemonKilledUnderWaitingClient() async throws {
+        let daemon = try TestDaemon()
+        let device = try Device(daemon.options())
+        let t = try device.spawn(.spin, args: [60_000], groups: 64, persistentSeconds: 600)
+        let start = monotonicNanos()
+        async let joined: ThreadReport = device.join(t, timeoutSeconds: 60)
+        kill(daemon.pid, SIGKILL)
+        do {
+            _ = try await joined
+            Issue.record("join returned although the daemon died")
+        } catch let error as TetherError {
+            #expect(error.code == .deviceLost)
+        }
+        #expect(monotonicNanos() - start < 5_000_000_000)
+        #expect(throws: TetherError.self) { try device.status(t) }
+    }
+
+    @Test("policy override per connection: a release client on an exit daemon keeps its work while a child holds the fd")
+    func policyOverride() throws {
+        let daemon = try TestDaemon(policy: .exit)
+        let h = Handshake()
+        defer { h.close() }
+        let pid = forkChild {
+            do {
+                let device = try Device(daemon.options(closeOnFork: false, policy: .release))
+                _ = try device.spawn(.spin, args: [60_000], groups: 64, persistentSeconds: 600)
+                let holder = fork()
+                if holder == 0 { pause(); tether_exit_now(0) }
+                h.send("ready \(holder)")
+                pause()
+                return 0
+            } catch {
+                h.send("error \(error)")
+                return 1
+            }
+        }
+        let line = try #require(h.receive())
+        let holder = try #require(pid_t(line.dropFirst(6)))
+        kill(pid, SIGKILL)
+        _ = waitChild(pid)
+        let control = try daemon.control()
+        #expect(try control.awaitTeardown(pid: pid, timeoutSeconds: 0.3).isEmpty, "release: no teardown while the holder lives")
+        #expect(try control.ps().spaces.first { $0.pid == pid }?.policy == .release)
+        kill(holder, SIGKILL)
+        #expect(try control.awaitTeardown(pid: pid, timeoutSeconds: 10).last?.reason == "release")
+    }
+}

@@ -1,0 +1,176 @@
+import CTetherLinux
+import Foundation
+import Glibc
+import Tether
+import TetherCore
+import TetherSys
+import Testing
+
+/// The `tether` binary built next to these tests (`TETHER_BIN` overrides).
+func tetherBinary() -> String {
+    if let bin = ProcessInfo.processInfo.environment["TETHER_BIN"] { return bin }
+    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    for config in ["debug", "release"] {
+        let path = root.appendingPathComponent(".build/\(config)/tether").path
+        if FileManager.default.isExecutableFile(atPath: path) { return path }
+    }
+    return root.appendingPathComponent(".build/debug/tether").path
+}
+
+/// A real `tether daemon` process on a private socket, stopped (SIGTERM) at the end of the test.
+final class TestDaemon {
+    let socketPath: String
+    let process = Process()
+    let stderrPipe = Pipe()
+
+    init(policy: LifetimePolicy = .exit, backend: String = "software", extra: [String] = []) throws {
+        let dir = "/tmp/tether-tests-\(getuid())"
+        mkdir(dir, 0o700)
+        socketPath = "\(dir)/d-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
+        process.executableURL = URL(fileURLWithPath: tetherBinary())
+        process.arguments = ["daemon", "--socket", socketPath, "--policy", policy.description, "--backend", backend] + extra
+        let ready = Pipe()
+        process.standardOutput = ready
+        process.standardError = stderrPipe
+        try process.run()
+        // The daemon prints "ready" once it listens: wait for that line, bounded.
+        let fd = ready.fileHandleForReading.fileDescriptor
+        var text = ""
+        let deadline = monotonicNanos() + 30_000_000_000
+        while !text.contains("\n") && monotonicNanos() < deadline {
+            guard (try? waitReadable(fd, timeoutMillis: 500)) == true else { continue }
+            var buf = [UInt8](repeating: 0, count: 256)
+            let n = read(fd, &buf, 256)
+            if n <= 0 { break }
+            text += String(decoding: buf[0..<n], as: UTF8.self)
+        }
+        guard text.hasPrefix("ready") else {
+            process.terminate()
+            throw TetherError(.deviceLost, "daemon did not start: \(text)")
+        }
+    }
+
+    var pid: pid_t { process.processIdentifier }
+
+    func control() throws -> DaemonControl { try DaemonControl(socketPath: socketPath, timeoutSeconds: 10) }
+
+    func options(closeOnFork: Bool = true, policy: LifetimePolicy? = nil) -> DeviceOptions {
+        DeviceOptions(socketPath: socketPath, policy: policy, closeOnFork: closeOnFork, requestTimeoutSeconds: 10)
+    }
+
+    /// The daemon's open fds and its mappings of memfd pages.
+    func resources() -> (fds: Int, memfdMappings: Int) {
+        let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? -1
+        let maps = (try? String(contentsOfFile: "/proc/\(pid)/maps", encoding: .utf8)) ?? ""
+        return (fds, maps.split(separator: "\n").filter { $0.contains("/memfd:") }.count)
+    }
+
+    func fdTargets() -> [String] {
+        let dir = "/proc/\(pid)/fd"
+        return ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).sorted().map {
+            "\($0)→" + ((try? FileManager.default.destinationOfSymbolicLink(atPath: dir + "/" + $0)) ?? "?")
+        }
+    }
+
+    /// User + system CPU time of the daemon, in clock ticks.
+    func cpuTicks() -> Int {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return -1 }
+        let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
+        return (Int(fields[11]) ?? 0) + (Int(fields[12]) ?? 0)
+    }
+
+    func stop() {
+        guard process.isRunning else { return }
+        kill(pid, SIGTERM)
+        let deadline = monotonicNanos() + 15_000_000_000
+        while process.isRunning && monotonicNanos() < deadline { usleep(2_000) }
+        if process.isRunning { kill(pid, SIGKILL) }
+        process.waitUntilExit()
+    }
+
+    deinit {
+        stop()
+        unlink(socketPath)
+    }
+}
+
+/// Forks a child that runs `body` and ends with `_exit(code)` (never `exit`: see DESIGN.md).
+/// Returns the child's pid.
+func forkChild(_ body: () -> Int32) -> pid_t {
+    let pid = fork()
+    precondition(pid >= 0, "fork failed")
+    if pid == 0 { tether_exit_now(body()) }
+    return pid
+}
+
+/// Waits (bounded) for a child and returns its exit status, or nil on timeout/signal.
+func waitChild(_ pid: pid_t, timeoutSeconds: Double = 30) -> Int32? {
+    let deadline = monotonicNanos() + UInt64(timeoutSeconds * 1e9)
+    guard let fd = try? Pidfd.open(pid) else { return nil }
+    _ = try? waitReadable(fd.raw, timeoutMillis: Int32(timeoutSeconds * 1000))
+    var status: Int32 = 0
+    while monotonicNanos() < deadline {
+        let r = waitpid(pid, &status, WNOHANG)
+        if r == pid {
+            // WIFEXITED / WEXITSTATUS
+            return (status & 0x7f) == 0 ? (status >> 8) & 0xff : nil
+        }
+        _ = try? waitReadable(fd.raw, timeoutMillis: 100)
+    }
+    kill(pid, SIGKILL)
+    _ = waitpid(pid, &status, 0)
+    return nil
+}
+
+/// A pipe for one-line handshakes between a test and its children.
+struct Handshake {
+    var read: Int32
+    var write: Int32
+    init() {
+        var fds: [Int32] = [0, 0]
+        precondition(pipe(&fds) == 0)
+        read = fds[0]
+        write = fds[1]
+    }
+    func send(_ s: String) {
+        var b = Array((s + "\n").utf8)
+        _ = Glibc.write(write, &b, b.count)
+    }
+    /// One line, bounded by a timeout.
+    func receive(timeoutSeconds: Double = 30) -> String? {
+        var line = [UInt8]()
+        let deadline = monotonicNanos() + UInt64(timeoutSeconds * 1e9)
+        while !line.contains(10) && monotonicNanos() < deadline {
+            guard (try? waitReadable(read, timeoutMillis: 200)) == true else { continue }
+            var b: UInt8 = 0
+            if Glibc.read(read, &b, 1) != 1 { return nil }
+            line.append(b)
+        }
+        return line.contains(10) ? String(decoding: line.dropLast(), as: UTF8.self) : nil
+    }
+    func close() {
+        Glibc.close(read)
+        Glibc.close(write)
+    }
+}
+
+/// Sends a raw request on a connection fd and reads the reply (for tests that must bypass the
+/// library: a forked child on its parent's fd, a process the fd was passed to).
+func rawRequest(_ fd: Int32, _ request: Request, id: UInt64 = 99, fds: [Int32] = []) -> Reply? {
+    do {
+        try SeqPacketSocket.send(fd, MessageCodec.encode(request, id: id), fds: fds)
+        return rawReply(fd)
+    } catch { return nil }
+}
+
+func rawReply(_ fd: Int32, timeoutSeconds: Double = 10) -> Reply? {
+    guard (try? waitReadable(fd, timeoutMillis: Int32(timeoutSeconds * 1000))) == true else { return nil }
+    guard case .message(let m) = try? SeqPacketSocket.receive(fd, capacity: Wire.maxMessageBytes) else { return nil }
+    return (try? MessageCodec.decodeReply(m.bytes))?.1
+}
+
+func errorCode(_ reply: Reply?) -> TetherError.Code? {
+    if case .error(let e)? = reply { return e.code }
+    return nil
+}
