@@ -199,6 +199,12 @@ public final class Daemon: @unchecked Sendable {
             switch consume result {
             case .wouldBlock: return
             case .hangUp:
+                // SOCK_SEQPACKET reads 0 bytes both for an empty message and for end of file;
+                // only the hang-up event tells them apart.
+                if events & UInt32(EPOLLHUP.rawValue | EPOLLRDHUP.rawValue) == 0 {
+                    connection.send(.error(TetherError(.malformedMessage, "empty message")), id: 0)
+                    continue
+                }
                 hangUp(connection)
                 return
             case .message(var message):
