@@ -6,13 +6,13 @@ void main()
     uint group = tetherLinearGroup();
     uint64_t n = pc.args[0];
     float a = tetherArgFloat(1);
-    ControlBlock c = ControlBlock(pc.control);
-    uint w = c.word + c.word + c.word + c.word + c.word + c.word + c.word + c.word;
     RegionTableEntry r = RegionTable(pc.regions).entries[0];
+    int ix = tetherFindRegion(pc.args[2], n * 4ul);
+    if (ix < 0) return;
     uint64_t xAddress = r.deviceBase + (pc.args[2] - r.ownerBase);
     uint64_t yAddress = r.deviceBase + (pc.args[3] - r.ownerBase);
     uint64_t first = uint64_t(group) * 256ul;
-    if (first + gl_LocalInvocationID.x >= n + w) {
+    if (first + gl_LocalInvocationID.x >= n) {
         return;
     }
     FloatArray x = FloatArray(xAddress + first * 4ul);

@@ -1,0 +1,110 @@
+import Glibc
+import TetherCore
+import TetherDevice
+import TetherSys
+import Testing
+
+/// One Vulkan backend per test process (creating a device costs ~100 ms on lavapipe), with the
+/// Khronos validation layer on: every test ends by asserting that it printed nothing.
+enum Backends {
+    static let vulkan: VulkanBackend? = {
+        setenv("TETHER_VALIDATION", "1", 1)
+        return try? BackendFactory.open(.vulkan) as? VulkanBackend
+    }()
+
+    static func all() -> [any ComputeBackend] {
+        [vulkan as (any ComputeBackend)?, SoftwareBackend()].compactMap { $0 }
+    }
+}
+
+struct BackendCase: CustomTestStringConvertible, Sendable {
+    let kind: BackendKind
+    var testDescription: String { kind.rawValue }
+    var backend: any ComputeBackend {
+        get throws {
+            switch kind {
+            case .software: return SoftwareBackend()
+            case .vulkan: return try #require(Backends.vulkan, "lavapipe must be installed (tools/setup installs mesa-vulkan-drivers)")
+            }
+        }
+    }
+}
+
+let backendCases = [BackendCase(kind: .vulkan), BackendCase(kind: .software)]
+
+@Suite(.serialized) struct BackendTests {
+    static let sizes: [String: Int] = ["saxpy": 100_003, "reduce": 70_001, "matmul": 48, "mandelbrot": 96,
+                                       "listwalk": 9_000, "spin": 100]
+
+    @Test("every built-in kernel matches its CPU reference", arguments: backendCases, Workloads.names)
+    func kernelsMatchReference(backend: BackendCase, name: String) throws {
+        let device = LocalDevice(backend: try backend.backend, quantumNanos: 500_000)
+        defer { device.close() }
+        var workload = try Workloads.make(name, size: Self.sizes[name])
+        let region = try device.mirror(bytes: workload.mirroredBytes)
+        let launch = workload.prepare(memory: region.localBase!)
+        let outcome = try device.run(.builtin(workload.kernel), launch: launch)
+        #expect(outcome.state == .finished)
+        let verification = workload.verify(memory: region.localBase!)
+        #expect(verification.ok, "\(verification.detail)")
+        #expect(VulkanValidation.messageCount == 0)
+    }
+
+    @Test("device code faults on an address outside every region; the thread fails, nothing crashes", arguments: backendCases)
+    func faultIsAnError(backend: BackendCase) throws {
+        let device = LocalDevice(backend: try backend.backend)
+        defer { device.close() }
+        let region = try device.mirror(bytes: 4096)
+        let base = region.ownerBase
+        let outcome = try device.run(.builtin(.saxpy), launch: Launch(args: [4096, 0, base, base + 1 << 40], groups: 16))
+        #expect(outcome.state == .faulted)
+        #expect(outcome.error?.code == .addressFault)
+        #expect(outcome.error?.message.contains(String(base + 1 << 40, radix: 16)) == true)
+        #expect(VulkanValidation.messageCount == 0)
+    }
+
+    @Test("killing a running persistent spin returns within a slice, and the thread is reported killed", arguments: backendCases)
+    func killStopsSpin(backend: BackendCase) throws {
+        let device = LocalDevice(backend: try backend.backend)
+        defer { device.close() }
+        let thread = try device.spawn(.builtin(.spin), launch: Launch(args: [60_000], groups: 64), persistentNanos: 600_000_000_000)
+        // Wait (bounded) until it has run at least one slice.
+        let deadline = monotonicNanos() + 10_000_000_000
+        while device.scheduler.deviceNanos(ofSpace: device.space) == 0 && monotonicNanos() < deadline {
+            _ = device.scheduler.wait(thread, timeoutNanos: 1_000_000)
+        }
+        let start = monotonicNanos()
+        #expect(device.scheduler.kill(thread))
+        let took = monotonicNanos() - start
+        #expect(thread.state == .killed)
+        // Generous: the target (≤ 1 ms p99) is measured by `tether bench kill`, not here.
+        #expect(took < 200_000_000, "kill took \(took / 1000) µs")
+        #expect(VulkanValidation.messageCount == 0)
+    }
+
+    @Test("a Vulkan device opened and closed after real work leaves no object behind (validation reports leaks at destroy)")
+    func vulkanReleasesEverything() throws {
+        setenv("TETHER_VALIDATION", "1", 1)
+        let before = VulkanValidation.messageCount
+        do {
+            let backend = try BackendFactory.open(.vulkan)
+            let device = LocalDevice(backend: backend)
+            var w = try Workloads.make("saxpy", size: 10_000)
+            let region = try device.mirror(bytes: w.mirroredBytes)
+            let launch = w.prepare(memory: region.localBase!)
+            _ = try device.run(.builtin(.saxpy), launch: launch)
+            _ = try device.run(.builtin(.spin), launch: Launch(args: [10], groups: 1))
+            device.close()
+        }
+        #expect(VulkanValidation.messageCount == before)
+    }
+
+    @Test("devices: lavapipe is listed with the features Tether needs, and auto picks it over software")
+    func inventory() {
+        let inventory = DeviceInventory.scan()
+        let lavapipe = inventory.vulkanDevices.first { $0.name.contains("llvmpipe") }
+        #expect(lavapipe?.usable == true)
+        #expect(inventory.autoPick.backend == (inventory.vulkanDevices.contains { $0.usable } ? .vulkan : .software))
+        #expect(inventory.software.backend == .software)
+    }
+}

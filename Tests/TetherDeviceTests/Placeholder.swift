@@ -1,3 +1,0 @@
-import Testing
-
-@Test func placeholderTetherDeviceTests() { #expect(Bool(true)) }
