@@ -7,6 +7,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "Tether", targets: ["Tether"]),
+        .library(name: "TetherCore", targets: ["TetherCore"]),
         .executable(name: "tether", targets: ["tether"]),
     ],
     dependencies: [

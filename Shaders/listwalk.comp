@@ -10,19 +10,17 @@ const uint MAX_LIST_LENGTH = 65535u;  // BuiltinKernel.maxListLength, also lavap
 
 void main()
 {
+    tetherBegin();  // first, in uniform control flow (see tether.glsl)
     uint group = tetherLinearGroup();
-    if (group >= pc.groupTotal || tetherShouldStop()) {
+    if (group >= pc.groupTotal || tetherStop) {
         return;
     }
     uint64_t listCount = pc.args[0];
     uint64_t headsAddress = tetherTranslateArray(pc.args[1], listCount, 8ul);
-    if (headsAddress == 0ul) {
-        return;
-    }
     uint64_t outWords = listCount > TETHER_U64_MAX / 2ul ? TETHER_U64_MAX : listCount * 2ul;
     uint64_t outAddress = tetherTranslateArray(pc.args[2], outWords, 4ul);
-    if (outAddress == 0ul) {
-        return;
+    if (tetherCommitFault()) {
+        return;  // heads' fault if heads failed, else out's
     }
     uint64_t list = uint64_t(group) * 64ul + gl_LocalInvocationID.x;
     if (list >= listCount) {
@@ -36,20 +34,23 @@ void main()
     // only on a miss. The search is folded into this loop, one table entry per iteration, rather
     // than a nested loop: lavapipe gives all loops of an invocation one budget of 65,535
     // iterations, and a nested loop costs at least one iteration per node even when skipped,
-    // which would halve the longest walk.
-    RegionTableEntry region = RegionTableEntry(0ul, 0ul, 0ul);
+    // which would halve the longest walk. It starts as region 0 (read by tetherBegin, no search
+    // needed when the first node is there, the common case): region 0 is what a search from entry 0
+    // would find first whenever it holds the node.
+    RegionTableEntry region = tetherHaveRegion0 ? tetherRegion0 : RegionTableEntry(0ul, 0ul, 0ul);
     RegionTable table = RegionTable(pc.regions);
     uint searched = 0u;  // table entries tried for the current node
     while (node != 0ul && count < MAX_LIST_LENGTH) {
         // A node is 16 bytes (two 8-byte words), 8-byte aligned, inside one region.
+        // A bad node ends the walk; the fault is recorded after the loop (one atomic site).
         if ((node & 7ul) != 0ul) {
-            tetherRecordFault(node);
-            return;
+            tetherNoteFault(node);
+            break;
         }
         if (!tetherRegionContains(region, node, 16ul)) {
             if (searched >= pc.regionCount) {
-                tetherRecordFault(node);
-                return;
+                tetherNoteFault(node);
+                break;
             }
             region = table.entries[searched];
             searched++;
@@ -60,6 +61,9 @@ void main()
         sum += current.value;
         count++;
         node = current.next;
+    }
+    if (tetherCommitFault()) {
+        return;  // the faulting list writes nothing
     }
     UintArray out_ = UintArray(outAddress + list * 8ul);
     out_.v[0] = sum;

@@ -7,8 +7,9 @@ layout(local_size_x = 256) in;
 
 void main()
 {
+    tetherBegin();  // first, in uniform control flow (see tether.glsl)
     uint group = tetherLinearGroup();
-    if (group >= pc.groupTotal || tetherShouldStop()) {
+    if (group >= pc.groupTotal || tetherStop) {
         return;
     }
     uint64_t width = pc.args[0];
@@ -17,7 +18,7 @@ void main()
     uint maxIterations = uint(min(pc.args[2], uint64_t(TETHER_MAX_LOOP)));
     uint64_t pixels = (height != 0ul && width > TETHER_U64_MAX / height) ? TETHER_U64_MAX : width * height;
     uint64_t outAddress = tetherTranslateArray(pc.args[3], pixels, 4ul);
-    if (outAddress == 0ul) {
+    if (tetherCommitFault()) {
         return;
     }
     uint64_t first = uint64_t(group) * 256ul;

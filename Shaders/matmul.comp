@@ -13,13 +13,14 @@ shared bool stopRequested;
 
 void main()
 {
+    tetherBegin();  // first, in uniform control flow (see tether.glsl)
     uint group = tetherLinearGroup();
     if (group >= pc.groupTotal) {
         return;
     }
     // One answer for the whole group (see reduce.comp): the tile loop has barriers.
     if (gl_LocalInvocationIndex == 0u) {
-        stopRequested = tetherShouldStop();
+        stopRequested = tetherStop;
     }
     barrier();
     if (stopRequested) {
@@ -29,16 +30,10 @@ void main()
     // n * n saturates like tetherArrayBytes so that a huge n fails translation.
     uint64_t elements = n64 > 0xFFFFFFFFul ? TETHER_U64_MAX : n64 * n64;
     uint64_t aAddress = tetherTranslateArray(pc.args[1], elements, 4ul);
-    if (aAddress == 0ul) {
-        return;
-    }
     uint64_t bAddress = tetherTranslateArray(pc.args[2], elements, 4ul);
-    if (bAddress == 0ul) {
-        return;
-    }
     uint64_t cAddress = tetherTranslateArray(pc.args[3], elements, 4ul);
-    if (cAddress == 0ul) {
-        return;
+    if (tetherCommitFault()) {
+        return;  // the first failing translation's fault, in the order above
     }
     // n * n * 4 bytes fit in a region, so n < 2^31 from here on.
     uint n = uint(n64);

@@ -13,6 +13,7 @@ shared bool stopRequested;
 
 void main()
 {
+    tetherBegin();  // first, in uniform control flow (see tether.glsl)
     uint group = tetherLinearGroup();
     if (group >= pc.groupTotal) {
         return;
@@ -21,7 +22,7 @@ void main()
     // The stop check must give the whole group one answer: an invocation that returned early
     // would leave the others waiting at barrier() forever. One invocation reads, all follow.
     if (lane == 0u) {
-        stopRequested = tetherShouldStop();
+        stopRequested = tetherStop;
     }
     barrier();
     if (stopRequested) {
@@ -30,13 +31,10 @@ void main()
     uint64_t n = pc.args[0];
     // Every invocation computes the same translation, so a fault makes the whole group return.
     uint64_t xAddress = tetherTranslateArray(pc.args[1], n, 4ul);
-    if (xAddress == 0ul) {
-        return;
-    }
     uint64_t partialCount = n / ELEMENTS_PER_GROUP + ((n % ELEMENTS_PER_GROUP) != 0ul ? 1ul : 0ul);
     uint64_t partialsAddress = tetherTranslateArray(pc.args[2], partialCount, 4ul);
-    if (partialsAddress == 0ul) {
-        return;
+    if (tetherCommitFault()) {
+        return;  // the first failing translation's fault, in the order above
     }
     uint64_t first = uint64_t(group) * ELEMENTS_PER_GROUP;
     if (first >= n) {

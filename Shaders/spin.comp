@@ -8,8 +8,9 @@ layout(local_size_x = 64) in;
 
 void main()
 {
+    tetherBegin();  // first, in uniform control flow (see tether.glsl)
     uint group = tetherLinearGroup();
-    if (group >= pc.groupTotal || tetherShouldStop()) {
+    if (group >= pc.groupTotal || tetherStop) {
         return;
     }
     uint iterations = uint(min(pc.args[0], uint64_t(TETHER_MAX_LOOP)));

@@ -37,6 +37,8 @@ int tether_pidfd_send_signal(int pidfd, int sig) {
 }
 int tether_memfd_create(const char *name, unsigned int flags) { return memfd_create(name, flags); }
 
+pid_t tether_gettid(void) { return (pid_t)syscall(SYS_gettid); }
+
 uint64_t tether_monotonic_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -54,11 +54,27 @@ final class Connection: @unchecked Sendable {
     struct State {
         var nextID: UInt64 = 1
         var pending: [UInt64: Pending] = [:]
+        /// The ids in `pending` that carry a deadline, so the reader scans only those.
+        var timed: Set<UInt64> = []
         /// Set once (hang-up, read error, unreadable reply, close); every later call throws it.
         var failure: TetherError?
         var closed = false
         var readerRunning = true
         var readerThread: pthread_t?
+
+        mutating func take(_ id: UInt64) -> Pending? {
+            guard let p = pending.removeValue(forKey: id) else { return nil }
+            if p.deadline != nil { timed.remove(id) }
+            return p
+        }
+
+        mutating func takeAll() -> [Waiter] {
+            defer {
+                pending.removeAll()
+                timed.removeAll()
+            }
+            return pending.values.map(\.waiter)
+        }
     }
 
     enum Waiter: Sendable {
@@ -197,12 +213,13 @@ final class Connection: @unchecked Sendable {
             let id = s.nextID
             s.nextID &+= 1
             s.pending[id] = pending
+            if pending.deadline != nil { s.timed.insert(id) }
             return id
         }
     }
 
     private func remove(_ id: UInt64) -> Pending? {
-        state.withLock { $0.pending.removeValue(forKey: id) }
+        state.withLock { $0.take(id) }
     }
 
     private func send(_ request: Request, id: UInt64, fds: [Int32]) throws(TetherError) {
@@ -280,8 +297,7 @@ final class Connection: @unchecked Sendable {
         let (waiters, error, closed) = state.withLock { s in
             s.readerRunning = false
             if s.failure == nil { s.failure = failure ?? closedError }
-            let waiters = s.pending.values.map(\.waiter)
-            s.pending.removeAll()
+            let waiters = s.takeAll()
             return (waiters, s.failure!, s.closed)
         }
         for w in waiters { w.resolve(.failure(error)) }
@@ -299,8 +315,8 @@ final class Connection: @unchecked Sendable {
         state.withLock { s in
             if s.closed { return (true, 0) }
             var earliest: UInt64?
-            for p in s.pending.values {
-                if let d = p.deadline, d < earliest ?? .max { earliest = d }
+            for id in s.timed {
+                if let d = s.pending[id]?.deadline, d < earliest ?? .max { earliest = d }
             }
             guard let earliest else { return (false, -1) }
             let now = monotonicNanos()
@@ -313,8 +329,9 @@ final class Connection: @unchecked Sendable {
     private func expireDeadlines() {
         let now = monotonicNanos()
         let expired: [Pending] = state.withLock { s in
-            let ids = s.pending.compactMap { id, p in p.deadline.map { $0 <= now } == true ? id : nil }
-            return ids.compactMap { s.pending.removeValue(forKey: $0) }
+            guard !s.timed.isEmpty else { return [] }
+            let due = s.timed.filter { (s.pending[$0]?.deadline ?? 0) <= now }
+            return due.compactMap { s.take($0) }
         }
         for p in expired {
             p.waiter.resolve(.failure(Self.timeoutError(p.what, seconds: p.timeoutSeconds ?? 0, path: socketPath)))
@@ -346,7 +363,7 @@ final class Connection: @unchecked Sendable {
             result = .failure(error)
         }
         // Unknown ids (a call that timed out, a reply we never asked for) are dropped.
-        state.withLock { $0.pending.removeValue(forKey: id) }?.waiter.resolve(result)
+        state.withLock { $0.take(id) }?.waiter.resolve(result)
         return nil
     }
 
@@ -371,8 +388,7 @@ final class Connection: @unchecked Sendable {
             if s.closed { return nil }
             s.closed = true
             if s.failure == nil { s.failure = closedError }
-            let waiters = s.pending.values.map(\.waiter)
-            s.pending.removeAll()
+            let waiters = s.takeAll()
             let onReader = s.readerThread.map { pthread_equal($0, pthread_self()) != 0 } ?? false
             return (waiters, s.failure!, s.readerRunning, onReader)
         }

@@ -44,6 +44,8 @@ public final class Daemon: @unchecked Sendable {
     private var connections: [UInt64: Connection] = [:]
     private var pidfdSpaces: [UInt64: AddressSpace] = [:]
     private var nextToken: UInt64 = 1
+    /// Explicit kills wait for a slice in flight, so they run here, never on the event loop.
+    private let killQueue = WorkQueue(name: "tether-kill")
     private let teardownWaiters = Mutex<[TeardownWaiter]>([])
     private let stopFlag = Monitor()
     private var stopRequested = false
@@ -419,7 +421,7 @@ public final class Daemon: @unchecked Sendable {
     /// Kills off the event loop (it waits for a slice in flight) and replies when quiesced.
     private func killLater(_ thread: DeviceThread, id: UInt64, on connection: Connection) {
         let scheduler = self.scheduler
-        startThread(name: "tether-kill") {
+        killQueue.submit {
             let alive = scheduler.kill(thread)
             connection.send(.killed(wasAlive: alive), id: id)
         }

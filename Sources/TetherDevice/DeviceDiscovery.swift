@@ -81,20 +81,30 @@ public enum BackendFactory {
 
     /// Opens the device for `choice`. `auto` falls back to software when no usable Vulkan device
     /// exists, and says so in one line through `note`.
+    ///
+    /// The device is opened on a thread with the device-work nice value, so the driver threads it
+    /// creates (lavapipe's) run below the control plane; see `deviceWorkNice`.
     public static func open(_ choice: BackendChoice, note: (String) -> Void = { printError("tether: \($0)") }) throws(TetherError) -> any ComputeBackend {
-        switch choice {
-        case .software:
-            return SoftwareBackend()
-        case .vulkan:
-            return try openVulkan()
-        case .auto:
-            do {
-                return try openVulkan()
-            } catch {
-                note("no usable Vulkan device (\(error.message)); using the software backend")
-                return SoftwareBackend()
+        let (result, fallbackNote) = withDeviceWorkPriority { () -> (Result<any ComputeBackend, TetherError>, String?) in
+            switch choice {
+            case .software:
+                return (.success(SoftwareBackend()), nil)
+            case .vulkan:
+                return (vulkanResult(), nil)
+            case .auto:
+                switch vulkanResult() {
+                case .success(let b): return (.success(b), nil)
+                case .failure(let error):
+                    return (.success(SoftwareBackend()), "no usable Vulkan device (\(error.message)); using the software backend")
+                }
             }
         }
+        if let fallbackNote { note(fallbackNote) }
+        return try result.get()
+    }
+
+    static func vulkanResult() -> Result<any ComputeBackend, TetherError> {
+        do { return .success(try openVulkan()) } catch { return .failure(error) }
     }
 
     static func openVulkan() throws(TetherError) -> VulkanBackend {

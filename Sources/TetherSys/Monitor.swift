@@ -1,3 +1,4 @@
+import CTetherLinux
 import Glibc
 
 /// A mutex with a condition variable (pthread): state changes under `withLock`, waiters block in
@@ -70,4 +71,64 @@ public func startThread(name: String, _ body: @escaping @Sendable () -> Void) {
     }, box)
     pthread_attr_destroy(&attr)
     precondition(rc == 0, "pthread_create failed: \(rc)")
+}
+
+/// The CPU priority (nice value) of device work: below the daemon's control plane, so that the
+/// event loop, kills and teardown are never starved by device threads that saturate the cores (on
+/// this 2-core machine a spinning device would otherwise delay a pidfd notice by a CFS slice).
+public let deviceWorkNice: Int32 = 10
+
+/// Sets the nice value of the calling thread only (Linux keeps nice per thread; threads created
+/// afterwards by this one inherit it). Raising it needs no privilege.
+public func setCurrentThreadNice(_ nice: Int32) {
+    _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(tether_gettid()), nice)
+}
+
+/// Runs `body` on a fresh thread with the device-work nice value and waits for it: a driver whose
+/// threads are created inside `body` (lavapipe's, at device enumeration) inherits that priority.
+public func withDeviceWorkPriority<T>(_ body: @escaping @Sendable () -> T) -> T {
+    let box = ResultBox<T>()
+    startThread(name: "tether-open") {
+        setCurrentThreadNice(deviceWorkNice)
+        let v = body()
+        box.done.withLock {
+            box.value = v
+            box.done.broadcast()
+        }
+    }
+    return box.done.withLock {
+        while box.value == nil { box.done.wait() }
+        return box.value!
+    }
+}
+
+private final class ResultBox<T>: @unchecked Sendable {
+    var value: T?
+    let done = Monitor()
+}
+
+/// One thread that runs submitted closures in order: for work that waits (on device work) and so
+/// must not run on an event loop, without paying a thread creation per request.
+public final class WorkQueue: @unchecked Sendable {
+    private let monitor = Monitor()
+    private var items: [@Sendable () -> Void] = []
+
+    public init(name: String) {
+        startThread(name: name) { [self] in
+            while true {
+                let item = monitor.withLock {
+                    while items.isEmpty { monitor.wait() }
+                    return items.removeFirst()
+                }
+                item()
+            }
+        }
+    }
+
+    public func submit(_ item: @escaping @Sendable () -> Void) {
+        monitor.withLock {
+            items.append(item)
+            monitor.broadcast()
+        }
+    }
 }

@@ -25,3 +25,10 @@ func table(_ header: [String], _ rows: [[String]]) -> String {
 func hex(_ v: UInt32) -> String { "0x" + String(v, radix: 16, uppercase: false) }
 
 func formatDouble(_ v: Double, _ digits: Int = 2) -> String { String(format: "%.\(digits)f", v) }
+
+import TetherCore
+
+/// `Workloads.make` with its error as a `TetherError`.
+func workload(_ name: String, size: Int?) throws(TetherError) -> any Workload {
+    do { return try Workloads.make(name, size: size) } catch { throw TetherError(.invalidArgument, error.description) }
+}

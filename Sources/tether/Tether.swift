@@ -7,7 +7,7 @@ struct TetherCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tether",
         abstract: "A GPU device-thread runtime whose device work dies with the process that owns it.",
-        subcommands: [Devices.self, Run.self, DaemonCommand.self, Ps.self, Kill.self, Scenario.self])
+        subcommands: [Devices.self, Run.self, DaemonCommand.self, Ps.self, Kill.self, Scenario.self, Bench.self])
 }
 
 extension BackendChoice: ExpressibleByArgument {}

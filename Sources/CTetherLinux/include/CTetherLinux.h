@@ -32,6 +32,9 @@ int tether_pidfd_open(pid_t pid, unsigned int flags);
 int tether_pidfd_send_signal(int pidfd, int sig);
 int tether_memfd_create(const char *name, unsigned int flags);
 
+// gettid(2): glibc 2.36 declares it only under _GNU_SOURCE.
+pid_t tether_gettid(void);
+
 // --- clock ---
 uint64_t tether_monotonic_ns(void);
 

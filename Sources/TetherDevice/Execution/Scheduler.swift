@@ -9,8 +9,6 @@ import TetherSys
 /// Killing never waits for more than the slice in flight: queued slices are dropped at once, the
 /// control word tells device code to stop, and the killer waits for the worker to hand the thread
 /// back. Every mutable field here is protected by `monitor`.
-let debugSlices = getenv("TETHER_DEBUG_SLICES") != nil
-
 public final class Scheduler: @unchecked Sendable {
     public let backend: any ComputeBackend
     private let monitor = Monitor()
@@ -20,6 +18,10 @@ public final class Scheduler: @unchecked Sendable {
     private var workersRunning = 0
     /// Bytes of device time per address space that outlive its threads (for `ps`).
     private var spaceNanos: [SpaceID: UInt64] = [:]
+    private var slices = 0
+
+    /// Slices run since start (for benchmarks).
+    public var slicesRun: Int { monitor.withLock { slices } }
 
     /// - Parameters:
     ///   - quantumNanos: the target length of one slice (default 2 ms).
@@ -142,6 +144,7 @@ public final class Scheduler: @unchecked Sendable {
     }
 
     private func workerLoop() {
+        setCurrentThreadNice(deviceWorkNice)
         monitor.withLock {
             while true {
                 if stopping && queue.isEmpty { break }
@@ -167,7 +170,7 @@ public final class Scheduler: @unchecked Sendable {
                 }
                 let end = monotonicNanos()
                 let nanos = end - start
-                if debugSlices { printError("slice \(pick.thread) base \(pick.groupBase) count \(pick.groupCount) \(nanos / 1000) us") }
+                slices += 1
                 thread.inFlight = false
                 thread.deviceNanos &+= nanos
                 spaceNanos[thread.space, default: 0] &+= nanos

@@ -1,0 +1,440 @@
+import Testing
+import TetherCore
+
+/// The wire protocol: every message survives a round trip, and no input — truncated, padded,
+/// from another version, or random — makes a decoder trap. The daemon decodes whatever any
+/// local process sends it, so "throws a TetherError" is the only acceptable failure.
+@Suite("Protocol")
+struct ProtocolTests {
+    // MARK: - Samples
+
+    static let report = ThreadReport(thread: ThreadID(rawValue: 7), kernel: "saxpy", state: .finished,
+                                     deviceNanos: 123_456_789, priority: .high)
+    static let faulted = ThreadReport(thread: ThreadID(rawValue: .max), kernel: "listwalk", state: .faulted, deviceNanos: 0,
+                                      priority: .low, error: TetherError(.addressFault, "address 0xdead is outside every mirrored region"))
+    static let timeline = TeardownTimeline(space: SpaceID(rawValue: 3), pid: 4242, reason: "ownerExit", noticeNanos: 1_000,
+                                           quiescedNanos: 2_000, releasedNanos: 3_000, threadsKilled: 2, regionsFreed: 5,
+                                           bytesFreed: 1 << 30)
+
+    /// At least one of every request, with edge values.
+    static let requests: [Request] = {
+        var list: [Request] = []
+        for policy in [nil] + LifetimePolicy.allCases.map(Optional.some) {
+            for backend in BackendChoice.allCases { list.append(.hello(policy: policy, backend: backend)) }
+        }
+        list += [
+            .mirror(ownerBase: 0x7F12_3456_7000, size: 1 << 20),
+            .mirror(ownerBase: .max, size: 0),
+            .unmirror(RegionID(rawValue: 9)),
+            .join(ThreadID(rawValue: 1)),
+            .kill(ThreadID(rawValue: .max)),
+            .status(ThreadID(rawValue: 0)),
+            .ps,
+            .killProcess(pid: 31337),
+            .killProcess(pid: -1),
+            .killThread(ThreadID(rawValue: 12)),
+            .timelines(pid: 0),
+            .timelines(pid: .min),
+            .ping,
+            .awaitTeardown(pid: 55, timeoutMillis: 2_500),
+            .awaitTeardown(pid: 0, timeoutMillis: .max),
+        ]
+        for kernel in BuiltinKernel.allCases {
+            for priority in PriorityClass.allCases {
+                list.append(.spawn(SpawnRequest(program: .builtin(kernel), args: Array(0..<UInt64(kernel.argumentCount)),
+                                                groups: 65_536, persistentNanos: 0, priority: priority)))
+            }
+        }
+        list += [
+            .spawn(SpawnRequest(program: .builtin(.spin), args: [65_535], groups: .max, persistentNanos: .max, priority: .low)),
+            .spawn(SpawnRequest(program: .builtin(.saxpy), args: [], groups: 0)),
+            .spawn(SpawnRequest(program: .builtin(.matmul), args: Array(repeating: .max, count: KernelABI.maxArguments), groups: 1)),
+            .spawn(SpawnRequest(program: .spirv(words: [0x0723_0203, 0x0001_0500, 0, 1, 2, 3], invocationsPerGroup: 64),
+                                args: [1, 2, 3], groups: 4, persistentNanos: 5_000_000, priority: .high)),
+            .spawn(SpawnRequest(program: .spirv(words: [], invocationsPerGroup: 0), args: [], groups: 1)),
+        ]
+        return list
+    }()
+
+    /// At least one of every reply, with edge values.
+    static let replies: [Reply] = {
+        var list: [Reply] = []
+        for backend in BackendKind.allCases {
+            for policy in LifetimePolicy.allCases {
+                list.append(.hello(HelloReply(space: SpaceID(rawValue: 1), pid: 100, policy: policy, backend: backend,
+                                              deviceName: "llvmpipe (LLVM 15.0.6, 256 bits) — ünïcødé")))
+            }
+        }
+        list += [
+            .hello(HelloReply(space: SpaceID(rawValue: .max), pid: -5, policy: .exit, backend: .software, deviceName: "")),
+            .mirrored(RegionID(rawValue: 77)),
+            .done,
+            .spawned(ThreadID(rawValue: 99)),
+            .joined(report),
+            .joined(faulted),
+            .killed(wasAlive: true),
+            .killed(wasAlive: false),
+            .status(report),
+            .status(ThreadReport(thread: ThreadID(rawValue: 2), kernel: "", state: .queued, deviceNanos: 0, priority: .normal)),
+            .ps(ProcessTable(backend: .vulkan, deviceName: "NVIDIA H100", policy: .release, spaces: [])),
+            .ps(ProcessTable(backend: .software, deviceName: "software", policy: .exit, spaces: [
+                SpaceReport(space: SpaceID(rawValue: 1), pid: 10, uid: 1000, policy: .exit, ownerAlive: true, connections: 2,
+                            regions: 3, mirroredBytes: 1 << 24, deviceNanos: 5, threads: [report, faulted]),
+                SpaceReport(space: SpaceID(rawValue: 2), pid: 11, uid: 0, policy: .release, ownerAlive: false, connections: 0,
+                            regions: 0, mirroredBytes: 0, deviceNanos: 0, threads: []),
+            ])),
+            .killedProcess(threads: 4),
+            .timelines([]),
+            .timelines([timeline, TeardownTimeline(space: SpaceID(rawValue: 4), pid: 1, reason: "kill", noticeNanos: .max,
+                                                   quiescedNanos: 0, releasedNanos: 0, threadsKilled: 0, regionsFreed: 0, bytesFreed: 0)]),
+            .pong,
+            .error(TetherError(.notOwner, "pid 12 does not own this connection (it belongs to pid 11); open a new Device")),
+            .error(TetherError(TetherError.Code(rawValue: 999), "a code this build does not know")),
+        ]
+        return list
+    }()
+
+    static func encodedRequests() -> [[UInt8]] { requests.enumerated().map { MessageCodec.encode($1, id: UInt64($0) &* 0x9E37_79B9) } }
+    static func encodedReplies() -> [[UInt8]] { replies.enumerated().map { MessageCodec.encode($1, id: UInt64($0) &* 0x9E37_79B9) } }
+
+    // MARK: - Round trips
+
+    @Test func samplesCoverEveryOp() {
+        let requestOps = Set(Self.requests.map(\.op))
+        #expect(requestOps == Set(Op.allCases).subtracting([.error]), "add a sample for the new request")
+        // Replies: everything but the tool ops answered with another reply's shape.
+        var replyOps = Set<UInt16>()
+        for bytes in Self.encodedReplies() { replyOps.insert(UInt16(bytes[6]) | UInt16(bytes[7]) << 8) }
+        let unshared = Op.allCases.filter { ![.killThread, .awaitTeardown].contains($0) }
+        #expect(replyOps == Set(unshared.map { $0.rawValue | Wire.replyBit }), "add a sample for the new reply")
+    }
+
+    @Test func everyRequestRoundTrips() throws {
+        for (i, request) in Self.requests.enumerated() {
+            for id: UInt64 in [0, UInt64(i), .max] {
+                let bytes = MessageCodec.encode(request, id: id)
+                #expect(bytes.count <= Wire.maxMessageBytes)
+                let (decodedID, decoded) = try MessageCodec.decodeRequest(bytes)
+                #expect(decodedID == id)
+                #expect(decoded == request)
+            }
+        }
+    }
+
+    @Test func everyReplyRoundTrips() throws {
+        for (i, reply) in Self.replies.enumerated() {
+            for id: UInt64 in [0, UInt64(i), .max] {
+                let (decodedID, decoded) = try MessageCodec.decodeReply(MessageCodec.encode(reply, id: id))
+                #expect(decodedID == id)
+                #expect(decoded == reply)
+            }
+        }
+    }
+
+    @Test func toolRepliesShareTheirShapes() throws {
+        // killThread is answered like kill, awaitTeardown like timelines: same reply cases.
+        let (_, killed) = try MessageCodec.decodeReply(MessageCodec.encode(.killed(wasAlive: true), id: 1))
+        #expect(killed == .killed(wasAlive: true))
+        let (_, lines) = try MessageCodec.decodeReply(MessageCodec.encode(.timelines([Self.timeline]), id: 2))
+        #expect(lines == .timelines([Self.timeline]))
+    }
+
+    @Test func theLargestSpirvKernelFitsOneMessage() throws {
+        let words = (0..<Wire.maxSpirvWords).map { UInt32(truncatingIfNeeded: $0 &* 2_654_435_761) }
+        let request = Request.spawn(SpawnRequest(program: .spirv(words: words, invocationsPerGroup: 256),
+                                                 args: Array(repeating: 1, count: KernelABI.maxArguments), groups: 1))
+        let bytes = MessageCodec.encode(request, id: 5)
+        #expect(bytes.count <= Wire.maxMessageBytes)
+        #expect(try MessageCodec.decodeRequest(bytes).1 == request)
+    }
+
+    @Test func stringsAreCappedAtTheProtocolLimit() throws {
+        let exact = String(repeating: "a", count: Wire.maxStringBytes)
+        let long = exact + "overflow"
+        func name(_ s: String) throws -> String {
+            let reply = Reply.hello(HelloReply(space: SpaceID(rawValue: 1), pid: 1, policy: .exit, backend: .software, deviceName: s))
+            guard case .hello(let h) = try MessageCodec.decodeReply(MessageCodec.encode(reply, id: 1)).1 else {
+                Issue.record("not a hello")
+                return ""
+            }
+            return h.deviceName
+        }
+        #expect(try name(exact) == exact)
+        #expect(try name(long) == exact)
+    }
+
+    // MARK: - Malformed input
+
+    private func expectCode(_ code: TetherError.Code, _ what: Comment, _ body: () throws(TetherError) -> Void) {
+        do throws(TetherError) {
+            try body()
+            Issue.record("decoded without an error: \(what)")
+        } catch {
+            #expect(error.code == code, "\(what): \(error)")
+        }
+    }
+
+    private func request(_ bytes: [UInt8], _ what: Comment) {
+        expectCode(.malformedMessage, what) { () throws(TetherError) in _ = try MessageCodec.decodeRequest(bytes) }
+    }
+
+    private func reply(_ bytes: [UInt8], _ what: Comment) {
+        expectCode(.malformedMessage, what) { () throws(TetherError) in _ = try MessageCodec.decodeReply(bytes) }
+    }
+
+    /// A message with a valid header for `op` and the given body.
+    private func message(op: UInt16, version: UInt16 = Wire.version, id: UInt64 = 1, body: [UInt8] = []) -> [UInt8] {
+        var w = WireWriter()
+        w.u32(Wire.magic)
+        w.u16(version)
+        w.u16(op)
+        w.u64(id)
+        return w.bytes + body
+    }
+
+    @Test func emptyAndTruncatedHeadersAreMalformed() {
+        let header = message(op: Op.ping.rawValue)
+        #expect(header.count == Wire.headerBytes)
+        for n in 0..<Wire.headerBytes {
+            request(Array(header.prefix(n)), "request header of \(n) bytes")
+            reply(Array(header.prefix(n)), "reply header of \(n) bytes")
+        }
+    }
+
+    @Test func badMagicIsMalformed() {
+        for flip in 0..<4 {
+            var bytes = MessageCodec.encode(.ping, id: 1)
+            bytes[flip] ^= 0x20
+            request(bytes, "magic byte \(flip) flipped")
+            var r = MessageCodec.encode(.pong, id: 1)
+            r[flip] ^= 0x20
+            reply(r, "reply magic byte \(flip) flipped")
+        }
+    }
+
+    @Test func anotherVersionIsAProtocolVersionError() {
+        for version: UInt16 in [0, Wire.version + 1, .max] {
+            let req = message(op: Op.ping.rawValue, version: version)
+            expectCode(.protocolVersion, "request v\(version)") { () throws(TetherError) in _ = try MessageCodec.decodeRequest(req) }
+            let rep = message(op: Op.ping.rawValue | Wire.replyBit, version: version)
+            expectCode(.protocolVersion, "reply v\(version)") { () throws(TetherError) in _ = try MessageCodec.decodeReply(rep) }
+        }
+        // The sentence tells the user what to do.
+        do throws(TetherError) {
+            _ = try MessageCodec.decodeRequest(message(op: Op.ping.rawValue, version: 9))
+        } catch {
+            #expect(error.message.contains("matching tether builds"))
+        }
+    }
+
+    @Test func everyStrictPrefixOfASpawnIsMalformed() {
+        let spawns = Self.requests.filter { $0.op == .spawn }
+        #expect(spawns.count > 2)
+        for spawn in spawns {
+            let bytes = MessageCodec.encode(spawn, id: 42)
+            for n in 0..<bytes.count {
+                request(Array(bytes.prefix(n)), "\(n) of \(bytes.count) bytes of \(spawn)")
+            }
+        }
+    }
+
+    @Test func everyStrictPrefixOfAReplyWithABodyIsMalformed() {
+        for (reply, bytes) in zip(Self.replies, Self.encodedReplies()) where bytes.count > Wire.headerBytes {
+            for n in 0..<bytes.count {
+                self.reply(Array(bytes.prefix(n)), "\(n) of \(bytes.count) bytes of \(reply)")
+            }
+        }
+    }
+
+    @Test func trailingBytesAreMalformed() {
+        for (request, bytes) in zip(Self.requests, Self.encodedRequests()) {
+            self.request(bytes + [0], "\(request) + 1 byte")
+            self.request(bytes + Array(repeating: 0xFF, count: 9), "\(request) + 9 bytes")
+        }
+        for (reply, bytes) in zip(Self.replies, Self.encodedReplies()) {
+            self.reply(bytes + [0], "\(reply) + 1 byte")
+        }
+    }
+
+    @Test func unknownOpsAreMalformed() {
+        let known = Set(Op.allCases.map(\.rawValue))
+        for op in [UInt16(0), 8, 19, 26, 99, 0x7FFE, 0x7FFF - 1].filter({ !known.contains($0) }) {
+            request(message(op: op), "request op \(op)")
+            reply(message(op: op | Wire.replyBit), "reply op \(op)")
+        }
+        // An error is never a request, a reply is never a request, a request is never a reply.
+        request(message(op: Op.error.rawValue, body: [0, 0, 0, 0, 0, 0]), "error as a request")
+        for bytes in Self.encodedReplies() { request(bytes, "a reply decoded as a request") }
+        for bytes in Self.encodedRequests() { reply(bytes, "a request decoded as a reply") }
+    }
+
+    @Test func oversizedArraysAreMalformed() {
+        // 12 kernel arguments: one more than the ABI has room for.
+        var w = WireWriter()
+        w.u8(0)
+        w.u8(0)
+        w.u64s(Array(repeating: 1, count: KernelABI.maxArguments + 1))
+        w.u32(1)
+        w.u64(0)
+        w.u8(1)
+        request(message(op: Op.spawn.rawValue, body: w.bytes), "12 arguments")
+
+        // A count that claims more elements than the message holds (and more than memory would).
+        for count: UInt32 in [1, 2, UInt32(KernelABI.maxArguments), 0x7FFF_FFFF, .max] {
+            var a = WireWriter()
+            a.u8(0)
+            a.u8(0)
+            a.u32(count)
+            request(message(op: Op.spawn.rawValue, body: a.bytes), "args count \(count) with no elements")
+            var s = WireWriter()
+            s.u8(1)
+            s.u32(64)
+            s.u32(count)
+            request(message(op: Op.spawn.rawValue, body: s.bytes), "spirv count \(count) with no words")
+        }
+
+        // More SPIR-V words than one message may carry, even if they are all there.
+        var big = WireWriter()
+        big.u8(1)
+        big.u32(64)
+        big.u32s(Array(repeating: 0, count: Wire.maxSpirvWords + 1))
+        big.u64s([])
+        big.u32(1)
+        big.u64(0)
+        big.u8(1)
+        request(message(op: Op.spawn.rawValue, body: big.bytes), "maxSpirvWords + 1 words")
+
+        // Whole messages over the limit are refused before parsing.
+        request(MessageCodec.encode(.ping, id: 1) + Array(repeating: 0, count: Wire.maxMessageBytes), "oversized message")
+
+        // Replies whose counts overrun the message: spaces, threads, timelines, strings.
+        var ps = WireWriter()
+        ps.u8(0)
+        ps.string("gpu")
+        ps.u8(0)
+        ps.u32(.max)
+        reply(message(op: Op.ps.rawValue | Wire.replyBit, body: ps.bytes), "ps with 2^32-1 spaces and none present")
+        reply(message(op: Op.timelines.rawValue | Wire.replyBit, body: [0xFF, 0xFF, 0xFF, 0xFF]), "2^32-1 timelines")
+        var longString = WireWriter()
+        longString.u64(1)
+        longString.u32(1)
+        longString.u8(0)
+        longString.u8(0)
+        longString.u32(UInt32(Wire.maxStringBytes + 1))
+        reply(message(op: Op.hello.rawValue | Wire.replyBit, body: longString.bytes + Array(repeating: 0x61, count: Wire.maxStringBytes + 1)),
+              "device name over maxStringBytes")
+    }
+
+    @Test func unknownEnumValuesAreMalformed() {
+        request(message(op: Op.hello.rawValue, body: [7, 0]), "unknown policy")
+        request(message(op: Op.hello.rawValue, body: [0xFF, UInt8(BackendChoice.allCases.count)]), "unknown backend")
+        request(message(op: Op.spawn.rawValue, body: [2]), "unknown program kind")
+        var prio = WireWriter()
+        prio.u8(0)
+        prio.u8(0)
+        prio.u64s([])
+        prio.u32(1)
+        prio.u64(0)
+        prio.u8(UInt8(PriorityClass.allCases.count))
+        request(message(op: Op.spawn.rawValue, body: prio.bytes), "unknown priority")
+        reply(message(op: Op.kill.rawValue | Wire.replyBit, body: [2]), "boolean 2")
+        var state = WireWriter()
+        state.u64(1)
+        state.string("k")
+        state.u8(6)
+        state.u64(0)
+        state.u8(0)
+        state.bool(false)
+        reply(message(op: Op.status.rawValue | Wire.replyBit, body: state.bytes), "unknown thread state")
+    }
+
+    @Test func anUnknownBuiltinKernelNamesTheKnownOnes() {
+        var w = WireWriter()
+        w.u8(0)
+        w.u8(UInt8(BuiltinKernel.allCases.count))
+        w.u64s([])
+        w.u32(1)
+        w.u64(0)
+        w.u8(1)
+        let bytes = message(op: Op.spawn.rawValue, body: w.bytes)
+        do throws(TetherError) {
+            _ = try MessageCodec.decodeRequest(bytes)
+            Issue.record("decoded an unknown kernel")
+        } catch {
+            #expect(error.code == .unknownKernel)
+            #expect(error.message.contains("saxpy"))
+        }
+    }
+
+    // MARK: - Fuzz
+
+    /// Random mutations of valid messages, with fixed seeds so a failure reproduces. A decoder
+    /// must either return a value that survives its own round trip, or throw one of the
+    /// protocol's decoding errors; trapping would end the test process.
+    @Test(arguments: [1, 2, 3, 0xC0FFEE] as [UInt64])
+    func randomMutationsNeverTrap(seed: UInt64) {
+        var rng = SplitMix64(seed: seed)
+        let corpus = Self.encodedRequests() + Self.encodedReplies()
+        let decodingCodes: Set<TetherError.Code> = [.malformedMessage, .protocolVersion, .unknownKernel]
+        var decoded = 0
+        var refused = 0
+        for _ in 0..<2_000 {
+            var bytes = corpus[Int(rng.next(below: UInt64(corpus.count)))]
+            mutate(&bytes, &rng)
+            for asRequest in [true, false] {
+                do throws(TetherError) {
+                    if asRequest {
+                        let (id, request) = try MessageCodec.decodeRequest(bytes)
+                        let again = try MessageCodec.decodeRequest(MessageCodec.encode(request, id: id))
+                        #expect(again.0 == id && again.1 == request, "request round trip after decoding \(bytes)")
+                    } else {
+                        let (id, reply) = try MessageCodec.decodeReply(bytes)
+                        let again = try MessageCodec.decodeReply(MessageCodec.encode(reply, id: id))
+                        #expect(again.0 == id && again.1 == reply, "reply round trip after decoding \(bytes)")
+                    }
+                    decoded += 1
+                } catch {
+                    #expect(decodingCodes.contains(error.code), "unexpected \(error) for \(bytes)")
+                    refused += 1
+                }
+            }
+        }
+        // Both outcomes must occur, or the mutations are too timid (or too wild) to test much.
+        #expect(decoded > 50, "only \(decoded) mutated messages decoded")
+        #expect(refused > 50, "only \(refused) mutated messages were refused")
+    }
+
+    private func mutate(_ bytes: inout [UInt8], _ rng: inout SplitMix64) {
+        let rounds = 1 + Int(rng.next(below: 3))
+        for _ in 0..<rounds {
+            // Mostly the body: a header mutation is refused at once and tests little.
+            let start = bytes.count > Wire.headerBytes && rng.next(below: 4) != 0 ? Wire.headerBytes : 0
+            let span = UInt64(max(bytes.count - start, 1))
+            func position(_ rng: inout SplitMix64) -> Int { start + Int(rng.next(below: span)) }
+            switch rng.next(below: 7) {
+            case 0 where !bytes.isEmpty:  // flip one bit
+                let i = min(position(&rng), bytes.count - 1)
+                bytes[i] ^= UInt8(1) << UInt8(rng.next(below: 8))
+            case 1 where !bytes.isEmpty:  // a random byte
+                let i = min(position(&rng), bytes.count - 1)
+                bytes[i] = UInt8(truncatingIfNeeded: rng.next())
+            case 2:  // truncate
+                bytes.removeLast(Int(rng.next(below: UInt64(bytes.count + 1))))
+            case 3:  // insert bytes
+                let i = min(position(&rng), bytes.count)
+                bytes.insert(contentsOf: (0..<1 + rng.next(below: 8)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }, at: i)
+            case 4 where bytes.count >= 4:  // a length-like field set to an extreme
+                let i = min(position(&rng), bytes.count - 4)
+                let v: UInt32 = [0, 1, 0xFF, 0xFFFF, 0x7FFF_FFFF, .max, UInt32(Wire.maxSpirvWords + 1)][Int(rng.next(below: 7))]
+                for k in 0..<4 { bytes[i + k] = UInt8(truncatingIfNeeded: v >> (8 * UInt32(k))) }
+            case 5 where !bytes.isEmpty:  // delete a run
+                let i = min(position(&rng), bytes.count - 1)
+                bytes.removeSubrange(i..<min(bytes.count, i + 1 + Int(rng.next(below: 8))))
+            default:  // pure random bytes, sometimes behind a valid header
+                let n = Int(rng.next(below: 96))
+                let body = (0..<n).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+                bytes = rng.next(below: 2) == 0 ? body : Array(bytes.prefix(Wire.headerBytes)) + body
+            }
+        }
+    }
+}
