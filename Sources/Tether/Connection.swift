@@ -19,7 +19,9 @@ import TetherSys
 /// locks in whatever state another thread of the parent held them. A `Connection` is therefore
 /// used only in the process that opened it (`openerPid`); `close()` in any other process returns
 /// without touching the fd, the locks or the waiters. The owners (`Device`, `DaemonControl`)
-/// open a new connection in the child instead.
+/// open a new connection in the child instead. The inherited object is never deallocated there
+/// while it has waiters (an unresumed continuation would complain): waiters exist only while the
+/// reader runs, and the reader's reference was copied by fork and is never released.
 final class Connection: @unchecked Sendable {
     /// The socket. Closed only by `releaseDescriptors`, in the opener, after the reader has
     /// stopped polling it: closing it under a blocked reader would let the number be reused and
@@ -30,6 +32,7 @@ final class Connection: @unchecked Sendable {
     /// Wakes the reader out of `poll`: on close, and when an async call with a deadline is
     /// registered (the reader sleeps only until the earliest one). The value is the eventfd, or
     /// -1 once closed; writers hold the lock so they never write to a closed (reused) number.
+    /// A forked child's copy is left open, like the rest of an inherited connection.
     private let wakeGate: Locked<Int32>
     /// Whether `fd` is in the C fork table (`tether_track_device_fd`).
     private let tracked: Bool
@@ -102,7 +105,8 @@ final class Connection: @unchecked Sendable {
         } catch {
             throw connectError(error, path: path)
         }
-        // Before anything else can fork: a child must see this fd in the table.
+        // At once: a fork from another thread between connect and here is the one case in
+        // which a child would inherit the fd without the atfork handler knowing of it.
         if track { tether_track_device_fd(fd, closeOnFork) }
         let wake = eventfd(0, Int32(EFD_CLOEXEC))
         if wake < 0 {
@@ -422,8 +426,8 @@ final class Connection: @unchecked Sendable {
 }
 
 /// A one-shot result for a blocking caller. Built on `Monitor` (pthread, CLOCK_MONOTONIC) rather
-/// than Dispatch: it must work in a forked child, where libdispatch refuses service once the
-/// parent had used its thread pool.
+/// than Dispatch: it must work in a forked child, and libdispatch poisons its queues in the child
+/// of a process that used its thread pool; staying off Dispatch avoids the question entirely.
 final class Slot: @unchecked Sendable {
     private let monitor = Monitor()
     /// Under `monitor`.

@@ -68,7 +68,8 @@ public struct DeviceThreadHandle: Sendable, Hashable {
 /// The parent's fd is never closed or used in the child: with `closeOnFork` the C atfork handler
 /// already closed it (and the number may have been reused); without, keeping it open is the point.
 /// `getpid()` is checked rather than relying on `pthread_atfork` alone, which raw `clone` skips.
-/// In a child, prefer the blocking calls (`wait`): Swift concurrency does not survive fork.
+/// In a child, prefer the blocking calls (`wait`): the async runtime's thread pool is not usable
+/// after a fork of a multithreaded process.
 ///
 /// All methods are thread-safe. Every blocking call is bounded by `requestTimeoutSeconds`, except
 /// `join`/`wait`, which have their own timeout; all of them fail with `.deviceLost` as soon as the
@@ -248,6 +249,19 @@ public final class Device: @unchecked Sendable {
         let reply = try connection().call(.spawn(request), timeoutSeconds: timeout)
         guard case .spawned(let id) = reply else { throw Self.unexpected(reply, to: "spawn") }
         return DeviceThreadHandle(id: id)
+    }
+
+    /// Spawns a built-in kernel and waits for it in one round trip (spawn + join): the fastest
+    /// way to run a short device thread.
+    public func run(_ kernel: BuiltinKernel, args: [UInt64], groups: UInt32, priority: PriorityClass = .normal,
+                    timeoutSeconds: Double? = nil) throws(TetherError) -> ThreadReport {
+        guard args.count <= KernelABI.maxArguments else {
+            throw TetherError(.invalidArgument, "a kernel takes at most \(KernelABI.maxArguments) arguments, not \(args.count)")
+        }
+        let request = SpawnRequest(program: .builtin(kernel), args: args, groups: groups, priority: priority)
+        let reply = try connection().call(.run(request), timeoutSeconds: timeoutSeconds ?? 365 * 86_400)
+        guard case .joined(let report) = reply else { throw Self.unexpected(reply, to: "run") }
+        return report
     }
 
     /// Waits for `thread` to end and returns how it ended (a killed or faulted thread is a report,

@@ -52,6 +52,4 @@ public final class MirroredMemory: @unchecked Sendable {
         let taken = resources.withLock { $0.take() }
         _ = consume taken  // munmap and close happen here, outside the lock
     }
-
-    var isReleased: Bool { resources.withLock { $0 == nil } }
 }

@@ -14,16 +14,22 @@
 ///
 /// Algorithm:
 /// - Classes are strict (`high` before `normal` before `low`), except that a runnable lower class
-///   passed over `floorInterval` times in a row gets the next slice: the guaranteed floor.
+///   passed over `floorInterval` times in a row gets the next slice: the guaranteed floor. When
+///   several lower classes are due, the most passed-over one runs; a tie goes to the higher class.
 /// - Within a class, the address space with the least *virtual time* (device time received) runs
 ///   next — fairness between address spaces, not threads. Ties go to the earlier arrival (a
 ///   sequence number: the selection must stay FIFO for equal keys). A space that becomes runnable
-///   starts no lower than the class's minimum virtual time, so idling earns no burst.
+///   starts no lower than the class's minimum virtual time, so idling earns no burst. That
+///   minimum never goes back (as CFS's `min_vruntime`): a space arriving while the class is idle
+///   starts where the class left off, not at 0. A space that changes class starts at the new
+///   class's minimum (virtual times of different classes do not compare).
 /// - Within an address space, its runnable threads take turns (round-robin).
 /// - Slices are sized from the thread's measured cost per workgroup (an exponential average) to
 ///   `quantumNanos`; the first slice of a thread probes with one workgroup, and a slice that ran
 ///   under half the quantum lets the next one at least double (the first estimates still include
-///   the fixed cost of a dispatch).
+///   the fixed cost of a dispatch; a slice measured at 0 ns also doubles).
+/// - A thread that is not persistent and has completed its grid is not picked again; it stays
+///   queued until `remove`.
 ///
 /// - Complexity: `pick` is O(spaces in the class); fine for hundreds of address spaces.
 public struct RunQueue: Sendable {
@@ -73,6 +79,8 @@ public struct RunQueue: Sendable {
     private(set) var threads: [ThreadID: Thread] = [:]
     private(set) var spaces: [SpaceID: Space] = [:]
     private var passedOver: [PriorityClass: Int] = [:]
+    /// Per class, the highest value its minimum virtual time has had (it only moves forward).
+    private var classFloor: [PriorityClass: UInt64] = [:]
     private var arrivals: UInt64 = 0
 
     public init(quantumNanos: UInt64 = 2_000_000, floorInterval: Int = 8) {
@@ -94,6 +102,9 @@ public struct RunQueue: Sendable {
         if spaces[space] == nil {
             arrivals += 1
             spaces[space] = Space(priority: priority, virtualNanos: minimumVirtualNanos(priority), arrival: arrivals)
+        } else if spaces[space]!.priority != priority {
+            // Changing class: its virtual time meant nothing in the new one (no credit, no debt).
+            spaces[space]!.virtualNanos = minimumVirtualNanos(priority)
         } else if spaces[space]!.turns.isEmpty {
             // Waking up after idling: no credit for the idle time.
             spaces[space]!.virtualNanos = max(spaces[space]!.virtualNanos, minimumVirtualNanos(priority))
@@ -119,12 +130,19 @@ public struct RunQueue: Sendable {
         return ids
     }
 
+    /// The least virtual time of the class's non-idle spaces, but never below what it has been.
     private func minimumVirtualNanos(_ priority: PriorityClass) -> UInt64 {
-        spaces.values.filter { $0.priority == priority && !$0.turns.isEmpty }.map(\.virtualNanos).min() ?? 0
+        let live = spaces.values.filter { $0.priority == priority && !$0.turns.isEmpty }.map(\.virtualNanos).min()
+        return max(classFloor[priority, default: 0], live ?? 0)
+    }
+
+    private func runnable(_ id: ThreadID) -> Bool {
+        guard let t = threads[id] else { return false }
+        return !t.inFlight && t.nextGroup < t.groupTotal
     }
 
     private func runnable(_ space: Space) -> Bool {
-        space.turns.contains { threads[$0]?.inFlight == false }
+        space.turns.contains { runnable($0) }
     }
 
     /// The next slice to run, or nil when nothing is runnable. The thread is in flight until
@@ -135,8 +153,9 @@ public struct RunQueue: Sendable {
         guard let top = classes.max() else { return nil }
         var chosen = top
         // The floor: the most-passed-over lower class that reached the interval runs now.
+        // (Ordered by count, then class: `classes` is a Set, whose order differs between processes.)
         if let starved = classes.filter({ $0 < top && passedOver[$0, default: 0] >= floorInterval })
-            .max(by: { passedOver[$0, default: 0] < passedOver[$1, default: 0] }) {
+            .max(by: { (passedOver[$0, default: 0], $0) < (passedOver[$1, default: 0], $1) }) {
             chosen = starved
         }
         for c in classes where c != chosen { passedOver[c, default: 0] += 1 }
@@ -146,7 +165,7 @@ public struct RunQueue: Sendable {
         let (spaceID, space) = candidates.min {
             ($0.value.virtualNanos, $0.value.arrival) < ($1.value.virtualNanos, $1.value.arrival)
         }!
-        let index = space.turns.firstIndex { threads[$0]?.inFlight == false }!
+        let index = space.turns.firstIndex { runnable($0) }!
         let id = space.turns[index]
         // Round-robin: the chosen thread goes to the back of its space's turns.
         spaces[spaceID]!.turns.remove(at: index)
@@ -155,8 +174,8 @@ public struct RunQueue: Sendable {
         var t = threads[id]!
         let remaining = t.groupTotal - t.nextGroup
         var count: UInt32 = 1
-        if let cost = t.nanosPerGroup, cost > 0 {
-            var estimate = (Double(quantumNanos) / cost).rounded(.down)
+        if let cost = t.nanosPerGroup {
+            var estimate = cost > 0 ? (Double(quantumNanos) / cost).rounded(.down) : 0
             if t.lastNanos < quantumNanos / 2 { estimate = max(estimate, Double(t.lastCount) * 2) }
             count = UInt32(max(1, min(Double(remaining), estimate)))
         }
@@ -172,6 +191,7 @@ public struct RunQueue: Sendable {
             s.virtualNanos &+= nanos
             s.deviceNanos &+= nanos
             spaces[pick.space] = s
+            classFloor[s.priority] = minimumVirtualNanos(s.priority)
         }
         guard var t = threads[pick.thread] else { return .gridComplete }
         t.inFlight = false
@@ -203,6 +223,8 @@ public struct RunQueue: Sendable {
         }
         for (sid, s) in spaces {
             for id in s.turns { precondition(threads[id]?.space == sid, "space \(sid) lists a foreign or dead thread") }
+            precondition(s.turns.isEmpty || s.virtualNanos >= classFloor[s.priority, default: 0],
+                         "space \(sid) is behind its class's minimum virtual time")
         }
     }
 }

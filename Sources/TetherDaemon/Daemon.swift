@@ -289,11 +289,11 @@ public final class Daemon: @unchecked Sendable {
         case .spawn(let s):
             return .spawned(try spawn(s, space: space))
         case .join(let threadID):
-            let thread = try ownThread(threadID, of: space)
-            scheduler.onCompletion(thread) { [registry] outcome in
-                connection.send(.joined(Self.report(thread, outcome: outcome)), id: id)
-                registry.forget(thread.id, of: space)
-            }
+            answerJoin(try ownThread(threadID, of: space), space: space, id: id, on: connection)
+            return nil
+        case .run(let s):
+            let threadID = try spawn(s, space: space)
+            answerJoin(try ownThread(threadID, of: space), space: space, id: id, on: connection)
             return nil
         case .kill(let threadID):
             let thread = try ownThread(threadID, of: space)
@@ -402,13 +402,21 @@ public final class Daemon: @unchecked Sendable {
             }
             program = .spirv(words: words, invocationsPerGroup: Int(invocations))
         }
-        let context = try backend.makeContext(program: program)
+        let context = try scheduler.contexts.acquire(program)
         let thread = DeviceThread(id: registry.makeThreadID(), space: space.id, program: program, args: s.args,
                                   groups: s.groups, persistentNanos: s.persistentNanos, priority: s.priority,
                                   context: context, regions: space.table)
         try registry.add(thread, to: space)
         try scheduler.submit(thread)
         return thread.id
+    }
+
+    /// Replies `joined` when the thread ends, then reaps it (like `waitpid`).
+    private func answerJoin(_ thread: DeviceThread, space: AddressSpace, id: UInt64, on connection: Connection) {
+        scheduler.onCompletion(thread) { [registry] outcome in
+            connection.send(.joined(Self.report(thread, outcome: outcome)), id: id)
+            registry.forget(thread.id, of: space)
+        }
     }
 
     private func ownThread(_ id: ThreadID, of space: AddressSpace) throws(TetherError) -> DeviceThread {

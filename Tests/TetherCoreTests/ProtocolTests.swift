@@ -52,6 +52,9 @@ struct ProtocolTests {
             .spawn(SpawnRequest(program: .spirv(words: [0x0723_0203, 0x0001_0500, 0, 1, 2, 3], invocationsPerGroup: 64),
                                 args: [1, 2, 3], groups: 4, persistentNanos: 5_000_000, priority: .high)),
             .spawn(SpawnRequest(program: .spirv(words: [], invocationsPerGroup: 0), args: [], groups: 1)),
+            .run(SpawnRequest(program: .builtin(.reduce), args: [1 << 20, 0x1000, 0x2000], groups: 512, priority: .high)),
+            .run(SpawnRequest(program: .spirv(words: [0x0723_0203, 7], invocationsPerGroup: 32), args: [9], groups: 2,
+                              persistentNanos: 1, priority: .low)),
         ]
         return list
     }()
@@ -102,10 +105,11 @@ struct ProtocolTests {
     @Test func samplesCoverEveryOp() {
         let requestOps = Set(Self.requests.map(\.op))
         #expect(requestOps == Set(Op.allCases).subtracting([.error]), "add a sample for the new request")
-        // Replies: everything but the tool ops answered with another reply's shape.
+        // Replies: every op except those answered with another op's reply (run → joined,
+        // killThread → killed, awaitTeardown → timelines).
         var replyOps = Set<UInt16>()
         for bytes in Self.encodedReplies() { replyOps.insert(UInt16(bytes[6]) | UInt16(bytes[7]) << 8) }
-        let unshared = Op.allCases.filter { ![.killThread, .awaitTeardown].contains($0) }
+        let unshared = Op.allCases.filter { ![.run, .killThread, .awaitTeardown].contains($0) }
         #expect(replyOps == Set(unshared.map { $0.rawValue | Wire.replyBit }), "add a sample for the new reply")
     }
 
@@ -131,12 +135,20 @@ struct ProtocolTests {
         }
     }
 
-    @Test func toolRepliesShareTheirShapes() throws {
-        // killThread is answered like kill, awaitTeardown like timelines: same reply cases.
-        let (_, killed) = try MessageCodec.decodeReply(MessageCodec.encode(.killed(wasAlive: true), id: 1))
-        #expect(killed == .killed(wasAlive: true))
-        let (_, lines) = try MessageCodec.decodeReply(MessageCodec.encode(.timelines([Self.timeline]), id: 2))
-        #expect(lines == .timelines([Self.timeline]))
+    @Test func opsAnsweredWithAnotherOpsReplyDecodeToIt() throws {
+        // run is answered like join, killThread like kill, awaitTeardown like timelines: the
+        // reply's op picks the body's shape, and both ops of a pair decode to the same case.
+        let pairs: [(Op, Reply)] = [
+            (.join, .joined(Self.faulted)), (.run, .joined(Self.faulted)),
+            (.kill, .killed(wasAlive: true)), (.killThread, .killed(wasAlive: true)),
+            (.timelines, .timelines([Self.timeline])), (.awaitTeardown, .timelines([Self.timeline])),
+        ]
+        for (op, reply) in pairs {
+            let body = MessageCodec.encode(reply, id: 3)[Wire.headerBytes...]
+            let (id, decoded) = try MessageCodec.decodeReply(message(op: op.rawValue | Wire.replyBit, id: 3, body: Array(body)))
+            #expect(id == 3)
+            #expect(decoded == reply, "\(op)")
+        }
     }
 
     @Test func theLargestSpirvKernelFitsOneMessage() throws {
@@ -228,7 +240,7 @@ struct ProtocolTests {
     }
 
     @Test func everyStrictPrefixOfASpawnIsMalformed() {
-        let spawns = Self.requests.filter { $0.op == .spawn }
+        let spawns = Self.requests.filter { $0.op == .spawn || $0.op == .run }
         #expect(spawns.count > 2)
         for spawn in spawns {
             let bytes = MessageCodec.encode(spawn, id: 42)

@@ -37,7 +37,7 @@ public enum MessageCodec {
             w.u64(base)
             w.u64(size)
         case .unmirror(let r): w.u64(r.rawValue)
-        case .spawn(let s):
+        case .spawn(let s), .run(let s):
             switch s.program {
             case .builtin(let k):
                 w.u8(0)
@@ -81,7 +81,7 @@ public enum MessageCodec {
             request = .hello(policy: policy, backend: BackendChoice.allCases[b])
         case .mirror: request = .mirror(ownerBase: try r.u64(), size: try r.u64())
         case .unmirror: request = .unmirror(RegionID(rawValue: try r.u64()))
-        case .spawn:
+        case .spawn, .run:
             let program: SpawnRequest.Program
             switch try r.u8() {
             case 0:
@@ -100,7 +100,8 @@ public enum MessageCodec {
             let persistent = try r.u64()
             let p = try r.u8()
             guard let priority = PriorityClass(rawValue: p) else { throw TetherError(.malformedMessage, "unknown priority \(p)") }
-            request = .spawn(SpawnRequest(program: program, args: args, groups: groups, persistentNanos: persistent, priority: priority))
+            let spawn = SpawnRequest(program: program, args: args, groups: groups, persistentNanos: persistent, priority: priority)
+            request = op == .run ? .run(spawn) : .spawn(spawn)
         case .join: request = .join(ThreadID(rawValue: try r.u64()))
         case .kill: request = .kill(ThreadID(rawValue: try r.u64()))
         case .status: request = .status(ThreadID(rawValue: try r.u64()))
@@ -234,7 +235,7 @@ public enum MessageCodec {
         case .unmirror: reply = .done
         case .ping: reply = .pong
         case .spawn: reply = .spawned(ThreadID(rawValue: try r.u64()))
-        case .join: reply = .joined(try thread(&r))
+        case .join, .run: reply = .joined(try thread(&r))
         case .status: reply = .status(try thread(&r))
         case .kill, .killThread: reply = .killed(wasAlive: try r.bool())
         case .killProcess: reply = .killedProcess(threads: try r.u32())

@@ -18,7 +18,7 @@ public enum Wire {
 
 public enum Op: UInt16, Sendable, CaseIterable {
     // Owner requests: the first one binds the connection to the sender's address space.
-    case hello = 1, mirror = 2, unmirror = 3, spawn = 4, join = 5, kill = 6, status = 7
+    case hello = 1, mirror = 2, unmirror = 3, spawn = 4, join = 5, kill = 6, status = 7, run = 8
     // Tool requests: allowed on any connection, they bind nothing.
     case ps = 20, killProcess = 21, killThread = 22, timelines = 23, ping = 24, awaitTeardown = 25
     case error = 0x7FFF
@@ -32,6 +32,8 @@ public enum Request: Sendable, Equatable {
     case mirror(ownerBase: UInt64, size: UInt64)
     case unmirror(RegionID)
     case spawn(SpawnRequest)
+    /// Spawn and join in one round trip: answered with `joined` when the thread ends.
+    case run(SpawnRequest)
     /// Answered when the thread ends (the reply may come much later).
     case join(ThreadID)
     case kill(ThreadID)
@@ -52,6 +54,7 @@ public enum Request: Sendable, Equatable {
         case .mirror: .mirror
         case .unmirror: .unmirror
         case .spawn: .spawn
+        case .run: .run
         case .join: .join
         case .kill: .kill
         case .status: .status

@@ -48,7 +48,7 @@ public final class LocalDevice: @unchecked Sendable {
     /// Starts a device thread.
     public func spawn(_ program: KernelProgram, launch: Launch, persistentNanos: UInt64 = 0,
                       priority: PriorityClass = .normal) throws(TetherError) -> DeviceThread {
-        let context = try backend.makeContext(program: program)
+        let context = try scheduler.contexts.acquire(program)
         let thread = DeviceThread(id: ThreadID(rawValue: nextThread), space: space, program: program, args: launch.args,
                                   groups: launch.groups, persistentNanos: persistentNanos, priority: priority,
                                   context: context, regions: table)

@@ -27,8 +27,12 @@ public final class Scheduler: @unchecked Sendable {
     ///   - quantumNanos: the target length of one slice (default 2 ms).
     ///   - slicesInFlight: how many slices may run at once (one worker each). One keeps kill latency
     ///     lowest on a backend that already uses every core for one dispatch.
+    /// Where contexts of ended threads go (nil: they are simply released).
+    public let contexts: ContextPool
+
     public init(backend: any ComputeBackend, quantumNanos: UInt64 = 2_000_000, slicesInFlight: Int = 1) {
         self.backend = backend
+        contexts = ContextPool(backend: backend)
         queue = RunQueue(quantumNanos: quantumNanos)
         workersRunning = max(1, slicesInFlight)
         for i in 0..<workersRunning {
@@ -135,6 +139,9 @@ public final class Scheduler: @unchecked Sendable {
         t.state = state
         let outcome = ThreadOutcome(state: state, error: error, deviceNanos: t.deviceNanos)
         t.outcome = outcome
+        // Nothing runs on the context after this point: a kill only signals threads without an
+        // outcome, and the worker reads the fault before completing.
+        if !t.inFlight { contexts.recycle(t.context, program: t.program) }
         let waiters = t.waiters
         t.waiters = []
         threads[t.id] = nil

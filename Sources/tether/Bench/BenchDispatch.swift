@@ -1,0 +1,85 @@
+import ArgumentParser
+import Foundation
+import Tether
+import TetherCore
+import TetherDevice
+import TetherSys
+
+struct DispatchReport: Codable {
+    var backend: String
+    var device: String
+    var runs: Int
+    var daemon: LatencySummary
+    var direct: LatencySummary
+    var daemonP50Micros: Double
+    var directP50Micros: Double
+    /// daemon p50 / direct p50 (target ≤ 1.3 on Vulkan).
+    var ratio: Double
+}
+
+struct BenchDispatch: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dispatch",
+        abstract: "Round trip of a tiny device thread (spawn → join) through the daemon vs a direct in-process dispatch.",
+        discussion: "The direct baseline runs in a child process that never forks (`tether bench dispatch --direct`).")
+
+    @OptionGroup var backendOptions: BackendOptions
+    @Option(help: "Round trips to time.") var runs = 300
+    @Option(help: "Use this daemon instead of a private one.") var socket: String?
+    @Flag(help: "Print one JSON object.") var json = false
+    @Flag(help: "Internal: measure the direct baseline in this process and print its samples.") var direct = false
+
+    func run() throws {
+        if direct { return try runDirect() }
+        let daemon = try BenchDaemon(socket: socket, backend: backendOptions.backend)
+        defer { daemon.stop() }
+        let device = try Device(DeviceOptions(socketPath: daemon.path))
+        var samples: [UInt64] = []
+        for i in 0..<(runs + 20) {
+            let start = monotonicNanos()
+            let r = try device.run(.spin, args: [1], groups: 1, timeoutSeconds: 10)
+            let took = monotonicNanos() - start
+            guard r.state == .finished else { throw fail("tiny thread ended \(r.state)") }
+            if i >= 20 { samples.append(took) }  // the first ones create pipelines and contexts
+        }
+        let hello = device.hello
+        device.close()
+        let directSamples = try measureDirectInChild(backend: hello.backend)
+        let d = LatencySummary(nanos: samples), b = LatencySummary(nanos: directSamples)
+        let report = DispatchReport(backend: hello.backend.rawValue, device: hello.deviceName, runs: runs, daemon: d, direct: b,
+                                    daemonP50Micros: d.p50Micros, directP50Micros: b.p50Micros, ratio: d.p50Micros / b.p50Micros)
+        if json { return try printJSON(report) }
+        print("dispatch round trip of a tiny device thread on \(hello.deviceName) (\(hello.backend.rawValue)), \(runs) runs:")
+        print(table(["path", "n"] + LatencySummary.header, [["through the daemon (run = spawn+join)", "\(d.count)"] + d.row,
+                                                             ["direct, in-process (submit → wait)", "\(b.count)"] + b.row]))
+        print("ratio daemon/direct (p50): \(formatDouble(report.ratio, 2))")
+    }
+
+    /// Runs `tether bench dispatch --direct` as a child process and reads its samples.
+    func measureDirectInChild(backend: BackendKind) throws -> [UInt64] {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        process.arguments = ["bench", "dispatch", "--direct", "--backend", backend.rawValue, "--runs", "\(runs)"]
+        let out = Pipe()
+        process.standardOutput = out
+        try process.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else { throw fail("the direct baseline failed") }
+        return String(decoding: data, as: UTF8.self).split(separator: "\n").compactMap { UInt64($0) }
+    }
+
+    /// The baseline: one context, a 1-group dispatch submitted and waited for, in this process.
+    func runDirect() throws {
+        let backend = try BackendFactory.open(try BackendFactory.resolve(backendOptions.backend))
+        let context = try backend.makeContext(program: .builtin(.spin))
+        var lines: [String] = []
+        for i in 0..<(runs + 20) {
+            let start = monotonicNanos()
+            try context.runSlice(args: [1], regions: [], groupBase: 0, groupCount: 1, groupTotal: 1, round: 0)
+            let took = monotonicNanos() - start
+            if i >= 20 { lines.append(String(took)) }
+        }
+        print(lines.joined(separator: "\n"))
+    }
+}

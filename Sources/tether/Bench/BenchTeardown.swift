@@ -1,0 +1,248 @@
+import ArgumentParser
+import CTetherLinux
+import Foundation
+import Glibc
+import Tether
+import TetherCore
+import TetherSys
+
+enum TeardownMode: String, ExpressibleByArgument, Codable, CaseIterable {
+    /// SIGKILL of every victim.
+    case kill
+    /// Every victim exits normally (`_exit(0)`).
+    case exit
+    /// Every victim forks a child that keeps the device fd (closeOnFork off), then is SIGKILLed.
+    case forkHeld = "fork-held"
+}
+
+enum PolicyChoice: String, ExpressibleByArgument {
+    case exit, release, both
+    var policies: [LifetimePolicy] {
+        switch self {
+        case .exit: [.exit]
+        case .release: [.release]
+        case .both: [.exit, .release]
+        }
+    }
+}
+
+/// Samples of one (policy, victim size) cell, in nanoseconds from each victim's kill.
+struct TeardownCell: Codable {
+    var policy: String
+    var mode: String
+    var victimMiB: Int
+    var victims: Int
+    var threads: Int
+    var bareNotice: [UInt64] = []
+    var notice: [UInt64] = []
+    var quiesced: [UInt64] = []
+    var released: [UInt64] = []
+    /// released − notice: what the daemon adds after it learns of the death.
+    var daemonSide: [UInt64] = []
+    /// fork-held under release: how long the dead owner's work and memory lived on.
+    var livedOn: [UInt64] = []
+    /// Victims whose teardown was not seen within the timeout.
+    var missing = 0
+
+    var summaries: [String: LatencySummary] {
+        var s: [String: LatencySummary] = [:]
+        for (name, v) in [("bareNotice", bareNotice), ("notice", notice), ("quiesced", quiesced), ("released", released),
+                          ("daemonSide", daemonSide), ("livedOn", livedOn)] where !v.isEmpty {
+            s[name] = LatencySummary(nanos: v)
+        }
+        return s
+    }
+}
+
+struct TeardownReport: Codable {
+    var backend: String
+    var device: String
+    var mode: String
+    var victims: Int
+    var threads: Int
+    var runs: Int
+    var cells: [TeardownCell]
+    var summaries: [String: [String: LatencySummary]]
+    /// For the `exit` policy (first victim size): the targets' numbers.
+    var daemonSideP99Micros: Double?
+    var endToEndP50Micros: Double?
+    var bareNoticeP50Micros: Double?
+    /// endToEnd p50 / bare notice p50 (target ≤ 1.2).
+    var endToEndOverBareNotice: Double?
+}
+
+struct BenchTeardown: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "teardown",
+        abstract: "Kill victims running long device threads and time notice, quiesce and release; compare with bare pidfd notice.",
+        discussion: """
+        Each run launches N victims (M spin threads each, S MiB of touched private memory), kills them all at once and \
+        reads the daemon's timeline of each; in the same run, N identical victims with no device work measure the bare \
+        pidfd notice latency (the kernel's own exit cost). Times are from the kill, CLOCK_MONOTONIC.
+        """)
+
+    @Option(help: "exit, release or both.") var policy: PolicyChoice = .exit
+    @OptionGroup var backendOptions: BackendOptions
+    @Option(help: "Victim processes killed at once.") var victims = 16
+    @Option(help: "Device threads per victim.") var threads = 2
+    @Option(name: .customLong("victim-mib"), parsing: .upToNextOption,
+            help: "Touched private memory per victim in MiB; several values (or a comma list) make a size sweep.")
+    var victimMiB: [String] = ["64"]
+    @Flag(help: "Sweep victim sizes 0, 64, 256, 1024 MiB.") var sweep = false
+    @Option(help: "kill (SIGKILL), exit (normal exit) or fork-held (a forked child keeps the fd).") var mode: TeardownMode = .kill
+    @Option(help: "Rounds of N victims.") var runs = 3
+    @Option(name: .customLong("hold-ms"), help: "fork-held: how long the child holds the fd before it exits.") var holdMillis = 300
+    @Option(help: "Use this daemon (its policy) instead of private ones.") var socket: String?
+    @Option(help: "Write all samples and summaries as JSON to this file.") var json: String?
+    @Option(help: "Draw latency CDFs to this SVG file.") var svg: String?
+    @Flag(help: "Print the JSON report on standard output instead of the tables.") var jsonStdout = false
+
+    var sizes: [Int] {
+        if sweep { return [0, 64, 256, 1024] }
+        return victimMiB.flatMap { $0.split(separator: ",") }.compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+    }
+
+    func validate() throws {
+        guard (1...512).contains(victims) else { throw ValidationError("--victims must be 1…512") }
+        guard (0...64).contains(threads) else { throw ValidationError("--threads must be 0…64") }
+        guard !sizes.isEmpty, sizes.allSatisfy({ (0...16384).contains($0) }) else { throw ValidationError("--victim-mib must be 0…16384") }
+        guard runs >= 1 else { throw ValidationError("--runs must be ≥ 1") }
+    }
+
+    func run() throws {
+        _ = tether_set_child_subreaper()
+        var cells: [TeardownCell] = []
+        var backendName = "", deviceName = ""
+        let policies = socket == nil ? policy.policies : [try DaemonControl(socketPath: SocketPath.resolve(socket)).ps().policy]
+        for p in policies {
+            let daemon = try BenchDaemon(socket: socket, backend: backendOptions.backend, policy: p)
+            defer { daemon.stop() }
+            let control = try DaemonControl(socketPath: daemon.path)
+            let table = try control.ps()
+            backendName = table.backend.rawValue
+            deviceName = table.deviceName
+            for mib in sizes {
+                var cell = TeardownCell(policy: p.description, mode: mode.rawValue, victimMiB: mib, victims: victims, threads: threads)
+                let progress = Progress(total: runs, label: "teardown \(p) \(mib) MiB")
+                for r in 0..<runs {
+                    try bareRound(mib: mib, into: &cell)
+                    try deviceRound(path: daemon.path, control: control, mib: mib, into: &cell)
+                    progress.update(r + 1)
+                }
+                cells.append(cell)
+            }
+        }
+        var report = TeardownReport(backend: backendName, device: deviceName, mode: mode.rawValue, victims: victims, threads: threads,
+                                    runs: runs, cells: cells, summaries: [:])
+        for c in cells { report.summaries["\(c.policy)/\(c.victimMiB)MiB"] = c.summaries }
+        if let c = cells.first(where: { $0.policy == "exit" }) {
+            let s = c.summaries
+            report.daemonSideP99Micros = s["daemonSide"]?.p99Micros
+            report.endToEndP50Micros = s["released"]?.p50Micros
+            report.bareNoticeP50Micros = s["bareNotice"]?.p50Micros
+            if let e = report.endToEndP50Micros, let b = report.bareNoticeP50Micros, b > 0 { report.endToEndOverBareNotice = e / b }
+        }
+        if let json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try encoder.encode(report).write(to: URL(fileURLWithPath: json))
+        }
+        if let svg { try teardownSVG(report).write(toFile: svg, atomically: true, encoding: .utf8) }
+        if jsonStdout { return try printJSON(report) }
+        print(describeTeardown(report))
+    }
+
+    /// N victims with no device work: the kernel's own exit, as a pidfd shows it.
+    func bareRound(mib: Int, into cell: inout TeardownCell) throws {
+        var list: [Victim] = []
+        for _ in 0..<victims {
+            list.append(try Victim.launch(VictimSpec(socketPath: "", privateMiB: mib, threads: 0, deviceWork: false)))
+        }
+        for v in list { try v.waitReady() }
+        for v in list { v.killNow() }
+        for (v, noticed) in zip(list, waitAll(list)) {
+            if let noticed { cell.bareNotice.append(noticed - v.exitNanos) }
+        }
+    }
+
+    /// Records when each victim's pidfd becomes readable (one epoll over all of them).
+    func waitAll(_ list: [Victim], timeoutSeconds: Double = 30) -> [UInt64?] {
+        var times = [UInt64?](repeating: nil, count: list.count)
+        guard let epoll = try? Epoll() else { return times }
+        for (i, v) in list.enumerated() { try? epoll.add(v.pidfd.raw, token: UInt64(i)) }
+        var left = list.count
+        let deadline = monotonicNanos() + UInt64(timeoutSeconds * 1e9)
+        while left > 0 && monotonicNanos() < deadline {
+            for (token, _) in epoll.wait(timeoutMillis: 100) where times[Int(token)] == nil {
+                times[Int(token)] = monotonicNanos()
+                epoll.remove(list[Int(token)].pidfd.raw)
+                left -= 1
+            }
+        }
+        return times
+    }
+
+    func deviceRound(path: String, control: DaemonControl, mib: Int, into cell: inout TeardownCell) throws {
+        var list: [Victim] = []
+        for _ in 0..<victims {
+            list.append(try Victim.launch(VictimSpec(socketPath: path, privateMiB: mib, threads: threads, deviceWork: true,
+                                                     mirroredMiB: 1, forkHolder: mode == .forkHeld,
+                                                     closeOnFork: mode != .forkHeld)))
+        }
+        for v in list { try v.waitReady() }
+        for v in list {
+            if mode == .exit { v.exitNow() } else { v.killNow() }
+        }
+        let heldUnderRelease = mode == .forkHeld && cell.policy == "release"
+        if heldUnderRelease {
+            usleep(UInt32(holdMillis * 1000))  // the holders' lifetime: what release makes the dead owner's work live
+            for v in list { v.releaseHolder() }
+        }
+        for v in list {
+            guard let t = try control.awaitTeardown(pid: v.pid, timeoutSeconds: 30).last else {
+                cell.missing += 1
+                continue
+            }
+            if heldUnderRelease {
+                cell.livedOn.append(t.releasedNanos &- v.exitNanos)
+                continue
+            }
+            cell.notice.append(t.noticeNanos &- v.exitNanos)
+            cell.quiesced.append(t.quiescedNanos &- v.exitNanos)
+            cell.released.append(t.releasedNanos &- v.exitNanos)
+            cell.daemonSide.append(t.releasedNanos &- t.noticeNanos)
+        }
+        list.forEach { $0.releaseHolder() }
+    }
+
+    func describeTeardown(_ r: TeardownReport) -> String {
+        var out = ["teardown latency on \(r.device) (\(r.backend)): \(r.victims) victims × \(r.threads) spin threads, mode \(r.mode), \(r.runs) runs; µs from the kill"]
+        let names: [(String, String)] = [("bareNotice", "bare pidfd notice (no device work)"), ("notice", "t_notice"),
+                                         ("quiesced", "t_quiesced"), ("released", "t_released (end to end)"),
+                                         ("daemonSide", "released − notice (daemon side)"),
+                                         ("livedOn", "device work lived on after the kill")]
+        for c in r.cells {
+            out.append("")
+            out.append("policy \(c.policy), victims of \(c.victimMiB) MiB\(c.missing > 0 ? " — \(c.missing) teardowns not seen in 30 s" : ""):")
+            let s = c.summaries
+            var rows: [[String]] = []
+            for (key, label) in names { if let v = s[key] { rows.append([label, "\(v.count)"] + v.row) } }
+            out.append(table(["component", "n"] + LatencySummary.header, rows))
+            if let e = s["released"]?.p50Micros, let b = s["bareNotice"]?.p50Micros, b > 0 {
+                out.append("end-to-end p50 / bare notice p50 = \(formatDouble(e / b, 3))")
+            }
+        }
+        if sizesSwept(r) {
+            out.append("")
+            out.append("size sweep (p50 µs): what the kernel's exit costs vs what the daemon adds")
+            out.append(table(["policy", "MiB", "bare notice", "notice", "daemon side", "end to end"], r.cells.map { c in
+                let s = c.summaries
+                return [c.policy, "\(c.victimMiB)", formatDouble(s["bareNotice"]?.p50Micros ?? 0, 1), formatDouble(s["notice"]?.p50Micros ?? 0, 1),
+                        formatDouble(s["daemonSide"]?.p50Micros ?? 0, 1), formatDouble(s["released"]?.p50Micros ?? 0, 1)]
+            }))
+        }
+        return out.joined(separator: "\n")
+    }
+
+    func sizesSwept(_ r: TeardownReport) -> Bool { Set(r.cells.map(\.victimMiB)).count > 1 }
+}
