@@ -257,6 +257,7 @@ final class Connection: @unchecked Sendable {
     // MARK: Reader
 
     private func readLoop() {
+        let receiveBuffer = ReceiveBuffer(capacity: Wire.maxMessageBytes)
         state.withLock { $0.readerThread = pthread_self() }
         var failure: TetherError?
         // The eventfd stays open while the reader runs (it is closed only after the reader left).
@@ -280,7 +281,7 @@ final class Connection: @unchecked Sendable {
             expireDeadlines()
             guard fds[0].revents != 0 else { continue }
             do throws(SystemError) {
-                let received = try SeqPacketSocket.receive(fd, capacity: Wire.maxMessageBytes)
+                let received = try SeqPacketSocket.receive(fd, into: receiveBuffer)
                 switch received {
                 case .message(let m):
                     if let unreadable = deliver(m.bytes, truncated: m.truncated) {

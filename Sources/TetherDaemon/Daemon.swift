@@ -44,6 +44,8 @@ public final class Daemon: @unchecked Sendable {
     private var connections: [UInt64: Connection] = [:]
     private var pidfdSpaces: [UInt64: AddressSpace] = [:]
     private var nextToken: UInt64 = 1
+    /// One more byte than the largest message, so an oversized one shows as truncated.
+    private let receiveBuffer = ReceiveBuffer(capacity: Wire.maxMessageBytes + 1)
     /// Explicit kills wait for a slice in flight, so they run here, never on the event loop.
     private let killQueue = WorkQueue(name: "tether-kill")
     private let teardownWaiters = Mutex<[TeardownWaiter]>([])
@@ -193,7 +195,7 @@ public final class Daemon: @unchecked Sendable {
         for _ in 0..<64 {
             let result: ReceiveResult
             do {
-                result = try SeqPacketSocket.receive(connection.rawFD, capacity: Wire.maxMessageBytes + 1)
+                result = try SeqPacketSocket.receive(connection.rawFD, into: receiveBuffer)
             } catch {
                 hangUp(connection)
                 return

@@ -87,16 +87,20 @@ public enum SeqPacketSocket {
     }
 
     public static func receive(_ fd: Int32, capacity: Int) throws(SystemError) -> ReceiveResult {
-        var bytes = [UInt8](repeating: 0, count: capacity)
+        try receive(fd, into: ReceiveBuffer(capacity: capacity))
+    }
+
+    /// Receives into a reused buffer (allocating and zeroing 192 KiB per message cost ~7 µs) and
+    /// copies out only the bytes that arrived.
+    public static func receive(_ fd: Int32, into buffer: ReceiveBuffer) throws(SystemError) -> ReceiveResult {
+        let capacity = buffer.capacity
         var fds = [Int32](repeating: -1, count: Int(maxFdsPerMessage))
         var fdCount: Int32 = 0
         var pid: pid_t = -1
         var uid: uid_t = 0
         var truncated = false
-        let n = bytes.withUnsafeMutableBytes { buf in
-            fds.withUnsafeMutableBufferPointer {
-                tether_recv_with_fds(fd, buf.baseAddress, buf.count, $0.baseAddress, maxFdsPerMessage, &fdCount, &pid, &uid, &truncated)
-            }
+        let n = fds.withUnsafeMutableBufferPointer {
+            tether_recv_with_fds(fd, buffer.storage, capacity, $0.baseAddress, maxFdsPerMessage, &fdCount, &pid, &uid, &truncated)
         }
         if n < 0 {
             if errno == EAGAIN { return .wouldBlock }
@@ -104,7 +108,7 @@ public enum SeqPacketSocket {
             throw SystemError("recvmsg")
         }
         if n == 0 && fdCount == 0 && !truncated { return .hangUp }
-        bytes.removeSubrange(Int(n)...)
+        let bytes = Array(UnsafeRawBufferPointer(start: buffer.storage, count: Int(n)))
         return .message(ReceivedMessage(bytes: bytes, fds: Array(fds[0..<Int(fdCount)]), senderPid: pid,
                                         senderUid: uid, truncated: truncated))
     }
@@ -126,4 +130,15 @@ public enum SeqPacketSocket {
         }
         return addr
     }
+}
+
+/// A receive buffer owned by one reading thread.
+public final class ReceiveBuffer: @unchecked Sendable {
+    public let capacity: Int
+    let storage: UnsafeMutableRawPointer
+    public init(capacity: Int) {
+        self.capacity = capacity
+        storage = .allocate(byteCount: capacity, alignment: 16)
+    }
+    deinit { storage.deallocate() }
 }
