@@ -8,7 +8,7 @@ import TetherSys
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure: kill latency, fairness, slicing overhead, teardown, dispatch, throughput.",
-        subcommands: [BenchTeardown.self, BenchDispatch.self, BenchThroughput.self, BenchKill.self, BenchFairness.self, BenchSlicing.self])
+        subcommands: [BenchAll.self, BenchTeardown.self, BenchDispatch.self, BenchThroughput.self, BenchKill.self, BenchFairness.self, BenchSlicing.self])
 }
 
 /// A daemon for a benchmark: the one at `--socket`, or a private one started for the run.

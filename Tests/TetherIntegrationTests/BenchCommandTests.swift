@@ -1,0 +1,60 @@
+import Foundation
+import Testing
+
+/// The measurement commands run here and report sane numbers. Bounds are generous on purpose:
+/// the targets are checked by the benchmarks themselves on a quiet machine, not by timed tests.
+@Suite(.serialized) struct BenchCommandTests {
+    func runJSON(_ args: [String]) throws -> [String: Any] {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: tetherBinary())
+        process.arguments = args
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0, "tether \(args.joined(separator: " "))")
+        return try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+    }
+
+    @Test("fairness: an address space with 8 threads does not get 8× the device of one with 1")
+    func fairness() throws {
+        let json = try runJSON(["bench", "fairness", "--backend", "software", "--seconds", "1", "--json"])
+        let jain = try #require(json["jain"] as? Double)
+        #expect(jain >= 0.9)
+        let shares = try #require(json["shares"] as? [[String: Any]])
+        #expect(shares.count == 2)
+    }
+
+    @Test("kill: a running spin is killed and reported dead, fast", arguments: ["software", "vulkan"])
+    func kill(backend: String) throws {
+        let json = try runJSON(["bench", "kill", "--backend", backend, "--runs", "5", "--json"])
+        #expect(json["runs"] as? Int == 5)
+        #expect(try #require(json["p99Micros"] as? Double) < 100_000)
+    }
+
+    @Test("teardown: every victim's timeline is recorded, ordered, and the JSON carries the target numbers")
+    func teardown() throws {
+        let file = "/tmp/tether-teardown-\(getpid()).json"
+        defer { unlink(file) }
+        _ = try? runJSON(["bench", "teardown", "--backend", "software", "--victims", "4", "--runs", "1", "--victim-mib", "1",
+                          "--json", file, "--json-stdout"])
+        let data = try Data(contentsOf: URL(fileURLWithPath: file))
+        let json = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        #expect(json["daemonSideP99Micros"] as? Double != nil)
+        #expect(json["endToEndP50Micros"] as? Double != nil)
+        #expect(json["bareNoticeP50Micros"] as? Double != nil)
+        let cells = try #require(json["cells"] as? [[String: Any]])
+        #expect((cells.first?["released"] as? [Any])?.count == 4)
+        #expect(cells.first?["missing"] as? Int == 0)
+    }
+
+    @Test("dispatch: both paths measured in one run and a ratio printed")
+    func dispatch() throws {
+        let json = try runJSON(["bench", "dispatch", "--backend", "vulkan", "--runs", "20", "--json"])
+        #expect(try #require(json["daemonP50Micros"] as? Double) > 0)
+        #expect(try #require(json["directP50Micros"] as? Double) > 0)
+        #expect(json["ratio"] as? Double != nil)
+    }
+}
