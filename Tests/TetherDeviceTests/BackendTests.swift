@@ -1,6 +1,6 @@
 import Glibc
 import TetherCore
-import TetherDevice
+@testable import TetherDevice
 import TetherSys
 import Testing
 
@@ -56,7 +56,8 @@ let backendCases = [BackendCase(kind: .vulkan), BackendCase(kind: .software)]
         defer { device.close() }
         let region = try device.mirror(bytes: 4096)
         let base = region.ownerBase
-        let outcome = try device.run(.builtin(.saxpy), launch: Launch(args: [4096, 0, base, base + 1 << 40], groups: 16))
+        // x covers the region exactly; y is far outside it.
+        let outcome = try device.run(.builtin(.saxpy), launch: Launch(args: [1024, 0, base, base + 1 << 40], groups: 4))
         #expect(outcome.state == .faulted)
         #expect(outcome.error?.code == .addressFault)
         #expect(outcome.error?.message.contains(String(base + 1 << 40, radix: 16)) == true)
@@ -97,6 +98,15 @@ let backendCases = [BackendCase(kind: .vulkan), BackendCase(kind: .software)]
             device.close()
         }
         #expect(VulkanValidation.messageCount == before)
+    }
+
+    @Test("the validation counter really counts: an invalid buffer (size 0) is reported")
+    func validationCounts() throws {
+        let backend = try #require(Backends.vulkan)
+        let before = VulkanValidation.messageCount
+        _ = try? backend.makeBuffer(size: 0, importing: nil)
+        #expect(VulkanValidation.messageCount > before)
+        VulkanValidation.messages.store(before, ordering: .releasing)  // this message was the point
     }
 
     @Test("devices: lavapipe is listed with the features Tether needs, and auto picks it over software")
