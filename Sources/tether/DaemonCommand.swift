@@ -44,6 +44,9 @@ struct DaemonCommand: ParsableCommand {
         sigaddset(&set, SIGTERM)
         sigaddset(&set, SIGINT)
         pthread_sigmask(SIG_BLOCK, &set, nil)
+        // The control plane (this thread and every thread it starts, bar device work) runs above
+        // device work and, where allowed, above ordinary processes — dying ones included.
+        setCurrentThreadNice(controlPlaneNice)
         let level = Logger.Level(rawValue: logLevel)!
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)

@@ -94,7 +94,12 @@ public final class Scheduler: @unchecked Sendable {
                 queue.remove(t.id)
                 if !t.inFlight, let f = complete(t, .killed, nil) { finished.append(f) }
             }
-            while victims.contains(where: { $0.outcome == nil }) { monitor.wait() }
+            if victims.contains(where: { $0.outcome == nil }) {
+                // Waiting for a slice in flight: lend our priority to the device threads running it.
+                DeviceThreads.withPriorityLent {
+                    while victims.contains(where: { $0.outcome == nil }) { monitor.wait() }
+                }
+            }
             return alive
         }
         for (_, outcome, waiters) in finished { waiters.forEach { $0(outcome) } }
@@ -150,8 +155,9 @@ public final class Scheduler: @unchecked Sendable {
         return (t, outcome, waiters)
     }
 
+    /// The worker belongs to the control plane: it hands slices to the device (lavapipe's
+    /// threads, the software pool) and waits, but executes no device code itself.
     private func workerLoop() {
-        setCurrentThreadNice(deviceWorkNice)
         monitor.withLock {
             while true {
                 if stopping && queue.isEmpty { break }

@@ -16,7 +16,7 @@ public final class SoftwareBackend: ComputeBackend, Sendable {
     public init(workers: Int? = nil) {
         let cores = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
         let count = max(1, workers ?? cores)
-        pool = WorkerPool(helpers: count - 1)
+        pool = WorkerPool(threads: count)
         device = DeviceDescription(
             name: "Tether software device (\(count) threads)", backend: .software, type: "software",
             driver: "tether-swift", apiVersion: "-", vendorID: 0, deviceID: 0,
@@ -42,9 +42,13 @@ final class SoftwareMemory: ImportedMemory {
     init(deviceBase: UInt64) { self.deviceBase = deviceBase }
 }
 
-/// Persistent helper threads that join the calling thread to run one slice's workgroups.
+/// Persistent device threads (one per core) that run one slice's workgroups at a time.
+///
 /// Workgroups are claimed one at a time from an atomic counter, so a kill waits for at most one
-/// group per thread and claiming costs no lock.
+/// group per thread and claiming costs no lock. The caller — the scheduler's worker, part of the
+/// control plane — only hands the slice over and waits: device work runs on these threads alone,
+/// at the device-work priority, and the worker never holds a lock the control plane needs while
+/// starved of CPU at a low priority.
 final class WorkerPool: @unchecked Sendable {
     final class Job: @unchecked Sendable {
         let run: (UInt32) -> Void
@@ -68,15 +72,15 @@ final class WorkerPool: @unchecked Sendable {
 
     private let monitor = Monitor()
     private var job: Job?
-    private var busy = 0
     private var generation = 0
+    private var finished = 0
     private var stopped = false
-    let helpers: Int
+    let threads: Int
 
-    init(helpers: Int) {
-        self.helpers = helpers
-        for i in 0..<helpers {
-            startThread(name: "tether-sw\(i)") { [self] in helperLoop() }
+    init(threads: Int) {
+        self.threads = max(1, threads)
+        for i in 0..<self.threads {
+            startThread(name: "tether-sw\(i)") { [self] in deviceThreadLoop() }
         }
     }
 
@@ -87,40 +91,33 @@ final class WorkerPool: @unchecked Sendable {
         }
     }
 
-    /// Runs `run(group)` for every group in `[base, end)` on the caller and the helpers; returns
-    /// when all claimed groups finished. Calls must not overlap (one scheduler worker per pool).
+    /// Runs `run(group)` for every group in `[base, end)` on the device threads and returns when
+    /// all of them are done with it. Calls must not overlap (one scheduler worker per pool).
     func run(base: UInt32, end: UInt32, shouldStop: @escaping () -> Bool, _ run: @escaping (UInt32) -> Void) {
-        let job = Job(base: base, end: end, shouldStop: shouldStop, run: run)
-        if end - base > 1 && helpers > 0 {
-            monitor.withLock {
-                self.job = job
-                generation += 1
-                monitor.broadcast()
-            }
-        }
-        job.work()
         monitor.withLock {
-            self.job = nil
-            while busy > 0 { monitor.wait() }
+            job = Job(base: base, end: end, shouldStop: shouldStop, run: run)
+            finished = 0
+            generation += 1
+            monitor.broadcast()
+            while finished < threads { monitor.wait() }
+            job = nil
         }
     }
 
-    private func helperLoop() {
-        setCurrentThreadNice(deviceWorkNice)
+    private func deviceThreadLoop() {
+        DeviceThreads.enter()
         var seen = 0
         while true {
             let job: Job? = monitor.withLock {
-                while !stopped && (generation == seen || self.job == nil) { monitor.wait() }
-                if stopped { return nil }
+                while !stopped && generation == seen { monitor.wait() }
                 seen = generation
-                busy += 1
-                return self.job
+                return stopped ? nil : self.job
             }
             guard let job else { return }
             job.work()
             monitor.withLock {
-                busy -= 1
-                monitor.broadcast()
+                finished += 1
+                if finished == threads { monitor.broadcast() }
             }
         }
     }

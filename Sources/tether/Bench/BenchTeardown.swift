@@ -60,6 +60,7 @@ struct TeardownReport: Codable {
     var mode: String
     var victims: Int
     var threads: Int
+    var mirroredMiB: Int
     var runs: Int
     var cells: [TeardownCell]
     var summaries: [String: [String: LatencySummary]]
@@ -90,6 +91,9 @@ struct BenchTeardown: ParsableCommand {
     var victimMiB: [String] = ["64"]
     @Flag(help: "Sweep victim sizes 0, 64, 256, 1024 MiB.") var sweep = false
     @Option(help: "kill (SIGKILL), exit (normal exit) or fork-held (a forked child keeps the fd).") var mode: TeardownMode = .kill
+    @Option(name: .customLong("mirror-mib"),
+            help: "Mirrored (device-shared) memory per victim in MiB, touched; freeing it is part of the daemon's release.")
+    var mirrorMiB = 0
     @Option(help: "Rounds of N victims.") var runs = 3
     @Option(name: .customLong("hold-ms"), help: "fork-held: how long the child holds the fd before it exits.") var holdMillis = 300
     @Option(help: "Use this daemon (its policy) instead of private ones.") var socket: String?
@@ -107,6 +111,7 @@ struct BenchTeardown: ParsableCommand {
         guard (0...64).contains(threads) else { throw ValidationError("--threads must be 0…64") }
         guard !sizes.isEmpty, sizes.allSatisfy({ (0...16384).contains($0) }) else { throw ValidationError("--victim-mib must be 0…16384") }
         guard runs >= 1 else { throw ValidationError("--runs must be ≥ 1") }
+        guard (0...16384).contains(mirrorMiB) else { throw ValidationError("--mirror-mib must be 0…16384") }
     }
 
     func run() throws {
@@ -133,7 +138,7 @@ struct BenchTeardown: ParsableCommand {
             }
         }
         var report = TeardownReport(backend: backendName, device: deviceName, mode: mode.rawValue, victims: victims, threads: threads,
-                                    runs: runs, cells: cells, summaries: [:])
+                                    mirroredMiB: mirrorMiB, runs: runs, cells: cells, summaries: [:])
         for c in cells { report.summaries["\(c.policy)/\(c.victimMiB)MiB"] = c.summaries }
         if let c = cells.first(where: { $0.policy == "exit" }) {
             let s = c.summaries
@@ -186,7 +191,7 @@ struct BenchTeardown: ParsableCommand {
         var list: [Victim] = []
         for _ in 0..<victims {
             list.append(try Victim.launch(VictimSpec(socketPath: path, privateMiB: mib, threads: threads, deviceWork: true,
-                                                     mirroredMiB: 1, forkHolder: mode == .forkHeld,
+                                                     mirroredMiB: mirrorMiB, forkHolder: mode == .forkHeld,
                                                      closeOnFork: mode != .forkHeld)))
         }
         for v in list { try v.waitReady() }
@@ -216,7 +221,7 @@ struct BenchTeardown: ParsableCommand {
     }
 
     func describeTeardown(_ r: TeardownReport) -> String {
-        var out = ["teardown latency on \(r.device) (\(r.backend)): \(r.victims) victims × \(r.threads) spin threads, mode \(r.mode), \(r.runs) runs; µs from the kill"]
+        var out = ["teardown latency on \(r.device) (\(r.backend)): \(r.victims) victims × \(r.threads) spin threads, \(r.mirroredMiB) MiB mirrored each, mode \(r.mode), \(r.runs) runs; µs from the kill"]
         let names: [(String, String)] = [("bareNotice", "bare pidfd notice (no device work)"), ("notice", "t_notice"),
                                          ("quiesced", "t_quiesced"), ("released", "t_released (end to end)"),
                                          ("daemonSide", "released − notice (daemon side)"),
