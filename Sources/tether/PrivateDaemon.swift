@@ -49,11 +49,9 @@ final class PrivateDaemon {
 
     /// SIGTERM, then SIGKILL if it has not stopped within 10 s.
     func stop() {
-        guard process.isRunning else { return }
+        guard process.isRunning, let pidfd = try? Pidfd.open(process.processIdentifier) else { return }
         kill(process.processIdentifier, SIGTERM)
-        let deadline = monotonicNanos() + 10_000_000_000
-        while process.isRunning && monotonicNanos() < deadline { usleep(5_000) }
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        if (try? waitReadable(pidfd.raw, timeoutMillis: 10_000)) != true { kill(process.processIdentifier, SIGKILL) }
         process.waitUntilExit()
         unlink(logPath)
     }

@@ -81,11 +81,9 @@ final class TestDaemon {
     }
 
     func stop() {
-        guard process.isRunning else { return }
+        guard process.isRunning, let pidfd = try? Pidfd.open(pid) else { return }
         kill(pid, SIGTERM)
-        let deadline = monotonicNanos() + 15_000_000_000
-        while process.isRunning && monotonicNanos() < deadline { usleep(2_000) }
-        if process.isRunning { kill(pid, SIGKILL) }
+        if (try? waitReadable(pidfd.raw, timeoutMillis: 15_000)) != true { kill(pid, SIGKILL) }
         process.waitUntilExit()
     }
 
