@@ -32,3 +32,21 @@ import TetherCore
 func workload(_ name: String, size: Int?) throws(TetherError) -> any Workload {
     do { return try Workloads.make(name, size: size) } catch { throw TetherError(.invalidArgument, error.description) }
 }
+
+import Foundation
+
+/// Runs this `tether` binary with `args` as a child process and returns its standard output.
+/// Benchmarks run their in-process baselines this way: a process that loaded Vulkan must not fork
+/// victims, and the baseline must not share a process with the client.
+func runSelf(_ args: [String]) throws -> Data {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+    process.arguments = args
+    let out = Pipe()
+    process.standardOutput = out
+    try process.run()
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    guard process.terminationStatus == 0 else { throw fail("`tether \(args.joined(separator: " "))` failed") }
+    return data
+}

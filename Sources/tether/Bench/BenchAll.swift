@@ -81,17 +81,8 @@ struct BenchAll: ParsableCommand {
 
     /// Runs `tether ARGS` and decodes its JSON output.
     func child<T: Decodable>(_ args: [String]) throws -> T {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-        process.arguments = args
-        let out = Pipe()
-        process.standardOutput = out
         printErrorRaw("tether \(args.joined(separator: " "))\n")
-        try process.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else { throw fail("`tether \(args.joined(separator: " "))` failed") }
-        return try JSONDecoder().decode(T.self, from: data)
+        return try JSONDecoder().decode(T.self, from: try runSelf(args))
     }
 
     func machine() -> String {

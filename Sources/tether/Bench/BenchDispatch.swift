@@ -57,15 +57,7 @@ struct BenchDispatch: ParsableCommand {
 
     /// Runs `tether bench dispatch --direct` as a child process and reads its samples.
     func measureDirectInChild(backend: BackendKind) throws -> [UInt64] {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-        process.arguments = ["bench", "dispatch", "--direct", "--backend", backend.rawValue, "--runs", "\(runs)"]
-        let out = Pipe()
-        process.standardOutput = out
-        try process.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else { throw fail("the direct baseline failed") }
+        let data = try runSelf(["bench", "dispatch", "--direct", "--backend", backend.rawValue, "--runs", "\(runs)"])
         return String(decoding: data, as: UTF8.self).split(separator: "\n").compactMap { UInt64($0) }
     }
 

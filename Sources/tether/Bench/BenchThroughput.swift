@@ -105,16 +105,8 @@ struct BenchThroughput: ParsableCommand {
     }
 
     func directInChild(backend: BackendKind) throws -> [PathTiming] {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-        process.arguments = ["bench", "throughput", "--direct", "--backend", backend.rawValue, "--runs", "\(runs)",
-                             "--scale", "\(scale)", "--workloads"] + workloads
-        let out = Pipe()
-        process.standardOutput = out
-        try process.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else { throw fail("the direct baseline failed") }
+        let data = try runSelf(["bench", "throughput", "--direct", "--backend", backend.rawValue, "--runs", "\(runs)",
+                                "--scale", "\(scale)", "--workloads"] + workloads)
         return try JSONDecoder().decode([PathTiming].self, from: data)
     }
 
