@@ -26,7 +26,7 @@
 /// - Within an address space, its runnable threads take turns (round-robin).
 /// - Slices are sized from the thread's measured cost per workgroup (an exponential average) to
 ///   `quantumNanos`; the first slice of a thread probes with one workgroup, and a slice that ran
-///   under half the quantum lets the next one at least double (the first estimates still include
+///   under half the quantum lets the next one at least double — quadruple under a quarter — (the first estimates still include
 ///   the fixed cost of a dispatch; a slice measured at 0 ns also doubles).
 /// - A thread that is not persistent and has completed its grid is not picked again; it stays
 ///   queued until `remove`.
@@ -176,7 +176,13 @@ public struct RunQueue: Sendable {
         var count: UInt32 = 1
         if let cost = t.nanosPerGroup {
             var estimate = cost > 0 ? (Double(quantumNanos) / cost).rounded(.down) : 0
-            if t.lastNanos < quantumNanos / 2 { estimate = max(estimate, Double(t.lastCount) * 2) }
+            // Grow fast while far below the quantum: ×4 under a quarter, ×2 under a half (a
+            // linear cost grown ×4 from under Q/4 stays under Q).
+            if t.lastNanos < quantumNanos / 4 {
+                estimate = max(estimate, Double(t.lastCount) * 4)
+            } else if t.lastNanos < quantumNanos / 2 {
+                estimate = max(estimate, Double(t.lastCount) * 2)
+            }
             count = UInt32(max(1, min(Double(remaining), estimate)))
         }
         t.inFlight = true

@@ -201,7 +201,8 @@ struct RunQueueTests {
         }
         // The ramp only grows while slices are short.
         for (a, b) in zip(slices, slices.dropFirst()) where a.nanos < quantum / 2 && b.pick.groupBase != 0 {
-            #expect(b.pick.groupCount >= min(a.pick.groupCount * 2, groups - b.pick.groupBase))
+            let growth: UInt32 = a.nanos < quantum / 4 ? 4 : 2
+            #expect(b.pick.groupCount >= min(a.pick.groupCount * growth, groups - b.pick.groupBase))
         }
     }
 
@@ -815,7 +816,11 @@ fileprivate struct Model {
         var count: UInt32 = 1
         if let cost = t.cost {
             var estimate = cost > 0 ? (Double(quantumNanos) / cost).rounded(.down) : 0
-            if t.lastNanos < quantumNanos / 2 { estimate = max(estimate, Double(t.lastCount) * 2) }
+            if t.lastNanos < quantumNanos / 4 {
+                estimate = max(estimate, Double(t.lastCount) * 4)
+            } else if t.lastNanos < quantumNanos / 2 {
+                estimate = max(estimate, Double(t.lastCount) * 2)
+            }
             count = UInt32(max(1, min(Double(remaining), estimate)))
         }
         t.inFlight = true
