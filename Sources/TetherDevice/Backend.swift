@@ -58,6 +58,9 @@ public protocol ThreadContext: AnyObject, Sendable {
     /// Runs workgroups `[groupBase, groupBase + groupCount)` and returns when they are done.
     func runSlice(args: [UInt64], regions: [RegionTableEntry], groupBase: UInt32, groupCount: UInt32,
                   groupTotal: UInt32, round: UInt32) throws(TetherError)
+    /// Called after the control word changed, for a backend whose `runSlice` can notice sooner
+    /// than by the next poll of device code (the software pool wakes its waiting caller).
+    func interrupt()
 }
 
 /// A compute device: a Vulkan physical device or the software backend.
@@ -72,7 +75,10 @@ extension ThreadContext {
     /// Asks device code of this thread to stop (kill or yield); it polls the word.
     public func signal(_ word: UInt32) {
         tetherAtomicStore(&control.pointee.word, word)
+        interrupt()
     }
+
+    public func interrupt() {}
     public func resetControl() {
         tetherAtomicStore(&control.pointee.word, KernelABI.controlRun)
         control.pointee.fault = 0

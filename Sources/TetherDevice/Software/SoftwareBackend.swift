@@ -82,7 +82,9 @@ final class WorkerPool: @unchecked Sendable {
     private let monitor = Monitor()
     private var job: Job?
     private var generation = 0
-    private var finished = 0
+    /// Device threads inside `Job.work()` now. A slice ends when its groups are claimed (or it
+    /// was told to stop) and none is active: a thread still waking up does not hold a kill back.
+    private var active = 0
     private var stopped = false
     let threads: Int
 
@@ -100,16 +102,22 @@ final class WorkerPool: @unchecked Sendable {
         }
     }
 
+    /// Wakes the caller of `run` to look at the control word again (after a kill or yield).
+    func interrupt() {
+        monitor.withLock { monitor.broadcast() }
+    }
+
     /// Runs `run(group)` for every group in `[base, end)` on the device threads and returns when
-    /// all of them are done with it. Calls must not overlap (one scheduler worker per pool).
+    /// all are done, or as soon as `shouldStop` holds and no device thread is inside a group.
+    /// Calls must not overlap (one scheduler worker per pool).
     func run(base: UInt32, end: UInt32, shouldStop: @escaping () -> Bool, _ run: @escaping (UInt32) -> Void) {
         monitor.withLock {
-            job = Job(base: base, end: end, threads: threads, shouldStop: shouldStop, run: run)
-            finished = 0
+            let job = Job(base: base, end: end, threads: threads, shouldStop: shouldStop, run: run)
+            self.job = job
             generation += 1
             monitor.broadcast()
-            while finished < threads { monitor.wait() }
-            job = nil
+            while !(active == 0 && (job.next.load(ordering: .relaxed) >= end || shouldStop())) { monitor.wait() }
+            self.job = nil
         }
     }
 
@@ -117,16 +125,18 @@ final class WorkerPool: @unchecked Sendable {
         DeviceThreads.enter()
         var seen = 0
         while true {
-            let job: Job? = monitor.withLock {
-                while !stopped && generation == seen { monitor.wait() }
+            let claimed: Job? = monitor.withLock {
+                while !stopped && (generation == seen || self.job == nil) { monitor.wait() }
                 seen = generation
-                return stopped ? nil : self.job
+                if stopped { return nil }
+                active += 1
+                return self.job
             }
-            guard let job else { return }
-            job.work()
+            guard let claimed else { return }
+            claimed.work()
             monitor.withLock {
-                finished += 1
-                if finished == threads { monitor.broadcast() }
+                active -= 1
+                if active == 0 { monitor.broadcast() }
             }
         }
     }
@@ -145,6 +155,8 @@ final class SoftwareThreadContext: ThreadContext, @unchecked Sendable {
     }
 
     deinit { control.deallocate() }
+
+    func interrupt() { pool.interrupt() }
 
     func runSlice(args: [UInt64], regions: [RegionTableEntry], groupBase: UInt32, groupCount: UInt32,
                   groupTotal: UInt32, round: UInt32) throws(TetherError) {
