@@ -11,6 +11,8 @@ struct DispatchReport: Codable {
     var runs: Int
     var daemon: LatencySummary
     var direct: LatencySummary
+    /// A ping round trip to the daemon: the socket and thread hand-offs alone, no device work.
+    var ping: LatencySummary
     var daemonP50Micros: Double
     var directP50Micros: Double
     /// daemon p50 / direct p50 (target ≤ 1.3 on Vulkan).
@@ -42,16 +44,25 @@ struct BenchDispatch: ParsableCommand {
             guard r.state == .finished else { throw fail("tiny thread ended \(r.state)") }
             if i >= 20 { samples.append(took) }  // the first ones create pipelines and contexts
         }
+        let control = try DaemonControl(socketPath: daemon.path)
+        var pings: [UInt64] = []
+        for _ in 0..<runs {
+            let start = monotonicNanos()
+            try control.ping()
+            pings.append(monotonicNanos() - start)
+        }
         let hello = device.hello
         device.close()
         let directSamples = try measureDirectInChild(backend: hello.backend)
         let d = LatencySummary(nanos: samples), b = LatencySummary(nanos: directSamples)
         let report = DispatchReport(backend: hello.backend.rawValue, device: hello.deviceName, runs: runs, daemon: d, direct: b,
+                                    ping: LatencySummary(nanos: pings),
                                     daemonP50Micros: d.p50Micros, directP50Micros: b.p50Micros, ratio: d.p50Micros / b.p50Micros)
         if json { return try printJSON(report) }
         print("dispatch round trip of a tiny device thread on \(hello.deviceName) (\(hello.backend.rawValue)), \(runs) runs:")
         print(table(["path", "n"] + LatencySummary.header, [["through the daemon (run = spawn+join)", "\(d.count)"] + d.row,
-                                                             ["direct, in-process (submit → wait)", "\(b.count)"] + b.row]))
+                                                             ["direct, in-process (submit → wait)", "\(b.count)"] + b.row,
+                                                             ["ping (socket round trip only)", "\(pings.count)"] + report.ping.row]))
         print("ratio daemon/direct (p50): \(formatDouble(report.ratio, 2))")
     }
 
