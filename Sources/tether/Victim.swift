@@ -12,7 +12,8 @@ struct VictimSpec {
     /// Device threads (`spin`, persistent) it runs; 0 with `deviceWork` false = a bare victim.
     var threads: Int
     var deviceWork: Bool
-    /// Mirrored memory (touched) besides the private memory.
+    /// Mirrored memory (touched) besides the private memory; a bare victim maps as much shared
+    /// memfd memory of its own, so that both kinds have the same exit cost.
     var mirroredMiB: Int = 0
     /// Fork a child that keeps the inherited device fd and waits (the seed's scenario).
     var forkHolder = false
@@ -151,6 +152,14 @@ private func victimMain(_ spec: VictimSpec, statusWrite: Int32, commandRead: Int
         }
     }
     var device: Device?
+    if !spec.deviceWork && spec.mirroredMiB > 0 {
+        // A bare twin of a device victim: the same shared memfd pages, touched, but no daemon.
+        let bytes = spec.mirroredMiB << 20
+        if let fd = try? Memfd.create(name: "tether-bare", size: bytes),
+           let p = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd.raw, 0), p != MAP_FAILED {
+            memset(p, 2, bytes)
+        }
+    }
     if spec.deviceWork {
         do {
             var options = DeviceOptions()

@@ -161,7 +161,8 @@ struct BenchTeardown: ParsableCommand {
     func bareRound(mib: Int, into cell: inout TeardownCell) throws {
         var list: [Victim] = []
         for _ in 0..<victims {
-            list.append(try Victim.launch(VictimSpec(socketPath: "", privateMiB: mib, threads: 0, deviceWork: false)))
+            list.append(try Victim.launch(VictimSpec(socketPath: "", privateMiB: mib, threads: 0, deviceWork: false,
+                                                     mirroredMiB: mirrorMiB)))
         }
         for v in list { try v.waitReady() }
         for v in list { v.killNow() }
