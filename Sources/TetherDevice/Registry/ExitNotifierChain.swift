@@ -95,19 +95,15 @@ public final class ExitNotifierChain: @unchecked Sendable {
         let t0 = monotonicNanos()
         let taken = batch.map { registry.takeResources($0.space) }
         let t1 = monotonicNanos()
-        let killed = scheduler.kill(taken.flatMap(\.threads))
+        scheduler.kill(taken.flatMap(\.threads))
         let quiesced = monotonicNanos()
-        if trace { printError("teardown batch \(batch.count) spaces: wake \((t0 - batch.map(\.space.noticeNanos).max()!) / 1000) us take \((t1 - t0) / 1000) us kill \((quiesced - t1) / 1000) us") }
-        _ = killed
         for (request, resources) in zip(batch, taken) {
             // Step 3: imports first, then mappings, then memfds (DeviceRegion.release's order).
-            let r0 = monotonicNanos()
             var bytes: UInt64 = 0
             for region in resources.regions {
                 bytes += UInt64(region.size)
                 region.release()
             }
-            let r1 = monotonicNanos()
             // Step 4.
             let alive = resources.threads.filter { $0.state == .killed }.count
             let timeline = TeardownTimeline(
@@ -115,15 +111,17 @@ public final class ExitNotifierChain: @unchecked Sendable {
                 noticeNanos: request.space.noticeNanos, quiescedNanos: quiesced, releasedNanos: monotonicNanos(),
                 threadsKilled: UInt32(alive), regionsFreed: UInt32(resources.regions.count), bytesFreed: bytes)
             registry.finishTeardown(request.space, timeline: timeline)
-            let r2 = monotonicNanos()
             // Step 5.
             for (_, handler) in subscribers { handler(request.space, timeline) }
             request.done?(timeline)
-            if trace { printError("  space release \((r1 - r0) / 1000) us registry \((r2 - r1) / 1000) us subscribers \((monotonicNanos() - r2) / 1000) us") }
         }
         // Scheduler bookkeeping (accounting of the dead spaces) is not a resource of theirs: it
         // is dropped once per batch, after every space's release was recorded.
         for request in batch { scheduler.forgetSpace(request.space.id) }
-        if trace { printError("teardown batch released after \((monotonicNanos() - quiesced) / 1000) us") }
+        if trace {
+            let wake = t0 - batch.map(\.space.noticeNanos).max()!
+            printError("teardown batch of \(batch.count): executor woke after \(wake / 1000) µs, take \((t1 - t0) / 1000) µs, "
+                + "kill \((quiesced - t1) / 1000) µs, release \((monotonicNanos() - quiesced) / 1000) µs")
+        }
     }
 }
