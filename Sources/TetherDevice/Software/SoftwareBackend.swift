@@ -82,6 +82,11 @@ final class WorkerPool: @unchecked Sendable {
     private let monitor = Monitor()
     private var job: Job?
     private var generation = 0
+    /// `generation`, readable without the lock: a device thread that just finished a slice spins
+    /// on it briefly, because the next slice of a running thread usually follows within
+    /// microseconds and a futex sleep + wake-up costs tens of them per slice.
+    private let published = Atomic<Int>(0)
+    static let spinNanos: UInt64 = 30_000
     /// Device threads inside `Job.work()` now. A slice ends when its groups are claimed (or it
     /// was told to stop) and none is active: a thread still waking up does not hold a kill back.
     private var active = 0
@@ -115,6 +120,7 @@ final class WorkerPool: @unchecked Sendable {
             let job = Job(base: base, end: end, threads: threads, shouldStop: shouldStop, run: run)
             self.job = job
             generation += 1
+            published.store(generation, ordering: .releasing)
             monitor.broadcast()
             while !(active == 0 && (job.next.load(ordering: .relaxed) >= end || shouldStop())) { monitor.wait() }
             self.job = nil
@@ -125,6 +131,8 @@ final class WorkerPool: @unchecked Sendable {
         DeviceThreads.enter()
         var seen = 0
         while true {
+            let spinUntil = monotonicNanos() + Self.spinNanos
+            while published.load(ordering: .acquiring) == seen && monotonicNanos() < spinUntil {}
             let claimed: Job? = monitor.withLock {
                 while !stopped && (generation == seen || self.job == nil) { monitor.wait() }
                 seen = generation
