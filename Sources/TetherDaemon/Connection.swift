@@ -1,3 +1,4 @@
+import Glibc
 import Synchronization
 import TetherCore
 import TetherDevice
@@ -47,5 +48,3 @@ final class Connection: @unchecked Sendable {
         return nil
     }
 }
-
-import Glibc

@@ -1,7 +1,7 @@
 import Foundation
+import TetherCore
 import TetherSys
 
-func printErrorLine(_ s: String) { printError(s) }
 
 /// Pretty, key-sorted JSON on standard output.
 func printJSON<T: Encodable>(_ value: T) throws {
@@ -26,14 +26,10 @@ func hex(_ v: UInt32) -> String { "0x" + String(v, radix: 16, uppercase: false) 
 
 func formatDouble(_ v: Double, _ digits: Int = 2) -> String { String(format: "%.\(digits)f", v) }
 
-import TetherCore
-
 /// `Workloads.make` with its error as a `TetherError`.
 func workload(_ name: String, size: Int?) throws(TetherError) -> any Workload {
     do { return try Workloads.make(name, size: size) } catch { throw TetherError(.invalidArgument, error.description) }
 }
-
-import Foundation
 
 /// Runs this `tether` binary with `args` as a child process and returns its standard output.
 /// Benchmarks run their in-process baselines this way: a process that loaded Vulkan must not fork

@@ -1,6 +1,7 @@
 import ArgumentParser
 import TetherCore
 import TetherDevice
+import TetherSys
 
 @main
 struct TetherCommand: ParsableCommand {
@@ -19,6 +20,6 @@ struct BackendOptions: ParsableArguments {
 
 /// Prints one clear line and exits non-zero: the way every command reports a user-facing error.
 func fail(_ message: String) -> ExitCode {
-    printErrorLine("tether: \(message)")
+    printError("tether: \(message)")
     return ExitCode(1)
 }

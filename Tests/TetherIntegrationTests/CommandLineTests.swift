@@ -1,8 +1,9 @@
 import Foundation
 import Glibc
+import Testing
+import Tether
 import TetherCore
 import TetherSys
-import Testing
 
 /// The `tether` binary as a user meets it: fallback without Vulkan, clear errors, clean stops.
 @Suite(.serialized) struct CommandLineTests {
@@ -89,5 +90,3 @@ import Testing
         #expect(access(daemon.socketPath, F_OK) != 0)
     }
 }
-
-import Tether

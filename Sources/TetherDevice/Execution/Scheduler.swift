@@ -4,7 +4,7 @@ import TetherSys
 
 /// Runs device threads of many address spaces on one backend, slice by slice, in the order the
 /// `RunQueue` policy decides — shaped like the kernel's DRM scheduler: one scheduler per hardware
-/// queue, a worker that pushes jobs (slices), a cap on jobs in flight (one per worker).
+/// queue, a worker that pushes jobs (slices), a cap on jobs in flight (one).
 ///
 /// Killing never waits for more than the slice in flight: queued slices are dropped at once, the
 /// control word tells device code to stop, and the killer waits for the worker to hand the thread
@@ -16,7 +16,7 @@ public final class Scheduler: @unchecked Sendable {
     private var threads: [ThreadID: DeviceThread] = [:]
     private var stopping = false
     private var workersRunning = 0
-    /// Bytes of device time per address space that outlive its threads (for `ps`).
+    /// Device time per address space, kept past its threads' end (for `ps`).
     private var spaceNanos: [SpaceID: UInt64] = [:]
     private var slices = 0
 
@@ -27,7 +27,7 @@ public final class Scheduler: @unchecked Sendable {
     ///   - quantumNanos: the target length of one slice (default 2 ms).
     ///   - slicesInFlight: how many slices may run at once (one worker each). One keeps kill latency
     ///     lowest on a backend that already uses every core for one dispatch.
-    /// Where contexts of ended threads go (nil: they are simply released).
+    /// Where contexts of ended threads go, for the next thread of the same kernel.
     public let contexts: ContextPool
 
     public init(backend: any ComputeBackend, quantumNanos: UInt64 = 2_000_000, slicesInFlight: Int = 1) {

@@ -86,7 +86,7 @@ struct BenchAll: ParsableCommand {
 
     /// Runs `tether ARGS` and decodes its JSON output.
     func child<T: Decodable>(_ args: [String]) throws -> T {
-        printErrorRaw("tether \(args.joined(separator: " "))\n")
+        printError("tether \(args.joined(separator: " "))")
         return try JSONDecoder().decode(T.self, from: try runSelf(args))
     }
 

@@ -1,3 +1,4 @@
+import Glibc
 import Histogram
 
 /// Min/p50/p90/p99/max of samples in microseconds, through an HdrHistogram (3 significant digits,
@@ -56,8 +57,6 @@ struct Progress {
         if done >= total { printErrorRaw("\n") }
     }
 }
-
-import Glibc
 
 func printErrorRaw(_ s: String) {
     var b = Array(s.utf8)
