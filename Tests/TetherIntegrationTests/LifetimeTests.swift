@@ -86,6 +86,31 @@ import Testing
         }
     }
 
+    @Test("after its owner's teardown, a connection still held elsewhere answers ownerExited to everything")
+    func orphanedConnectionAnswersOwnerExited() throws {
+        let daemon = try TestDaemon(policy: .exit)
+        let h = Handshake()
+        defer { h.close() }
+        // A binds a connection and forks B, which keeps it; A exits; B asks on the orphan.
+        let a = forkChild {
+            guard let fd = try? SeqPacketSocket.connect(path: daemon.socketPath),
+                  case .hello? = rawRequest(fd.raw, .hello(policy: nil, backend: .auto)) else { return 1 }
+            let owner = getpid()
+            let b = fork()
+            if b == 0 {
+                guard let control = try? daemon.control(),
+                      (try? control.awaitTeardown(pid: owner, timeoutSeconds: 10))?.isEmpty == false else { tether_exit_now(2) }
+                let status = errorCode(rawRequest(fd.raw, .status(ThreadID(rawValue: 1))))
+                let spawn = errorCode(rawRequest(fd.raw, .spawn(SpawnRequest(program: .builtin(.spin), args: [1], groups: 1))))
+                h.send(status == .ownerExited && spawn == .ownerExited ? "ok" : "got \(String(describing: status)) \(String(describing: spawn))")
+                tether_exit_now(0)
+            }
+            return 0
+        }
+        #expect(waitChild(a) == 0)
+        #expect(h.receive() == "ok")
+    }
+
     @Test("a forked child using its parent's connection is refused with notOwner")
     func childOnParentConnectionIsRefused() throws {
         let daemon = try TestDaemon()
