@@ -50,6 +50,23 @@ import Testing
         #expect(cells.first?["missing"] as? Int == 0)
     }
 
+    @Test("scale: 256 processes × 8 device threads killed at once; the daemon is left with no fd, mapping or entry of theirs")
+    func scale() throws {
+        let daemon = try TestDaemon()
+        let control = try daemon.control()
+        _ = try control.ps()
+        let before = daemon.resources()
+        let json = try runJSON(["bench", "teardown", "--socket", daemon.socketPath, "--victims", "256", "--threads", "8",
+                                "--runs", "1", "--victim-mib", "0", "--mirror-mib", "1", "--json-stdout"])
+        let cells = try #require(json["cells"] as? [[String: Any]])
+        #expect(cells.first?["missing"] as? Int == 0)
+        #expect((cells.first?["released"] as? [Any])?.count == 256)
+        #expect(try control.ps().spaces.isEmpty)
+        let after = daemon.resources()
+        #expect(after.fds == before.fds)
+        #expect(after.memfdMappings == before.memfdMappings)
+    }
+
     @Test("dispatch: both paths measured in one run and a ratio printed")
     func dispatch() throws {
         let json = try runJSON(["bench", "dispatch", "--backend", "vulkan", "--runs", "20", "--json"])
