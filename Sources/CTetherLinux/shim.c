@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -36,6 +37,16 @@ int tether_pidfd_send_signal(int pidfd, int sig) {
     return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
 }
 int tether_memfd_create(const char *name, unsigned int flags) { return memfd_create(name, flags); }
+
+int tether_set_thread_idle(pid_t tid, bool idle) {
+    struct sched_param param = {.sched_priority = 0};
+    return sched_setscheduler(tid, idle ? SCHED_IDLE : SCHED_OTHER, &param);
+}
+
+int tether_set_thread_fifo(pid_t tid, int priority) {
+    struct sched_param param = {.sched_priority = priority};
+    return sched_setscheduler(tid, SCHED_FIFO, &param);
+}
 
 pid_t tether_gettid(void) { return (pid_t)syscall(SYS_gettid); }
 

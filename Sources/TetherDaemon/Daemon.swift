@@ -431,9 +431,12 @@ public final class Daemon: @unchecked Sendable {
     /// Kills off the event loop (it waits for a slice in flight) and replies when quiesced.
     private func killLater(_ thread: DeviceThread, id: UInt64, on connection: Connection) {
         let scheduler = self.scheduler
+        let received = monotonicNanos()
         killQueue.submit {
+            let start = monotonicNanos()
             let alive = scheduler.kill(thread)
             connection.send(.killed(wasAlive: alive), id: id)
+            if traceKills { printError("kill: queued \((start - received) / 1000) µs, quiesce \((monotonicNanos() - start) / 1000) µs") }
         }
     }
 
@@ -498,6 +501,8 @@ public final class Daemon: @unchecked Sendable {
                             policy: configuration.policy, spaces: spaces)
     }
 }
+
+let traceKills = environment("TETHER_TRACE_TEARDOWN") != nil
 
 struct TeardownWaiter {
     var pid: Int32

@@ -73,14 +73,18 @@ public func startThread(name: String, _ body: @escaping @Sendable () -> Void) {
     precondition(rc == 0, "pthread_create failed: \(rc)")
 }
 
-/// The CPU priority (nice value) of device work: below the daemon's control plane, so that the
-/// event loop, kills and teardown are never starved by device threads that saturate the cores (on
-/// this 2-core machine a spinning device would otherwise delay a pidfd notice by a CFS slice).
+/// The nice value of device work where `SCHED_IDLE` is refused (and the value it keeps inside it).
 public let deviceWorkNice: Int32 = environment("TETHER_DEVICE_NICE").flatMap { Int32($0) } ?? 10
 
 /// The nice value the daemon's control plane asks for (granted to root or with CAP_SYS_NICE;
 /// otherwise it stays at 0 and device work still runs below it).
 public let controlPlaneNice: Int32 = -10
+
+/// Puts the calling thread in the control plane: `SCHED_FIFO` 2 where granted (device threads can
+/// never delay it, not even while they are lent priority 1), else nice −10 where granted.
+public func enterControlPlane() {
+    if tether_set_thread_fifo(0, 2) != 0 { setCurrentThreadNice(controlPlaneNice) }
+}
 
 /// Sets the nice value of the calling thread only (Linux keeps nice per thread; threads created
 /// afterwards by this one inherit it). Raising it needs no privilege; lowering it does.
@@ -91,25 +95,38 @@ public func setCurrentThreadNice(_ nice: Int32) -> Bool {
 
 /// The threads that execute device work, and priority inheritance for those who wait on them.
 ///
-/// Device threads run below the control plane. But when the control plane must wait for device
-/// work to stop — a kill or a teardown waiting for the slice in flight — a starved device thread
-/// would make it wait for CPU time it cannot get (measured: 3–7 ms during a burst of 32 process
-/// exits on 2 cores). So the waiter lends its priority to every device thread for the duration of
-/// the wait, as the kernel's priority inheritance does for a lock holder. Without the privilege to
-/// lower a nice value, lending is a no-op and waits are as slow as the machine is busy.
+/// Device threads run in the `SCHED_IDLE` class: any other thread that wakes up — the daemon's
+/// event loop, a kill, a client waiting for its reply — preempts them at once. (A nice value
+/// alone is not enough: the kernel's EEVDF scheduler lets a running thread finish its slice, which
+/// measured up to 1.3 ms of wake-up delay for a nice −10 thread against nice 10 device threads.)
+/// Like a GPU, the emulated device then uses the CPU time nobody else wants.
+///
+/// When the control plane must wait for device work to stop — a kill or a teardown waiting for the
+/// slice in flight — it lends every device thread a real-time priority (`SCHED_FIFO` 1, just below
+/// the control plane's 2 where that is granted) for the duration of the wait,
+/// as the kernel's priority inheritance does for a lock holder: otherwise a busy machine (a burst
+/// of process exits) would starve the very threads the wait is for. The wait is bounded by one
+/// slice. Real-time classes need privilege (root, CAP_SYS_NICE, RLIMIT_RTPRIO); without it the
+/// loan falls back to nice −10 where allowed, and is a no-op otherwise.
 public enum DeviceThreads {
     private static let monitor = Monitor()
     nonisolated(unsafe) private static var tids: Set<pid_t> = []
     nonisolated(unsafe) private static var lenders = 0
 
+    /// Puts the calling thread in the device-work class (threads it creates inherit it).
+    public static func demoteCurrentThread() {
+        setCurrentThreadNice(deviceWorkNice)
+        _ = tether_set_thread_idle(0, true)
+    }
+
     /// Called by a thread that is about to execute device work.
     public static func enter() {
-        setCurrentThreadNice(deviceWorkNice)
+        demoteCurrentThread()
         let tid = tether_gettid()
         monitor.withLock { _ = tids.insert(tid) }
     }
 
-    /// Adopts the threads a driver created at the device-work nice value (lavapipe's).
+    /// Adopts the threads a driver created in the device-work class (lavapipe's).
     public static func adoptDriverThreads() {
         let dir = "/proc/self/task"
         guard let d = opendir(dir) else { return }
@@ -129,12 +146,23 @@ public enum DeviceThreads {
     public static func withPriorityLent<T>(_ body: () -> T) -> T {
         monitor.withLock {
             lenders += 1
-            if lenders == 1 { for t in tids { _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(t), controlPlaneNice) } }
+            if lenders == 1 {
+                // A real-time class: changing class preempts at once, where a nicer nice value
+                // would wait for the next tick (measured: 1–5 ms during an exit storm).
+                for t in tids where tether_set_thread_fifo(t, 1) != 0 && tether_set_thread_idle(t, false) == 0 {
+                    _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(t), controlPlaneNice)
+                }
+            }
         }
         defer {
             monitor.withLock {
                 lenders -= 1
-                if lenders == 0 { for t in tids { _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(t), deviceWorkNice) } }
+                if lenders == 0 {
+                    for t in tids {
+                        _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(t), deviceWorkNice)
+                        _ = tether_set_thread_idle(t, true)
+                    }
+                }
             }
         }
         return body()
@@ -146,7 +174,7 @@ public enum DeviceThreads {
 public func withDeviceWorkPriority<T>(_ body: @escaping @Sendable () -> T) -> T {
     let box = ResultBox<T>()
     startThread(name: "tether-open") {
-        setCurrentThreadNice(deviceWorkNice)
+        DeviceThreads.demoteCurrentThread()
         let v = body()
         DeviceThreads.adoptDriverThreads()
         box.done.withLock {

@@ -46,7 +46,7 @@ struct DaemonCommand: ParsableCommand {
         pthread_sigmask(SIG_BLOCK, &set, nil)
         // The control plane (this thread and every thread it starts, bar device work) runs above
         // device work and, where allowed, above ordinary processes — dying ones included.
-        setCurrentThreadNice(controlPlaneNice)
+        enterControlPlane()
         let level = Logger.Level(rawValue: logLevel)!
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)

@@ -32,6 +32,10 @@ int tether_pidfd_open(pid_t pid, unsigned int flags);
 int tether_pidfd_send_signal(int pidfd, int sig);
 int tether_memfd_create(const char *name, unsigned int flags);
 
+// SCHED_IDLE / SCHED_OTHER for one thread (SCHED_IDLE is hidden behind _GNU_SOURCE). Returns 0 or -1.
+int tether_set_thread_idle(pid_t tid, bool idle);
+// SCHED_FIFO at `priority` for one thread (needs CAP_SYS_NICE or RLIMIT_RTPRIO). Returns 0 or -1.
+int tether_set_thread_fifo(pid_t tid, int priority);
 // gettid(2): glibc 2.36 declares it only under _GNU_SOURCE.
 pid_t tether_gettid(void);
 
