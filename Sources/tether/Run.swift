@@ -76,6 +76,9 @@ struct Run: ParsableCommand {
         let outcome = try device.run(.builtin(w.kernel), launch: launch, persistentNanos: persistent)
         let elapsed = Double(monotonicNanos() - start) / 1e9
         if let error = outcome.error { throw error }
+        guard outcome.state == .finished else {
+            throw TetherError(.killed, "the device thread was \(outcome.state) before it finished (tether kill, or its daemon stopped)")
+        }
         return report(w, backend: backend.device.backend, device: backend.device.name, elapsed: elapsed, memory: region.localBase!,
                       state: outcome.state, path: "local")
     }
@@ -105,6 +108,9 @@ struct Run: ParsableCommand {
         let outcome = try device.wait(thread, timeoutSeconds: max(600, seconds * 2))
         let elapsed = Double(monotonicNanos() - start) / 1e9
         if let error = outcome.error { throw error }
+        guard outcome.state == .finished else {
+            throw TetherError(.killed, "the device thread was \(outcome.state) before it finished (tether kill, or its daemon stopped)")
+        }
         let hello = device.hello
         return report(w, backend: hello.backend, device: hello.deviceName, elapsed: elapsed, memory: memory.base, state: outcome.state,
                       path: privateDaemon == nil ? "daemon" : "private daemon")
