@@ -75,10 +75,7 @@ struct Run: ParsableCommand {
         let start = monotonicNanos()
         let outcome = try device.run(.builtin(w.kernel), launch: launch, persistentNanos: persistent)
         let elapsed = Double(monotonicNanos() - start) / 1e9
-        if let error = outcome.error { throw error }
-        guard outcome.state == .finished else {
-            throw TetherError(.killed, "the device thread was \(outcome.state) before it finished (tether kill, or its daemon stopped)")
-        }
+        try requireFinished(outcome.state, outcome.error)
         return report(w, backend: backend.device.backend, device: backend.device.name, elapsed: elapsed, memory: region.localBase!,
                       state: outcome.state, path: "local")
     }
@@ -107,13 +104,19 @@ struct Run: ParsableCommand {
         let thread = try device.spawn(launch, kernel: w.kernel, persistentSeconds: persistent)
         let outcome = try device.wait(thread, timeoutSeconds: max(600, seconds * 2))
         let elapsed = Double(monotonicNanos() - start) / 1e9
-        if let error = outcome.error { throw error }
-        guard outcome.state == .finished else {
-            throw TetherError(.killed, "the device thread was \(outcome.state) before it finished (tether kill, or its daemon stopped)")
-        }
+        try requireFinished(outcome.state, outcome.error)
         let hello = device.hello
         return report(w, backend: hello.backend, device: hello.deviceName, elapsed: elapsed, memory: memory.base, state: outcome.state,
                       path: privateDaemon == nil ? "daemon" : "private daemon")
+    }
+
+    /// A run counts only if its device thread finished: a fault or failure is its own error, a kill
+    /// (`tether kill`, a stopping daemon) is one too.
+    func requireFinished(_ state: ThreadState, _ error: TetherError?) throws(TetherError) {
+        if let error { throw error }
+        guard state == .finished else {
+            throw TetherError(.killed, "the device thread was \(state) before it finished (tether kill, or its daemon stopped)")
+        }
     }
 
     func report(_ w: any Workload, backend: BackendKind, device: String, elapsed: Double, memory: UnsafeMutableRawPointer,
