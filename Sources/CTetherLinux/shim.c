@@ -11,7 +11,6 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
-#include <time.h>
 #include <unistd.h>
 
 #ifndef SYS_pidfd_open
@@ -19,9 +18,6 @@
 #endif
 #ifndef SYS_pidfd_send_signal
 #define SYS_pidfd_send_signal 424
-#endif
-#ifndef SO_PEERPIDFD
-#define SO_PEERPIDFD 77
 #endif
 
 uint32_t tether_atomic_load_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
@@ -49,12 +45,6 @@ int tether_set_thread_fifo(pid_t tid, int priority) {
 }
 
 pid_t tether_gettid(void) { return (pid_t)syscall(SYS_gettid); }
-
-uint64_t tether_monotonic_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 #define TETHER_MAX_FDS 8
 
@@ -121,22 +111,6 @@ int tether_enable_passcred(int sock) {
     return setsockopt(sock, SOL_SOCKET, SO_PASSCRED, &one, sizeof(one));
 }
 
-int tether_peer_pidfd(int sock) {
-    int fd = -1;
-    socklen_t len = sizeof(fd);
-    if (getsockopt(sock, SOL_SOCKET, SO_PEERPIDFD, &fd, &len) < 0) return -1;
-    return fd;
-}
-
-int tether_peer_cred(int sock, pid_t *pid, uid_t *uid) {
-    struct ucred cred;
-    socklen_t len = sizeof(cred);
-    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) return -1;
-    *pid = cred.pid;
-    *uid = cred.uid;
-    return 0;
-}
-
 int tether_accept_nonblocking(int listener) {
     return accept4(listener, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 }
@@ -193,8 +167,6 @@ void tether_untrack_device_fd(int fd) {
 }
 
 int tether_fds_closed_on_fork(void) { return closed_on_fork; }
-
-int tether_atfork_child(void (*handler)(void)) { return pthread_atfork(NULL, NULL, handler); }
 
 int tether_set_child_subreaper(void) { return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); }
 

@@ -49,12 +49,11 @@ public final class Daemon: @unchecked Sendable {
     /// Explicit kills wait for a slice in flight, so they run here, never on the event loop.
     private let killQueue = WorkQueue(name: "tether-kill")
     private let teardownWaiters = Mutex<[TeardownWaiter]>([])
-    private let stopFlag = Monitor()
-    private var stopRequested = false
+    private let stopRequested = Atomic<Bool>(false)
 
     // epoll token kinds, in the top byte; the rest is a never-reused id (fd numbers are reused).
-    static let listenerToken: UInt64 = 1 << 56
-    static let wakeToken: UInt64 = 2 << 56
+    static let listenerKind: UInt64 = 1
+    static let wakeKind: UInt64 = 2
     static let connectionKind: UInt64 = 3
     static let pidfdKind: UInt64 = 4
 
@@ -79,8 +78,8 @@ public final class Daemon: @unchecked Sendable {
             unlink(configuration.socketPath)
             listener = try SeqPacketSocket.listen(path: configuration.socketPath).release()
             SeqPacketSocket.setNonBlocking(listener)
-            try epoll.add(listener, token: Self.listenerToken)
-            try epoll.add(wake.fd, token: Self.wakeToken)
+            try epoll.add(listener, token: Self.listenerKind << 56)
+            try epoll.add(wake.fd, token: Self.wakeKind << 56)
         } catch let error as TetherError {
             scheduler.shutdown()
             throw error
@@ -112,7 +111,7 @@ public final class Daemon: @unchecked Sendable {
 
     /// Asks the event loop to stop (safe from any thread or a signal-waiting thread).
     public func requestStop() {
-        stopFlag.withLock { stopRequested = true }
+        stopRequested.store(true, ordering: .releasing)
         wake.signal()
     }
 
@@ -123,12 +122,12 @@ public final class Daemon: @unchecked Sendable {
             "socket": "\(configuration.socketPath)", "device": "\(backend.device.name)",
             "backend": "\(backend.device.backend.rawValue)", "policy": "\(configuration.policy)",
         ])
-        while !stopFlag.withLock({ stopRequested }) {
+        while !stopRequested.load(ordering: .acquiring) {
             for (token, events) in epoll.wait(timeoutMillis: expireTeardownWaiters()) {
                 let now = monotonicNanos()
                 switch token >> 56 {
-                case Self.listenerToken >> 56: acceptAll()
-                case Self.wakeToken >> 56: wake.drain()
+                case Self.listenerKind: acceptAll()
+                case Self.wakeKind: wake.drain()
                 case Self.connectionKind: readable(token, events: events)
                 case Self.pidfdKind: ownerExited(token, at: now)
                 default: break
@@ -393,8 +392,8 @@ public final class Daemon: @unchecked Sendable {
             }
             // Pointers are checked here for a clear error up front; device code still checks
             // every access against the region table and faults instead of crashing.
-            let regions = (try? registry.withLock { space.regions.values.map(\.entry) }) ?? []
-            for i in kernel.pointerArguments where !regions.contains(where: { $0.translate(s.args[i], bytes: 1) != nil }) {
+            let outside = try registry.withLock { kernel.pointerArguments.first { space.region(containing: s.args[$0]) == nil } }
+            if let i = outside {
                 throw TetherError(.addressFault, "argument \(i) of \(kernel.rawValue) (0x\(String(s.args[i], radix: 16))) is outside every mirrored region of this process")
             }
             program = .builtin(kernel)

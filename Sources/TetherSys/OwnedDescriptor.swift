@@ -25,11 +25,6 @@ public struct OwnedDescriptor: ~Copyable, @unchecked Sendable {
     }
 
     deinit { _ = Glibc.close(raw) }
-
-    /// `dup` with `O_CLOEXEC`.
-    public func duplicate() throws(SystemError) -> OwnedDescriptor {
-        OwnedDescriptor(adopting: try retryingInterrupts("fcntl(F_DUPFD_CLOEXEC)") { fcntl(raw, F_DUPFD_CLOEXEC, 0) })
-    }
 }
 
 /// Polls one descriptor for readability with a timeout (milliseconds, -1 = forever).

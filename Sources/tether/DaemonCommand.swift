@@ -74,7 +74,7 @@ struct DaemonCommand: ParsableCommand {
             return try Daemon(DaemonConfiguration(
                 socketPath: socket.path, backend: try BackendFactory.resolve(backendOptions.backend), policy: policy,
                 allowPolicyOverride: !noPolicyOverride, quantumNanos: quantumMicros * 1000), logger: logger)
-        } catch let error as TetherError {
+        } catch {
             throw fail(error.message)
         }
     }

@@ -27,7 +27,7 @@ func hex(_ v: UInt32) -> String { "0x" + String(v, radix: 16, uppercase: false) 
 func formatDouble(_ v: Double, _ digits: Int = 2) -> String { String(format: "%.\(digits)f", v) }
 
 /// `Workloads.make` with its error as a `TetherError`.
-func workload(_ name: String, size: Int?) throws(TetherError) -> any Workload {
+func makeWorkload(_ name: String, size: Int?) throws(TetherError) -> any Workload {
     do { return try Workloads.make(name, size: size) } catch { throw TetherError(.invalidArgument, error.description) }
 }
 

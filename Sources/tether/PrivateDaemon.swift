@@ -24,7 +24,7 @@ final class PrivateDaemon {
         if let backend { args += ["--backend", backend.rawValue] }
         if let quantumMicros { args += ["--quantum-us", String(quantumMicros)] }
         process.arguments = args + extra
-        FileManager.default.createFile(atPath: logPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         process.standardError = FileHandle(forWritingAtPath: logPath)
         let ready = Pipe()
         process.standardOutput = ready

@@ -38,11 +38,9 @@ struct Run: ParsableCommand {
         var w: any Workload
         do {
             choice = try BackendFactory.resolve(backendOptions.backend)
-            w = try Workloads.make(workload, size: size)
-        } catch let error as TetherError {
-            throw fail(error.message)
+            w = try makeWorkload(workload, size: size)
         } catch {
-            throw fail("\(error)")
+            throw fail(error.message)
         }
         guard seconds > 0, seconds <= 86_400 else { throw fail("--seconds must be in (0, 86400]") }
         let report: RunReport

@@ -62,16 +62,11 @@ struct ForkExit: ParsableCommand {
         }
     }
 
-    func runScenario() throws(TetherError) -> ForkExitReport {
+    func runScenario() throws -> ForkExitReport {
         _ = tether_set_child_subreaper()  // B becomes our child when A dies, so we can reap it
-        var daemon: PrivateDaemon?
-        if socket == nil {
-            do { daemon = try PrivateDaemon(backend: backendOptions.backend, policy: policy) } catch let e as TetherError { throw e } catch {
-                throw TetherError(.deviceLost, "\(error)")
-            }
-        }
-        defer { daemon?.stop() }
-        let path = socket.map { SocketPath.resolve($0) } ?? daemon!.socketPath
+        let daemon = try BenchDaemon(socket: socket, backend: backendOptions.backend, policy: policy)
+        defer { daemon.stop() }
+        let path = daemon.path
         let control = try DaemonControl(socketPath: path)
         let table = try control.ps()
         let effectivePolicy = socket == nil ? policy : table.policy

@@ -34,7 +34,6 @@ final class Victim {
     private var commandWrite: Int32
     /// CLOCK_MONOTONIC right before the kill or the exit command.
     private(set) var exitNanos: UInt64 = 0
-    private(set) var ready = false
 
     static func launch(_ spec: VictimSpec) throws(TetherError) -> Victim {
         var status: [Int32] = [0, 0]
@@ -91,7 +90,6 @@ final class Victim {
         let text = String(decoding: line.prefix { $0 != 10 }, as: UTF8.self)
         guard text.hasPrefix("ready ") else { throw TetherError(.deviceError, "victim \(pid): \(text)") }
         holderPid = pid_t(text.dropFirst(6)) ?? 0
-        ready = true
     }
 
     /// SIGKILL through the pidfd; the time is taken right before the signal.
@@ -114,19 +112,6 @@ final class Victim {
     }
 
     var holderAlive: Bool { holderPid > 0 && kill(holderPid, 0) == 0 && !isZombie(holderPid) }
-
-    /// Waits (bounded) for the holder child to be gone; returns when it exited.
-    func waitHolderExit(timeoutSeconds: Double = 10) -> UInt64? {
-        guard holderPid > 0, let fd = try? Pidfd.open(holderPid) else { return nil }
-        _ = try? waitReadable(fd.raw, timeoutMillis: Int32(timeoutSeconds * 1000))
-        return monotonicNanos()
-    }
-
-    /// Waits until the victim process is gone (bounded) and returns when the pidfd said so.
-    func waitExit(timeoutSeconds: Double = 10) -> UInt64? {
-        guard (try? waitReadable(pidfd.raw, timeoutMillis: Int32(timeoutSeconds * 1000))) == true else { return nil }
-        return monotonicNanos()
-    }
 }
 
 func isZombie(_ pid: pid_t) -> Bool {

@@ -39,9 +39,6 @@ int tether_set_thread_fifo(pid_t tid, int priority);
 // gettid(2): glibc 2.36 declares it only under _GNU_SOURCE.
 pid_t tether_gettid(void);
 
-// --- clock ---
-uint64_t tether_monotonic_ns(void);
-
 // --- SCM_RIGHTS / SCM_CREDENTIALS over SOCK_SEQPACKET ---
 // Sends one message with up to `fd_count` fds attached. Returns bytes sent or -1 (errno set).
 ssize_t tether_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int fd_count);
@@ -54,10 +51,6 @@ ssize_t tether_recv_with_fds(int sock, void *buf, size_t len, int *fds, int max_
 
 // Enables SO_PASSCRED so every received message carries the sender's credentials.
 int tether_enable_passcred(int sock);
-// The pidfd of the peer at connect time (SO_PEERPIDFD, Linux >= 6.5); -1 where unsupported.
-int tether_peer_pidfd(int sock);
-// pid/uid of the peer at connect time (SO_PEERCRED).
-int tether_peer_cred(int sock, pid_t *pid, uid_t *uid);
 
 // accept4 is a GNU extension the Glibc module does not export.
 int tether_accept_nonblocking(int listener);
@@ -72,8 +65,6 @@ void tether_untrack_device_fd(int fd);
 // How many tracked fds the child handler closed in this process (0 in a parent).
 int tether_fds_closed_on_fork(void);
 
-// Registers a pthread_atfork child handler that calls `handler` (the client library's hook).
-int tether_atfork_child(void (*handler)(void));
 // Makes this process the reaper of orphaned descendants (PR_SET_CHILD_SUBREAPER), so a harness can
 // wait for a grandchild whose parent it killed. prctl is variadic.
 int tether_set_child_subreaper(void);

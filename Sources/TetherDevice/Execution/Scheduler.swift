@@ -40,8 +40,6 @@ public final class Scheduler: @unchecked Sendable {
         }
     }
 
-    public var quantumNanos: UInt64 { monitor.withLock { queue.quantumNanos } }
-
     /// Queues a thread. Its completion is reported through `onCompletion`.
     public func submit(_ thread: DeviceThread) throws(TetherError) {
         try monitor.withLock { () throws(TetherError) in
@@ -116,10 +114,6 @@ public final class Scheduler: @unchecked Sendable {
             _ = queue.removeSpace(space)
             spaceNanos[space] = nil
         }
-    }
-
-    public func setQuantum(nanos: UInt64) {
-        monitor.withLock { queue.quantumNanos = max(nanos, 1) }
     }
 
     /// Kills everything and stops the workers.

@@ -11,7 +11,8 @@ struct Bench: ParsableCommand {
         subcommands: [BenchAll.self, BenchTeardown.self, BenchDispatch.self, BenchThroughput.self, BenchKill.self, BenchFairness.self, BenchSlicing.self])
 }
 
-/// A daemon for a benchmark: the one at `--socket`, or a private one started for the run.
+/// A daemon for a benchmark or scenario: the one at `--socket`, or a private one started for the
+/// run (with the given policy) and stopped after it.
 struct BenchDaemon {
     let path: String
     let owned: PrivateDaemon?

@@ -49,7 +49,7 @@ struct BenchSlicing: ParsableCommand {
         let backend = try BackendFactory.open(try BackendFactory.resolve(backendOptions.backend))
         let device = LocalDevice(backend: backend, quantumNanos: quantumMicros * 1000)
         defer { device.close() }
-        var w = try workload("saxpy", size: size)
+        var w = try makeWorkload("saxpy", size: size)
         let region = try device.mirror(bytes: w.mirroredBytes)
         let launch = w.prepare(memory: region.localBase!)
         let direct = try backend.makeContext(program: .builtin(.saxpy))

@@ -65,7 +65,7 @@ struct BenchThroughput: ParsableCommand {
         let device = try Device(DeviceOptions(socketPath: daemon.path))
         var daemonTimings: [PathTiming] = []
         for name in workloads {
-            var w = try workload(name, size: size(name))
+            var w = try makeWorkload(name, size: size(name))
             let memory = try device.mirror(bytes: w.mirroredBytes)
             // Like STREAM: prepare and verify once (that run also warms up), then time the kernel
             // repeated over the same memory.
@@ -87,7 +87,7 @@ struct BenchThroughput: ParsableCommand {
         let triad = streamTriadGBps()
         var rows: [ThroughputRow] = []
         for (d, b) in zip(daemonTimings, directTimings) {
-            let w = try workload(d.workload, size: size(d.workload))
+            let w = try makeWorkload(d.workload, size: size(d.workload))
             let work = w.work
             let amount = work.computeBound ? work.flops / 1e9 : work.bytes / 1e9
             rows.append(ThroughputRow(workload: d.workload, size: w.size, unit: work.computeBound ? "GFLOP/s" : "GB/s",
@@ -119,7 +119,7 @@ struct BenchThroughput: ParsableCommand {
         defer { device.close() }
         var out: [PathTiming] = []
         for name in workloads {
-            var w = try workload(name, size: size(name))
+            var w = try makeWorkload(name, size: size(name))
             let region = try device.mirror(bytes: w.mirroredBytes)
             let launch = w.prepare(memory: region.localBase!)
             let first = try device.run(.builtin(w.kernel), launch: launch)
