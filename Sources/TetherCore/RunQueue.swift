@@ -24,7 +24,13 @@
 ///   starts where the class left off, not at 0. A space that changes class starts at the new
 ///   class's minimum (virtual times of different classes do not compare).
 /// - Within an address space, its runnable threads take turns (round-robin).
-/// - Slices are sized from the thread's measured cost per workgroup (an exponential average) to
+/// - Slices in flight: a thread may have up to `slicesPerThread` (so the device has the next one
+///   queued while one runs), but only once its cost is known — a probing thread waits for its
+///   probe. A slice in flight counts against its space's virtual time from the pick, at its
+///   estimated cost (the quantum while unknown), until `account` charges what it really took; so
+///   the slots of a deep queue go round the spaces instead of to the one that was last picked.
+///   Slices of one thread are accounted in the order they were picked.
+/// - Slices are sized from the thread's measured cost per workgroup (decayed sums of time and groups) to
 ///   `quantumNanos`; the first slice of a thread probes with one workgroup, and a slice that ran
 ///   under half the quantum lets the next one at least double — quadruple under a quarter — (the first estimates still include
 ///   the fixed cost of a dispatch; a slice measured at 0 ns also doubles).
@@ -39,6 +45,8 @@ public struct RunQueue: Sendable {
         public var groupBase: UInt32
         public var groupCount: UInt32
         public var round: UInt32
+        /// What the pick charged its space in advance (see `account`).
+        public var estimateNanos: UInt64 = 0
     }
 
     /// What `account` concluded about the thread after its slice.
@@ -53,16 +61,20 @@ public struct RunQueue: Sendable {
         var space: SpaceID
         var priority: PriorityClass
         var groupTotal: UInt32
+        /// The first group of the next slice to pick, and the round it belongs to.
         var nextGroup: UInt32 = 0
         var round: UInt32 = 0
         var persistent: Bool
-        var nanosPerGroup: Double?
+        /// Measured time and groups, both decayed by 0.7 per slice: their ratio is the cost per group.
+        var decayedNanos = 0.0
+        var decayedGroups = 0.0
+        var nanosPerGroup: Double? { decayedGroups > 0 ? decayedNanos / decayedGroups : nil }
         /// Size and duration of the last slice: a slice that ended well inside the quantum means
         /// the per-group estimate still carries fixed dispatch overhead, so the next one doubles.
         var lastCount: UInt32 = 0
         var lastNanos: UInt64 = 0
         var deviceNanos: UInt64 = 0
-        var inFlight = false
+        var inFlight = 0
     }
 
     struct Space: Sendable {
@@ -72,10 +84,15 @@ public struct RunQueue: Sendable {
         /// Runnable threads in turn order.
         var turns: [ThreadID] = []
         var deviceNanos: UInt64 = 0
+        /// Estimated cost of its slices in flight.
+        var pendingNanos: UInt64 = 0
+        /// The key that orders spaces of a class.
+        var key: (UInt64, UInt64) { (virtualNanos &+ pendingNanos, arrival) }
     }
 
     public var quantumNanos: UInt64
     public var floorInterval: Int
+    public let slicesPerThread: Int
     private(set) var threads: [ThreadID: Thread] = [:]
     private(set) var spaces: [SpaceID: Space] = [:]
     private var passedOver: [PriorityClass: Int] = [:]
@@ -83,9 +100,10 @@ public struct RunQueue: Sendable {
     private var classFloor: [PriorityClass: UInt64] = [:]
     private var arrivals: UInt64 = 0
 
-    public init(quantumNanos: UInt64 = 2_000_000, floorInterval: Int = 8) {
+    public init(quantumNanos: UInt64 = 2_000_000, floorInterval: Int = 8, slicesPerThread: Int = 1) {
         self.quantumNanos = max(quantumNanos, 1)
         self.floorInterval = max(floorInterval, 1)
+        self.slicesPerThread = max(slicesPerThread, 1)
     }
 
     public var isEmpty: Bool { threads.isEmpty }
@@ -113,8 +131,8 @@ public struct RunQueue: Sendable {
         spaces[space]!.turns.append(id)
     }
 
-    /// Removes a thread (finished, killed or failed). Its in-flight slice, if any, is the caller's
-    /// to wait for.
+    /// Removes a thread (finished, killed or failed). Its slices in flight, if any, are the caller's
+    /// to wait for and to account.
     @discardableResult
     public mutating func remove(_ id: ThreadID) -> Bool {
         guard let t = threads.removeValue(forKey: id) else { return false }
@@ -138,15 +156,15 @@ public struct RunQueue: Sendable {
 
     private func runnable(_ id: ThreadID) -> Bool {
         guard let t = threads[id] else { return false }
-        return !t.inFlight && t.nextGroup < t.groupTotal
+        return t.nextGroup < t.groupTotal && (t.inFlight == 0 || (t.inFlight < slicesPerThread && t.nanosPerGroup != nil))
     }
 
     private func runnable(_ space: Space) -> Bool {
         space.turns.contains { runnable($0) }
     }
 
-    /// The next slice to run, or nil when nothing is runnable. The thread is in flight until
-    /// `account` (or `remove`).
+    /// The next slice to run, or nil when nothing is runnable. The slice is in flight until
+    /// `account`.
     public mutating func pick() -> Pick? {
         var classes = Set<PriorityClass>()
         for s in spaces.values where runnable(s) { classes.insert(s.priority) }
@@ -162,9 +180,7 @@ public struct RunQueue: Sendable {
         passedOver[chosen] = 0
 
         let candidates = spaces.filter { $0.value.priority == chosen && runnable($0.value) }
-        let (spaceID, space) = candidates.min {
-            ($0.value.virtualNanos, $0.value.arrival) < ($1.value.virtualNanos, $1.value.arrival)
-        }!
+        let (spaceID, space) = candidates.min { $0.value.key < $1.value.key }!
         let index = space.turns.firstIndex { runnable($0) }!
         let id = space.turns[index]
         // Round-robin: the chosen thread goes to the back of its space's turns.
@@ -185,39 +201,43 @@ public struct RunQueue: Sendable {
             }
             count = UInt32(max(1, min(Double(remaining), estimate)))
         }
-        t.inFlight = true
+        let estimate = t.nanosPerGroup.map { UInt64(($0 * Double(count)).rounded()) } ?? quantumNanos
+        let pick = Pick(thread: id, space: spaceID, groupBase: t.nextGroup, groupCount: count, round: t.round,
+                        estimateNanos: estimate)
+        t.inFlight += 1
+        t.nextGroup += count
+        if t.nextGroup >= t.groupTotal && t.persistent {
+            t.nextGroup = 0
+            t.round &+= 1
+        }
         threads[id] = t
-        return Pick(thread: id, space: spaceID, groupBase: t.nextGroup, groupCount: count, round: t.round)
+        spaces[spaceID]!.pendingNanos &+= estimate
+        return pick
     }
 
     /// Records that `pick` ran for `nanos` and advances the thread.
     @discardableResult
     public mutating func account(_ pick: Pick, nanos: UInt64) -> Progress {
         if var s = spaces[pick.space] {
+            s.pendingNanos -= min(s.pendingNanos, pick.estimateNanos)
             s.virtualNanos &+= nanos
             s.deviceNanos &+= nanos
             spaces[pick.space] = s
             classFloor[s.priority] = minimumVirtualNanos(s.priority)
         }
         guard var t = threads[pick.thread] else { return .gridComplete }
-        t.inFlight = false
+        t.inFlight -= 1
         t.deviceNanos &+= nanos
-        let perGroup = Double(nanos) / Double(max(pick.groupCount, 1))
-        // Exponential average: adapts to a kernel whose cost drifts, ignores one noisy slice.
-        t.nanosPerGroup = t.nanosPerGroup.map { 0.7 * $0 + 0.3 * perGroup } ?? perGroup
+        // Decayed sums, not an average of per-slice ratios: a slice weighs by its groups, so the
+        // probe's fixed dispatch cost (one group) stops inflating the estimate as soon as a bigger
+        // slice is measured, and a kernel whose cost drifts is followed within a few slices.
+        t.decayedNanos = 0.7 * t.decayedNanos + Double(nanos)
+        t.decayedGroups = 0.7 * t.decayedGroups + Double(max(pick.groupCount, 1))
         t.lastCount = pick.groupCount
         t.lastNanos = nanos
-        t.nextGroup = pick.groupBase + pick.groupCount
-        var progress = Progress.more
-        if t.nextGroup >= t.groupTotal {
-            progress = .gridComplete
-            if t.persistent {
-                t.nextGroup = 0
-                t.round &+= 1
-            }
-        }
         threads[pick.thread] = t
-        return progress
+        // The slice that ends the grid completes it (a persistent thread's next round was picked).
+        return pick.groupBase + pick.groupCount >= t.groupTotal ? .gridComplete : .more
     }
 
     /// Verifies the internal invariants (tests call it after every mutation).
@@ -226,6 +246,7 @@ public struct RunQueue: Sendable {
             precondition(spaces[t.space] != nil, "thread \(id) has no space")
             precondition(spaces[t.space]!.turns.filter { $0 == id }.count == 1, "thread \(id) not exactly once in its turns")
             precondition(t.nextGroup <= t.groupTotal, "thread \(id) past its grid")
+            precondition(t.inFlight >= 0 && t.inFlight <= slicesPerThread, "thread \(id) has \(t.inFlight) slices in flight")
         }
         for (sid, s) in spaces {
             for id in s.turns { precondition(threads[id]?.space == sid, "space \(sid) lists a foreign or dead thread") }

@@ -13,14 +13,17 @@ public struct DaemonConfiguration: Sendable {
     /// Whether a client's `hello` may choose the other policy for its address space.
     public var allowPolicyOverride: Bool
     public var quantumNanos: UInt64
+    /// The cap on slices on the device at once (nil: the scheduler's default for the device).
+    public var slicesInFlight: Int?
 
     public init(socketPath: String, backend: BackendChoice = .auto, policy: LifetimePolicy = .exit,
-                allowPolicyOverride: Bool = true, quantumNanos: UInt64 = 2_000_000) {
+                allowPolicyOverride: Bool = true, quantumNanos: UInt64 = 2_000_000, slicesInFlight: Int? = nil) {
         self.socketPath = socketPath
         self.backend = backend
         self.policy = policy
         self.allowPolicyOverride = allowPolicyOverride
         self.quantumNanos = quantumNanos
+        self.slicesInFlight = slicesInFlight
     }
 }
 
@@ -66,7 +69,8 @@ public final class Daemon: @unchecked Sendable {
         self.configuration = configuration
         self.logger = logger
         backend = try BackendFactory.open(configuration.backend) { logger.notice("\($0)") }
-        scheduler = Scheduler(backend: backend, quantumNanos: configuration.quantumNanos)
+        scheduler = Scheduler(backend: backend, quantumNanos: configuration.quantumNanos,
+                              slicesInFlight: configuration.slicesInFlight)
         chain = ExitNotifierChain(registry: registry, scheduler: scheduler)
         do {
             epoll = try Epoll()

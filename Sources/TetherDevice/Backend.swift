@@ -50,15 +50,39 @@ public protocol ImportedMemory: AnyObject, Sendable {
     var deviceBase: UInt64 { get }
 }
 
+/// Workgroups `[groupBase, groupBase + groupCount)` of a device thread's grid, with what the
+/// kernel needs to run them.
+public struct SliceLaunch: Sendable {
+    public var args: [UInt64]
+    public var regions: [RegionTableEntry]
+    public var groupBase: UInt32
+    public var groupCount: UInt32
+    public var groupTotal: UInt32
+    public var round: UInt32
+
+    public init(args: [UInt64], regions: [RegionTableEntry], groupBase: UInt32, groupCount: UInt32,
+                groupTotal: UInt32, round: UInt32 = 0) {
+        self.args = args
+        self.regions = regions
+        self.groupBase = groupBase
+        self.groupCount = groupCount
+        self.groupTotal = groupTotal
+        self.round = round
+    }
+}
+
 /// Per-device-thread execution state: the control block and whatever the backend needs to run a
 /// slice. Used by one thread at a time (the scheduler's worker); the control word may be written
 /// from any thread.
+///
+/// Slices are started and finished in order, at most the backend's `sliceDepth` unfinished.
 public protocol ThreadContext: AnyObject, Sendable {
     var control: UnsafeMutablePointer<ControlBlock> { get }
-    /// Runs workgroups `[groupBase, groupBase + groupCount)` and returns when they are done.
-    func runSlice(args: [UInt64], regions: [RegionTableEntry], groupBase: UInt32, groupCount: UInt32,
-                  groupTotal: UInt32, round: UInt32) throws(TetherError)
-    /// Called after the control word changed, for a backend whose `runSlice` can notice sooner
+    /// Starts a slice; it may run to its end before returning (a backend of depth 1 does).
+    func startSlice(_ slice: SliceLaunch) throws(TetherError)
+    /// Waits until the oldest started slice is done.
+    func finishSlice() throws(TetherError)
+    /// Called after the control word changed, for a backend whose slices can notice sooner
     /// than by the next poll of device code (the software pool wakes its waiting caller).
     func interrupt()
 }
@@ -66,12 +90,21 @@ public protocol ThreadContext: AnyObject, Sendable {
 /// A compute device: a Vulkan physical device or the software backend.
 public protocol ComputeBackend: AnyObject, Sendable {
     var device: DeviceDescription { get }
+    /// How many slices of one context may be started and not yet finished. Above 1, the device
+    /// has the next slice queued while one runs and goes on without waiting for the host.
+    var sliceDepth: Int { get }
     /// Imports `size` bytes at `base` (page-aligned, whole pages) for device access.
     func importMemory(base: UnsafeMutableRawPointer, size: Int) throws(TetherError) -> any ImportedMemory
     func makeContext(program: KernelProgram) throws(TetherError) -> any ThreadContext
 }
 
 extension ThreadContext {
+    /// Runs one slice to its end.
+    public func runSlice(_ slice: SliceLaunch) throws(TetherError) {
+        try startSlice(slice)
+        try finishSlice()
+    }
+
     /// Asks device code of this thread to stop (kill or yield); it polls the word.
     public func signal(_ word: UInt32) {
         tetherAtomicStore(&control.pointee.word, word)

@@ -29,10 +29,13 @@ struct DaemonCommand: ParsableCommand {
     @Flag(help: "Refuse clients that ask for the other policy.") var noPolicyOverride = false
     @Option(name: .customLong("quantum-us"), help: "Target length of one device slice in microseconds.")
     var quantumMicros: UInt64 = 2000
+    @Option(help: "Slices on the device at once, 1 or 2 (default: 2 on a GPU, 1 on a CPU device).")
+    var slicesInFlight: Int?
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel: String = "notice"
 
     func validate() throws {
         guard (10...1_000_000).contains(quantumMicros) else { throw ValidationError("--quantum-us must be 10…1000000") }
+        if let n = slicesInFlight, !(1...2).contains(n) { throw ValidationError("--slices-in-flight must be 1 or 2") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
     }
 
@@ -73,7 +76,8 @@ struct DaemonCommand: ParsableCommand {
         do {
             return try Daemon(DaemonConfiguration(
                 socketPath: socket.path, backend: try BackendFactory.resolve(backendOptions.backend), policy: policy,
-                allowPolicyOverride: !noPolicyOverride, quantumNanos: quantumMicros * 1000), logger: logger)
+                allowPolicyOverride: !noPolicyOverride, quantumNanos: quantumMicros * 1000,
+                slicesInFlight: slicesInFlight), logger: logger)
         } catch {
             throw fail(error.message)
         }

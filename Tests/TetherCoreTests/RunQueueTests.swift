@@ -9,8 +9,9 @@ import TetherCore
 struct RunQueueTests {
     // MARK: - Fairness between address spaces
 
-    @Test func oneThreadAgainstEightGetsHalf() {
-        var sim = Simulator(overhead: 20_000)
+    @Test(arguments: [1, 2, 3])
+    func oneThreadAgainstEightGetsHalf(depth: Int) {
+        var sim = Simulator(overhead: 20_000, depth: depth)
         sim.add(1, space: 1, cost: 10_000)
         for t in 0..<8 { sim.add(100 + UInt64(t), space: 2, cost: 10_000) }
         sim.run(forNanos: 2 * second)
@@ -20,8 +21,9 @@ struct RunQueueTests {
         #expect(jain(sim.times(of: [1, 2])) >= 0.95)
     }
 
-    @Test func threeSpacesWithOneTwoAndFiveThreads() {
-        var sim = Simulator(overhead: 20_000)
+    @Test(arguments: [1, 2])
+    func threeSpacesWithOneTwoAndFiveThreads(depth: Int) {
+        var sim = Simulator(overhead: 20_000, depth: depth)
         var next: UInt64 = 1
         for (space, threads) in [(UInt64(1), 1), (2, 2), (3, 5)] {
             for _ in 0..<threads {
@@ -37,9 +39,10 @@ struct RunQueueTests {
         #expect(jain(sim.times(of: [1, 2, 3])) >= 0.95)
     }
 
-    @Test func fairnessIsInDeviceTimeNotSlices() {
+    @Test(arguments: [1, 2])
+    func fairnessIsInDeviceTimeNotSlices(depth: Int) {
         // Space 1's threads cost 20× space 2's per workgroup: equal time, not equal groups.
-        var sim = Simulator(overhead: 5_000)
+        var sim = Simulator(overhead: 5_000, depth: depth)
         sim.add(1, space: 1, cost: 200_000)
         sim.add(2, space: 2, cost: 10_000)
         sim.add(3, space: 2, cost: 10_000)
@@ -186,10 +189,9 @@ struct RunQueueTests {
         expectExactCover(slices.map(\.pick), groups: groups)
         // No slice overshoots the quantum by much, warm-up included.
         for s in slices { #expect(s.nanos <= quantum * 3 / 2 || s.pick.groupCount == 1) }
-        // After warm-up every slice but the last (cut to the remaining groups) lasts about Q. The
-        // warm-up is long when the overhead dwarfs a group: the first probes' cost per group
-        // (overhead included) fades from the exponential average only by 0.7 per slice.
-        let warm = slices.dropFirst(40).dropLast()
+        // After a short warm-up every slice but the last (cut to the remaining groups) lasts about
+        // Q, even when the overhead dwarfs a group: the probe weighs one group in the estimate.
+        let warm = slices.dropFirst(8).dropLast()
         #expect(warm.count >= 20)
         for s in warm {
             #expect(s.nanos >= quantum / 2 && s.nanos <= quantum * 3 / 2,
@@ -431,6 +433,60 @@ struct RunQueueTests {
         #expect(q.pick()?.thread == b.thread)
     }
 
+    // MARK: - Slices in flight
+
+    @Test func aThreadQueuesItsNextSliceOnceItsCostIsKnown() {
+        var q = RunQueue(quantumNanos: 1_000_000, slicesPerThread: 2)
+        let id = ThreadID(rawValue: 1)
+        q.add(id, space: SpaceID(rawValue: 1), priority: .normal, groups: 1_000, persistent: false)
+        let probe = q.pick()!
+        #expect(probe.groupCount == 1)
+        #expect(q.pick() == nil, "a probing thread waits for its probe")
+        q.account(probe, nanos: 10_000)
+        q.checkInvariants()
+        let a = q.pick()!, b = q.pick()!
+        q.checkInvariants()
+        #expect(q.pick() == nil, "at most two in flight")
+        // Consecutive ranges, each sized from the one measurement.
+        #expect(a.groupBase == 1 && b.groupBase == a.groupBase + a.groupCount)
+        #expect(a.groupCount == b.groupCount)
+        q.account(a, nanos: 400_000)
+        #expect(q.pick()?.groupBase == b.groupBase + b.groupCount)
+    }
+
+    @Test func theLastSliceOfAGridCompletesItWhateverIsInFlight() {
+        var q = RunQueue(quantumNanos: 1_000_000, slicesPerThread: 2)
+        let id = ThreadID(rawValue: 1)
+        q.add(id, space: SpaceID(rawValue: 1), priority: .normal, groups: 9, persistent: false)
+        q.account(q.pick()!, nanos: 250_000)  // 1 group: 4 per quantum
+        let a = q.pick()!, b = q.pick()!
+        #expect((a.groupBase, a.groupCount, b.groupBase, b.groupCount) == (1, 4, 5, 4))
+        #expect(q.pick() == nil, "the grid is all in flight")
+        #expect(q.account(a, nanos: 1_000_000) == .more)
+        #expect(q.pick() == nil)
+        #expect(q.account(b, nanos: 1_000_000) == .gridComplete)
+    }
+
+    @Test func deepQueueSlotsGoRoundTheSpaces() {
+        // Two spaces of equal virtual time and known cost: a slice in flight counts against its
+        // space at once, so the second slot goes to the other space, not to the same one again.
+        var q = RunQueue(quantumNanos: 1_000_000, slicesPerThread: 2)
+        for t: UInt64 in 1...2 {
+            q.add(ThreadID(rawValue: t), space: SpaceID(rawValue: t), priority: .normal, groups: 1_000_000, persistent: true)
+        }
+        q.account(q.pick()!, nanos: 10_000)
+        q.account(q.pick()!, nanos: 10_000)
+        var order: [UInt64] = []
+        var inFlight: [RunQueue.Pick] = []
+        for _ in 0..<40 {
+            while inFlight.count < 2, let p = q.pick() { inFlight.append(p); order.append(p.space.rawValue) }
+            let done = inFlight.removeFirst()
+            q.account(done, nanos: done.estimateNanos)
+            q.checkInvariants()
+        }
+        #expect(longestRun(order.map { $0 == 1 }) <= 1 && longestRun(order.map { $0 == 2 }) <= 1, "\(order)")
+    }
+
     // MARK: - Against a reference model
 
     @Test(arguments: 1...24 as ClosedRange<UInt64>)
@@ -438,8 +494,9 @@ struct RunQueueTests {
         var rng = SplitMix64(seed: seed &* 0x9E37_79B9_7F4A_7C15 &+ 17)
         let quantum = 200_000 + rng.next(below: 2_000_000)
         let interval = 1 + Int(rng.next(below: 10))
-        var q = RunQueue(quantumNanos: quantum, floorInterval: interval)
-        var model = Model(quantumNanos: quantum, floorInterval: interval)
+        let perThread = 1 + Int(rng.next(below: 3))
+        var q = RunQueue(quantumNanos: quantum, floorInterval: interval, slicesPerThread: perThread)
+        var model = Model(quantumNanos: quantum, floorInterval: interval, slicesPerThread: perThread)
         var costs: [ThreadID: UInt64] = [:]
         var live: [ThreadID] = []
         var done: [ThreadID] = []  // completed grids the "worker" has not removed yet
@@ -448,7 +505,7 @@ struct RunQueueTests {
         var nextSpace: UInt64 = 2  // ids are never reused, as in the daemon
         var usualPriority: [UInt64: PriorityClass] = [:]
         var nextThread: UInt64 = 1
-        let maxInFlight = 1 + Int(rng.next(below: 3))
+        let maxInFlight = 1 + Int(rng.next(below: 4))
         var picks = 0
 
         for step in 0..<1_500 {
@@ -497,7 +554,9 @@ struct RunQueueTests {
                 if got.map(Slice.init) != expected { break }
                 if let got { inFlight.append(got); picks += 1 }
             } else if !inFlight.isEmpty {
-                let p = inFlight.remove(at: Int(rng.next(below: UInt64(inFlight.count))))
+                // Any thread's slice may end next, but a thread's own slices end in pick order.
+                let drawn = inFlight[Int(rng.next(below: UInt64(inFlight.count)))].thread
+                let p = inFlight.remove(at: inFlight.firstIndex { $0.thread == drawn }!)
                 // The fake device: a per-slice overhead, the true per-group cost, some jitter.
                 // Free threads sometimes read 0 ns (a clock too coarse for them).
                 let cost = costs[p.thread] ?? 0
@@ -569,8 +628,8 @@ fileprivate struct FakeBackend {
     }
 }
 
-/// The worker loop of `Scheduler`, one slice in flight: pick → run → account, removing threads
-/// whose grid is complete.
+/// The worker loop of `Scheduler`: keep up to `depth` slices on the device, then the oldest runs
+/// → account, removing threads whose grid is complete.
 fileprivate struct Simulator {
     var queue: RunQueue
     var clock = ManualClock()
@@ -580,9 +639,14 @@ fileprivate struct Simulator {
     var threadNanos: [ThreadID: UInt64] = [:]
     var slices: [(pick: RunQueue.Pick, nanos: UInt64)] = []
 
-    init(quantum: UInt64 = 2_000_000, floorInterval: Int = 8, overhead: UInt64 = 20_000) {
-        queue = RunQueue(quantumNanos: quantum, floorInterval: floorInterval)
+    /// Slices the device holds at once (it runs them one after another, in order).
+    let depth: Int
+    var inFlight: [RunQueue.Pick] = []
+
+    init(quantum: UInt64 = 2_000_000, floorInterval: Int = 8, overhead: UInt64 = 20_000, depth: Int = 1) {
+        queue = RunQueue(quantumNanos: quantum, floorInterval: floorInterval, slicesPerThread: depth)
         backend = FakeBackend(overheadNanos: overhead)
+        self.depth = depth
     }
 
     mutating func add(_ thread: UInt64, space: UInt64, priority: PriorityClass = .normal, cost: UInt64,
@@ -596,8 +660,12 @@ fileprivate struct Simulator {
 
     @discardableResult
     mutating func step() -> Bool {
-        guard let pick = queue.pick() else { return false }
-        queue.checkInvariants()
+        while inFlight.count < depth, let next = queue.pick() {
+            inFlight.append(next)
+            queue.checkInvariants()
+        }
+        guard !inFlight.isEmpty else { return false }
+        let pick = inFlight.removeFirst()
         let nanos = backend.run(pick)
         clock.advance(by: nanos)
         let progress = queue.account(pick, nanos: nanos)
@@ -675,7 +743,7 @@ fileprivate func expectExactCover(_ picks: [RunQueue.Pick], groups: UInt32, sour
 // MARK: - Reference model
 
 /// A pick, as the model makes it (`RunQueue.Pick` has no public initializer).
-fileprivate struct Slice: Equatable, CustomStringConvertible {
+fileprivate struct Slice: Hashable, CustomStringConvertible {
     var thread: ThreadID
     var space: SpaceID
     var groupBase: UInt32
@@ -696,13 +764,17 @@ fileprivate struct Slice: Equatable, CustomStringConvertible {
 /// The documented rules written plainly, with arrays and linear scans, to compare `RunQueue` with:
 /// - classes are strict, except that a runnable lower class passed over `floorInterval` times in
 ///   a row gets the next slice (the most passed-over such class; a tie goes to the higher class);
-/// - within the class, the runnable space with the least (virtual time, arrival) runs;
+/// - within the class, the runnable space with the least (virtual time + estimates of its slices
+///   in flight, arrival) runs; an estimate is the slice's groups × the cost, or Q while unknown;
 /// - a space joining, waking or changing class starts at the class minimum: the least virtual
 ///   time of the class's non-idle spaces, and never below what that minimum has been (so a class
 ///   that emptied does not hand a newcomer credit against the spaces that ran before);
-/// - within the space, the first thread in turn order that is not in flight runs and goes last;
-/// - a slice is 1 group first, then ⌊Q / cost⌋ by an exponential average of the measured cost per
-///   group, at least double the last one if that ran under Q/2, at most what remains of the grid;
+/// - within the space, the first runnable thread in turn order runs and goes last; a thread is
+///   runnable while groups remain to pick and it has no slice in flight, or fewer than
+///   `slicesPerThread` once its cost is known;
+/// - a slice is 1 group first, then ⌊Q / cost⌋, the cost per group being the ratio of the measured
+///   time and groups, each summed with a decay of 0.7 per slice; at least double the last one if
+///   that ran under Q/2 (×4 under Q/4), at most what remains of the grid;
 /// - a non-persistent thread whose grid is complete waits for its removal and is not runnable.
 fileprivate struct Model {
     struct Thread {
@@ -712,10 +784,11 @@ fileprivate struct Model {
         var next: UInt32 = 0
         var round: UInt32 = 0
         var persistent: Bool
-        var cost: Double?
+        var nanos = 0.0, groups = 0.0  // decayed sums
+        var cost: Double? { groups > 0 ? nanos / groups : nil }
         var lastCount: UInt32 = 0
         var lastNanos: UInt64 = 0
-        var inFlight = false
+        var inFlight = 0
         var deviceNanos: UInt64 = 0
     }
 
@@ -726,19 +799,23 @@ fileprivate struct Model {
         var arrival: Int
         var turns: [ThreadID] = []
         var deviceNanos: UInt64 = 0
+        var estimates: [UInt64] = []  // of its slices in flight
     }
 
     var quantumNanos: UInt64
     var floorInterval: Int
+    var slicesPerThread: Int
+    var estimates: [Slice: UInt64] = [:]
     var threads: [ThreadID: Thread] = [:]
     var spaces: [Space] = []  // in arrival order
     var passedOver = [0, 0, 0]
     var classFloor: [UInt64] = [0, 0, 0]
     var arrivals = 0
 
-    init(quantumNanos: UInt64, floorInterval: Int) {
+    init(quantumNanos: UInt64, floorInterval: Int, slicesPerThread: Int = 1) {
         self.quantumNanos = quantumNanos
         self.floorInterval = floorInterval
+        self.slicesPerThread = slicesPerThread
     }
 
     func index(of space: SpaceID) -> Int? { spaces.firstIndex { $0.id == space } }
@@ -783,7 +860,8 @@ fileprivate struct Model {
 
     func runnable(_ id: ThreadID) -> Bool {
         let t = threads[id]!
-        return !t.inFlight && t.next < t.total
+        guard t.next < t.total else { return false }
+        return t.inFlight == 0 || (t.inFlight < slicesPerThread && t.cost != nil)
     }
 
     mutating func pick() -> Slice? {
@@ -803,7 +881,8 @@ fileprivate struct Model {
 
         var si: Int? = nil
         for (i, s) in spaces.enumerated() where s.priority.rawValue == chosen && s.turns.contains(where: runnable) {
-            if let j = si, (spaces[j].virtualNanos, spaces[j].arrival) <= (s.virtualNanos, s.arrival) { continue }
+            let key = s.virtualNanos + s.estimates.reduce(0, +)
+            if let j = si, (spaces[j].virtualNanos + spaces[j].estimates.reduce(0, +), spaces[j].arrival) <= (key, s.arrival) { continue }
             si = i
         }
         let i = si!
@@ -823,35 +902,37 @@ fileprivate struct Model {
             }
             count = UInt32(max(1, min(Double(remaining), estimate)))
         }
-        t.inFlight = true
+        let slice = Slice(thread: id, space: spaces[i].id, groupBase: t.next, groupCount: count, round: t.round)
+        let estimate = t.cost.map { UInt64(($0 * Double(count)).rounded()) } ?? quantumNanos
+        spaces[i].estimates.append(estimate)
+        estimates[slice] = estimate
+        t.inFlight += 1
+        t.next += count
+        if t.next >= t.total && t.persistent {
+            t.next = 0
+            t.round += 1
+        }
         threads[id] = t
-        return Slice(thread: id, space: spaces[i].id, groupBase: t.next, groupCount: count, round: t.round)
+        return slice
     }
 
     mutating func account(_ pick: Slice, nanos: UInt64) -> RunQueue.Progress {
+        let estimate = estimates.removeValue(forKey: pick)!
         if let i = index(of: pick.space) {
+            spaces[i].estimates.remove(at: spaces[i].estimates.firstIndex(of: estimate)!)
             spaces[i].virtualNanos += nanos
             spaces[i].deviceNanos += nanos
             let p = spaces[i].priority
             classFloor[Int(p.rawValue)] = classMinimum(p)
         }
         guard var t = threads[pick.thread] else { return .gridComplete }
-        t.inFlight = false
+        t.inFlight -= 1
         t.deviceNanos += nanos
-        let perGroup = Double(nanos) / Double(pick.groupCount)
-        t.cost = t.cost.map { 0.7 * $0 + 0.3 * perGroup } ?? perGroup
+        t.nanos = t.nanos * 0.7 + Double(nanos)
+        t.groups = t.groups * 0.7 + Double(pick.groupCount)
         t.lastCount = pick.groupCount
         t.lastNanos = nanos
-        t.next = pick.groupBase + pick.groupCount
-        var progress = RunQueue.Progress.more
-        if t.next >= t.total {
-            progress = .gridComplete
-            if t.persistent {
-                t.next = 0
-                t.round += 1
-            }
-        }
         threads[pick.thread] = t
-        return progress
+        return pick.groupBase + pick.groupCount >= t.total ? .gridComplete : .more
     }
 }

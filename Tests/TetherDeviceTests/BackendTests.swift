@@ -19,7 +19,9 @@ enum Backends {
 
 struct BackendCase: CustomTestStringConvertible, Sendable {
     let kind: BackendKind
-    var testDescription: String { kind.rawValue }
+    /// The scheduler's cap on slices in flight (nil: its default for the device).
+    var slicesInFlight: Int? = nil
+    var testDescription: String { kind.rawValue + (slicesInFlight.map { ", \($0) slices in flight" } ?? "") }
     var backend: any ComputeBackend {
         get throws {
             switch kind {
@@ -31,14 +33,16 @@ struct BackendCase: CustomTestStringConvertible, Sendable {
 }
 
 let backendCases = [BackendCase(kind: .vulkan), BackendCase(kind: .software)]
+/// lavapipe runs one slice at a time by default; a GPU two. Both ways are tested here.
+let schedulerCases = backendCases + [BackendCase(kind: .vulkan, slicesInFlight: 2)]
 
 @Suite(.serialized) struct BackendTests {
     static let sizes: [String: Int] = ["saxpy": 100_003, "reduce": 70_001, "matmul": 48, "mandelbrot": 96,
                                        "listwalk": 9_000, "spin": 100]
 
-    @Test("every built-in kernel matches its CPU reference", arguments: backendCases, Workloads.names)
+    @Test("every built-in kernel matches its CPU reference", arguments: schedulerCases, Workloads.names)
     func kernelsMatchReference(backend: BackendCase, name: String) throws {
-        let device = LocalDevice(backend: try backend.backend, quantumNanos: 500_000)
+        let device = LocalDevice(backend: try backend.backend, quantumNanos: 500_000, slicesInFlight: backend.slicesInFlight)
         defer { device.close() }
         var workload = try Workloads.make(name, size: Self.sizes[name])
         let region = try device.mirror(bytes: workload.mirroredBytes)
@@ -50,9 +54,9 @@ let backendCases = [BackendCase(kind: .vulkan), BackendCase(kind: .software)]
         #expect(VulkanValidation.messageCount == 0)
     }
 
-    @Test("device code faults on an address outside every region; the thread fails, nothing crashes", arguments: backendCases)
+    @Test("device code faults on an address outside every region; the thread fails, nothing crashes", arguments: schedulerCases)
     func faultIsAnError(backend: BackendCase) throws {
-        let device = LocalDevice(backend: try backend.backend)
+        let device = LocalDevice(backend: try backend.backend, slicesInFlight: backend.slicesInFlight)
         defer { device.close() }
         let region = try device.mirror(bytes: 4096)
         let base = region.ownerBase
@@ -64,9 +68,9 @@ let backendCases = [BackendCase(kind: .vulkan), BackendCase(kind: .software)]
         #expect(VulkanValidation.messageCount == 0)
     }
 
-    @Test("killing a running persistent spin returns within a slice, and the thread is reported killed", arguments: backendCases)
+    @Test("killing a running persistent spin returns within a slice, and the thread is reported killed", arguments: schedulerCases)
     func killStopsSpin(backend: BackendCase) throws {
-        let device = LocalDevice(backend: try backend.backend)
+        let device = LocalDevice(backend: try backend.backend, slicesInFlight: backend.slicesInFlight)
         defer { device.close() }
         let thread = try device.spawn(.builtin(.spin), launch: Launch(args: [60_000], groups: 64), persistentNanos: 600_000_000_000)
         // Wait (bounded) until it has run at least one slice.
@@ -80,6 +84,35 @@ let backendCases = [BackendCase(kind: .vulkan), BackendCase(kind: .software)]
         #expect(thread.state == .killed)
         // Generous: the target (≤ 1 ms p99) is measured by `tether bench kill`, not here.
         #expect(took < 200_000_000, "kill took \(took / 1000) µs")
+        // Its context goes back to the pool with no slice pending: the next thread reuses it.
+        var w = try Workloads.make("saxpy", size: 50_000)
+        let region = try device.mirror(bytes: w.mirroredBytes)
+        #expect(try device.run(.builtin(.spin), launch: Launch(args: [10], groups: 4)).state == .finished)
+        #expect(try device.run(.builtin(.saxpy), launch: w.prepare(memory: region.localBase!)).state == .finished)
+        #expect(w.verify(memory: region.localBase!).ok)
+        #expect(VulkanValidation.messageCount == 0)
+    }
+
+    @Test("with two slices in flight the device really holds two, and a region mirrored mid-run changes nothing for a running thread")
+    func twoSlicesInFlight() throws {
+        let device = LocalDevice(backend: try BackendCase(kind: .vulkan).backend, quantumNanos: 200_000, slicesInFlight: 2)
+        defer { device.close() }
+        #expect(device.scheduler.slicesInFlight == 2)
+        var w = try Workloads.make("saxpy", size: 2_000_000)
+        let region = try device.mirror(bytes: w.mirroredBytes)
+        let thread = try device.spawn(.builtin(.saxpy), launch: w.prepare(memory: region.localBase!))
+        // Wait (bounded) until it runs, then change the region table under it.
+        let deadline = monotonicNanos() + 10_000_000_000
+        while device.scheduler.deviceNanos(ofSpace: device.space) == 0 && monotonicNanos() < deadline {
+            _ = device.scheduler.wait(thread, timeoutNanos: 1_000_000)
+        }
+        let other = try device.mirror(bytes: 1 << 20)
+        memset(other.localBase!, 0x5a, 1 << 20)
+        let outcome = try #require(device.scheduler.wait(thread, timeoutNanos: 60_000_000_000))
+        #expect(outcome.state == .finished)
+        #expect(w.verify(memory: region.localBase!).ok)
+        #expect(device.scheduler.slicesRun > 4)
+        #expect(device.scheduler.peakSlicesInFlight == 2)
         #expect(VulkanValidation.messageCount == 0)
     }
 

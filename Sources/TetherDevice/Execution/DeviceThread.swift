@@ -36,8 +36,10 @@ public final class DeviceThread: @unchecked Sendable {
     public internal(set) var state: ThreadState = .queued
     public internal(set) var deviceNanos: UInt64 = 0
     var firstStartNanos: UInt64 = 0
-    var inFlight = false
+    var slicesInFlight = 0
     var killRequested = false
+    /// How it ends once its slices in flight are done.
+    var ending: (ThreadState, TetherError?)?
     var outcome: ThreadOutcome?
     var waiters: [@Sendable (ThreadOutcome) -> Void] = []
 

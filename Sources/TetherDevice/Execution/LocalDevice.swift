@@ -15,9 +15,9 @@ public final class LocalDevice: @unchecked Sendable {
     private var nextRegion: UInt64 = 1
     private var nextThread: UInt64 = 1
 
-    public init(backend: any ComputeBackend, quantumNanos: UInt64 = 2_000_000) {
+    public init(backend: any ComputeBackend, quantumNanos: UInt64 = 2_000_000, slicesInFlight: Int? = nil) {
         self.backend = backend
-        scheduler = Scheduler(backend: backend, quantumNanos: quantumNanos)
+        scheduler = Scheduler(backend: backend, quantumNanos: quantumNanos, slicesInFlight: slicesInFlight)
     }
 
     /// Kills every thread and frees every region and device object.

@@ -4,40 +4,49 @@ import TetherSys
 
 /// Runs device threads of many address spaces on one backend, slice by slice, in the order the
 /// `RunQueue` policy decides — shaped like the kernel's DRM scheduler: one scheduler per hardware
-/// queue, a worker that pushes jobs (slices), a cap on jobs in flight (one).
+/// queue, a worker that pushes jobs (slices), a cap on jobs in flight (`slicesInFlight`: the next
+/// slice waits on the device while one runs, so the device does not idle between slices).
 ///
-/// Killing never waits for more than the slice in flight: queued slices are dropped at once, the
-/// control word tells device code to stop, and the killer waits for the worker to hand the thread
-/// back. Every mutable field here is protected by `monitor`.
+/// Killing never waits for more than the slices in flight: queued slices are dropped at once, the
+/// control word tells device code to stop (the workgroups of a slice still waiting return at their
+/// first poll), and the killer waits for the worker to hand the thread back. Every mutable field
+/// here is protected by `monitor`.
 public final class Scheduler: @unchecked Sendable {
     public let backend: any ComputeBackend
+    /// At most this many slices are on the device at once.
+    public let slicesInFlight: Int
     private let monitor = Monitor()
     private var queue: RunQueue
     private var threads: [ThreadID: DeviceThread] = [:]
     private var stopping = false
-    private var workersRunning = 0
+    private var workerRunning = true
     /// Device time per address space, kept past its threads' end (for `ps`).
     private var spaceNanos: [SpaceID: UInt64] = [:]
     private var slices = 0
 
+    private var peakStarted = 0
+
     /// Slices run since start (for benchmarks).
     public var slicesRun: Int { monitor.withLock { slices } }
+    /// The most slices that were on the device at once.
+    public var peakSlicesInFlight: Int { monitor.withLock { peakStarted } }
 
-    /// - Parameters:
-    ///   - quantumNanos: the target length of one slice (default 2 ms).
-    ///   - slicesInFlight: how many slices may run at once (one worker each). One keeps kill latency
-    ///     lowest on a backend that already uses every core for one dispatch.
     /// Where contexts of ended threads go, for the next thread of the same kernel.
     public let contexts: ContextPool
 
-    public init(backend: any ComputeBackend, quantumNanos: UInt64 = 2_000_000, slicesInFlight: Int = 1) {
+    /// - Parameters:
+    ///   - quantumNanos: the target length of one slice (default 2 ms).
+    ///   - slicesInFlight: the cap on slices on the device at once, at most the backend's
+    ///     `sliceDepth`. By default that on a GPU, and 1 on a CPU device: there, the host's work
+    ///     between slices runs on the very cores that run the device, so a second slice in flight
+    ///     hides nothing (on lavapipe it measured no better than one, and noisier).
+    public init(backend: any ComputeBackend, quantumNanos: UInt64 = 2_000_000, slicesInFlight: Int? = nil) {
         self.backend = backend
+        let preferred = backend.device.isGPU ? backend.sliceDepth : 1
+        self.slicesInFlight = min(max(1, slicesInFlight ?? preferred), backend.sliceDepth)
         contexts = ContextPool(backend: backend)
-        queue = RunQueue(quantumNanos: quantumNanos)
-        workersRunning = max(1, slicesInFlight)
-        for i in 0..<workersRunning {
-            startThread(name: "tether-sched\(i)") { [self] in workerLoop() }
-        }
+        queue = RunQueue(quantumNanos: quantumNanos, slicesPerThread: self.slicesInFlight)
+        startThread(name: "tether-sched") { [self] in workerLoop() }
     }
 
     /// Queues a thread. Its completion is reported through `onCompletion`.
@@ -90,10 +99,10 @@ public final class Scheduler: @unchecked Sendable {
                 t.killRequested = true
                 t.context.signal(KernelABI.controlKill)
                 queue.remove(t.id)
-                if !t.inFlight, let f = complete(t, .killed, nil) { finished.append(f) }
+                if t.slicesInFlight == 0, let f = complete(t, .killed, nil) { finished.append(f) }
             }
             if victims.contains(where: { $0.outcome == nil }) {
-                // Waiting for a slice in flight: lend our priority to the device threads running it.
+                // Waiting for slices in flight: lend our priority to the device threads running them.
                 DeviceThreads.withPriorityLent {
                     while victims.contains(where: { $0.outcome == nil }) { monitor.wait() }
                 }
@@ -125,7 +134,7 @@ public final class Scheduler: @unchecked Sendable {
         kill(all)
         monitor.withLock {
             monitor.broadcast()
-            while workersRunning > 0 { monitor.wait() }
+            while workerRunning { monitor.wait() }
         }
     }
 
@@ -140,7 +149,7 @@ public final class Scheduler: @unchecked Sendable {
         t.outcome = outcome
         // Nothing runs on the context after this point: a kill only signals threads without an
         // outcome, and the worker reads the fault before completing.
-        if !t.inFlight { contexts.recycle(t.context, program: t.program) }
+        if t.slicesInFlight == 0 { contexts.recycle(t.context, program: t.program) }
         let waiters = t.waiters
         t.waiters = []
         threads[t.id] = nil
@@ -149,62 +158,96 @@ public final class Scheduler: @unchecked Sendable {
         return (t, outcome, waiters)
     }
 
+    /// A slice on the device.
+    private struct Started {
+        var pick: RunQueue.Pick
+        var thread: DeviceThread
+        var startNanos: UInt64
+        var failure: TetherError?
+    }
+
     /// The worker belongs to the control plane: it hands slices to the device (lavapipe's
     /// threads, the software pool) and waits, but executes no device code itself.
+    ///
+    /// It keeps up to `slicesInFlight` slices started, then waits for the oldest. The device runs
+    /// them in order, so a slice's device time is from its start, or the previous one's end if
+    /// later, to its end.
     private func workerLoop() {
+        var started: [Started] = []
+        var lastEnd: UInt64 = 0
         monitor.withLock {
             while true {
-                if stopping && queue.isEmpty { break }
-                guard let pick = queue.pick(), let thread = threads[pick.thread] else {
+                while started.count < slicesInFlight, let slice = start() {
+                    started.append(slice)
+                    peakStarted = max(peakStarted, started.count)
+                }
+                guard !started.isEmpty else {
+                    if stopping && queue.isEmpty { break }
                     monitor.wait()
                     continue
                 }
-                thread.inFlight = true
-                thread.state = .running
-                let start = monotonicNanos()
-                if thread.firstStartNanos == 0 { thread.firstStartNanos = start }
-                var failure: TetherError?
-                monitor.unlocked {
-                    do {
-                        try thread.context.runSlice(args: thread.args, regions: thread.regions.snapshot,
-                                                    groupBase: pick.groupBase, groupCount: pick.groupCount,
-                                                    groupTotal: thread.groups, round: pick.round)
-                    } catch let error as TetherError {
-                        failure = error
-                    } catch {
-                        failure = TetherError(.deviceError, "\(error)")
+                var slice = started.removeFirst()
+                if slice.failure == nil {
+                    monitor.unlocked {
+                        do throws(TetherError) { try slice.thread.context.finishSlice() } catch { slice.failure = error }
                     }
                 }
                 let end = monotonicNanos()
-                let nanos = end - start
-                slices += 1
-                thread.inFlight = false
-                thread.deviceNanos &+= nanos
-                spaceNanos[thread.space, default: 0] &+= nanos
-                let progress = queue.account(pick, nanos: nanos)
-                let fault = thread.context.fault
-                var finished: (DeviceThread, ThreadOutcome, [@Sendable (ThreadOutcome) -> Void])?
-                if thread.killRequested {
-                    finished = complete(thread, .killed, nil)
-                } else if let failure {
-                    finished = complete(thread, .failed, failure)
-                } else if fault.code != KernelABI.faultNone {
-                    finished = complete(thread, .faulted, TetherError(.addressFault,
-                        "device thread \(thread.id) used address 0x\(String(fault.address, radix: 16)), outside every mirrored region"))
-                } else if thread.persistentNanos > 0 {
-                    if end - thread.firstStartNanos >= thread.persistentNanos {
-                        finished = complete(thread, .finished, nil)
-                    }
-                } else if progress == .gridComplete {
-                    finished = complete(thread, .finished, nil)
-                }
-                if let (_, outcome, waiters) = finished, !waiters.isEmpty {
-                    monitor.unlocked { waiters.forEach { $0(outcome) } }
-                }
+                finish(slice, nanos: end - max(slice.startNanos, lastEnd), end: end)
+                lastEnd = end
             }
-            workersRunning -= 1
+            workerRunning = false
             monitor.broadcast()
         }
+    }
+
+    /// Picks the next slice and starts it (lock held; released while the backend starts it).
+    private func start() -> Started? {
+        guard let pick = queue.pick(), let thread = threads[pick.thread] else { return nil }
+        thread.slicesInFlight += 1
+        thread.state = .running
+        let now = monotonicNanos()
+        if thread.firstStartNanos == 0 { thread.firstStartNanos = now }
+        var slice = Started(pick: pick, thread: thread, startNanos: now)
+        let launch = SliceLaunch(args: thread.args, regions: thread.regions.snapshot, groupBase: pick.groupBase,
+                                 groupCount: pick.groupCount, groupTotal: thread.groups, round: pick.round)
+        monitor.unlocked {
+            do throws(TetherError) { try thread.context.startSlice(launch) } catch { slice.failure = error }
+        }
+        if let failure = slice.failure, thread.ending == nil {
+            thread.ending = (.failed, failure)
+            queue.remove(thread.id)
+        }
+        return slice
+    }
+
+    /// Accounts a slice that is done and decides how its thread goes on (lock held).
+    private func finish(_ slice: Started, nanos: UInt64, end: UInt64) {
+        let thread = slice.thread
+        slices += 1
+        thread.slicesInFlight -= 1
+        thread.deviceNanos &+= nanos
+        spaceNanos[thread.space, default: 0] &+= nanos
+        let progress = queue.account(slice.pick, nanos: nanos)
+        let fault = thread.context.fault
+        if thread.ending == nil {
+            if thread.killRequested {
+                thread.ending = (.killed, nil)
+            } else if let failure = slice.failure {  // finishing failed
+                thread.ending = (.failed, failure)
+            } else if fault.code != KernelABI.faultNone {
+                thread.ending = (.faulted, TetherError(.addressFault,
+                    "device thread \(thread.id) used address 0x\(String(fault.address, radix: 16)), outside every mirrored region"))
+            } else if thread.persistentNanos > 0 ? end - thread.firstStartNanos >= thread.persistentNanos
+                                                 : progress == .gridComplete {
+                thread.ending = (.finished, nil)
+            }
+            // No more slices once it is ending; the one still in flight, if any, finishes first.
+            if thread.ending != nil { queue.remove(thread.id) }
+        }
+        guard let (state, error) = thread.ending, thread.slicesInFlight == 0,
+              let (_, outcome, waiters) = complete(thread, state, error), !waiters.isEmpty else { return }
+        monitor.unlocked { waiters.forEach { $0(outcome) } }
     }
 }
 

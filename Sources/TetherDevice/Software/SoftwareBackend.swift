@@ -29,6 +29,9 @@ public final class SoftwareBackend: ComputeBackend, Sendable {
         SoftwareMemory(deviceBase: UInt64(UInt(bitPattern: base)))
     }
 
+    /// The pool's hand-off costs microseconds: slices run to their end in `startSlice`.
+    public var sliceDepth: Int { 1 }
+
     public func makeContext(program: KernelProgram) throws(TetherError) -> any ThreadContext {
         guard case .builtin(let kernel) = program else {
             throw TetherError(.unsupported, "custom SPIR-V kernels need a Vulkan backend; this daemon runs the software backend")
@@ -166,13 +169,15 @@ final class SoftwareThreadContext: ThreadContext, @unchecked Sendable {
 
     func interrupt() { pool.interrupt() }
 
-    func runSlice(args: [UInt64], regions: [RegionTableEntry], groupBase: UInt32, groupCount: UInt32,
-                  groupTotal: UInt32, round: UInt32) throws(TetherError) {
-        let context = SoftwareKernelContext(args: args, regions: regions, control: control,
-                                            groupTotal: groupTotal, round: round)
+    func startSlice(_ slice: SliceLaunch) throws(TetherError) {
+        let context = SoftwareKernelContext(args: slice.args, regions: slice.regions, control: control,
+                                            groupTotal: slice.groupTotal, round: slice.round)
         let kernel = self.kernel
-        pool.run(base: groupBase, end: groupBase + groupCount, shouldStop: { context.shouldStop }) { group in
+        pool.run(base: slice.groupBase, end: slice.groupBase + slice.groupCount,
+                 shouldStop: { context.shouldStop }) { group in
             SoftwareKernels.runGroup(kernel, group: group, context: context)
         }
     }
+
+    func finishSlice() {}
 }

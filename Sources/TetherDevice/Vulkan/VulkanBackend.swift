@@ -266,6 +266,9 @@ public final class VulkanBackend: ComputeBackend, @unchecked Sendable {
         return try makeBuffer(size: size, importing: base)
     }
 
+    /// Two: the next slice waits on the queue while one runs (a third would only lengthen a kill).
+    public let sliceDepth = 2
+
     public func makeContext(program: KernelProgram) throws(TetherError) -> any ThreadContext {
         let pipeline: VkPipeline
         var owned = false
@@ -301,21 +304,28 @@ final class VulkanBuffer: ImportedMemory, @unchecked Sendable {
     }
 }
 
-/// One device thread's command buffer, fence and control block (plus its region table copy).
+/// One device thread's command buffers, fences and control block (plus its region table copy).
+///
+/// Two submission slots: the scheduler records and submits the next slice while the previous one
+/// runs, so lavapipe's queue goes from one slice to the next without a round trip to the host.
 final class VulkanThreadContext: ThreadContext, @unchecked Sendable {
     static let maxRegions = 256
     let backend: VulkanBackend
     let pipeline: VkPipeline
     let ownsPipeline: Bool
     let pool: VkCommandPool
-    let commandBuffer: VkCommandBuffer
-    let fence: VkFence
+    let commandBuffers: [VkCommandBuffer]
+    let fences: [VkFence]
     /// Control block at offset 0, region table at offset 64.
     let block: VulkanBuffer
     let control: UnsafeMutablePointer<ControlBlock>
     private var tableInUse: [RegionTableEntry] = []
+    /// Slots with a submitted, unfinished slice, oldest first.
+    private var pending: [Int] = []
+    private var nextSlot = 0
 
     init(backend: VulkanBackend, pipeline: VkPipeline, ownsPipeline: Bool) throws(TetherError) {
+        let slots = backend.sliceDepth
         self.backend = backend
         self.pipeline = pipeline
         self.ownsPipeline = ownsPipeline
@@ -331,58 +341,75 @@ final class VulkanThreadContext: ThreadContext, @unchecked Sendable {
         allocInfo.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO
         allocInfo.commandPool = pool
         allocInfo.level = VK_COMMAND_BUFFER_LEVEL_PRIMARY
-        allocInfo.commandBufferCount = 1
-        var cb: VkCommandBuffer?
-        let r = fn.allocateCommandBuffers(device, &allocInfo, &cb)
+        allocInfo.commandBufferCount = UInt32(slots)
+        var buffers = [VkCommandBuffer?](repeating: nil, count: slots)
+        var result = fn.allocateCommandBuffers(device, &allocInfo, &buffers)
+        var fences: [VkFence] = []
         var fenceInfo = VkFenceCreateInfo()
         fenceInfo.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO
-        var fence: VkFence?
-        let fr = r == VK_SUCCESS ? fn.createFence(device, &fenceInfo, nil, &fence) : r
-        guard r == VK_SUCCESS, fr == VK_SUCCESS, let cb, let fence else {
-            fn.destroyCommandPool(device, pool, nil)
-            if ownsPipeline { fn.destroyPipeline(device, pipeline, nil) }
-            throw TetherError(.resourceExhausted, "could not allocate a command buffer (VkResult \(r.rawValue))")
+        while result == VK_SUCCESS && fences.count < slots {
+            var fence: VkFence?
+            result = fn.createFence(device, &fenceInfo, nil, &fence)
+            if let fence { fences.append(fence) }
         }
-        do {
-            block = try backend.makeBuffer(size: 64 + RegionTableEntry.stride * Self.maxRegions, importing: nil)
-        } catch {
-            fn.destroyFence(device, fence, nil)
+        var block: VulkanBuffer?
+        var failure = TetherError(.resourceExhausted, "could not allocate command buffers (VkResult \(result.rawValue))")
+        if result == VK_SUCCESS {
+            do { block = try backend.makeBuffer(size: 64 + RegionTableEntry.stride * Self.maxRegions, importing: nil) }
+            catch { failure = error }
+        }
+        guard let block else {
+            for f in fences { fn.destroyFence(device, f, nil) }
             fn.destroyCommandPool(device, pool, nil)
             if ownsPipeline { fn.destroyPipeline(device, pipeline, nil) }
-            throw error
+            throw failure
         }
         self.pool = pool!
-        self.commandBuffer = cb
-        self.fence = fence
+        self.commandBuffers = buffers.map { $0! }
+        self.fences = fences
+        self.block = block
         control = block.mapped.bindMemory(to: ControlBlock.self, capacity: 1)
         control.initialize(to: ControlBlock())
     }
 
     deinit {
         let fn = backend.fn
-        fn.destroyFence(backend.handle, fence, nil)
+        for slot in pending { _ = wait(slot) }
+        for f in fences { fn.destroyFence(backend.handle, f, nil) }
         fn.destroyCommandPool(backend.handle, pool, nil)
         if ownsPipeline { fn.destroyPipeline(backend.handle, pipeline, nil) }
     }
 
-    func runSlice(args: [UInt64], regions: [RegionTableEntry], groupBase: UInt32, groupCount: UInt32,
-                  groupTotal: UInt32, round: UInt32) throws(TetherError) {
+    /// Waits for a slot's fence. A slice is bounded by the scheduler's quantum; a minute means
+    /// the device is hung.
+    private func wait(_ slot: Int) -> VkResult {
+        var f: VkFence? = fences[slot]
+        return backend.fn.waitForFences(backend.handle, 1, &f, VkBool32(VK_TRUE), 60_000_000_000)
+    }
+
+    func startSlice(_ slice: SliceLaunch) throws(TetherError) {
+        precondition(pending.count < fences.count, "more slices started than the context has slots")
+        let regions = slice.regions
         guard regions.count <= Self.maxRegions else {
             throw TetherError(.resourceExhausted, "at most \(Self.maxRegions) mirrored regions per address space")
         }
-        guard args.count <= KernelABI.maxArguments else {
+        guard slice.args.count <= KernelABI.maxArguments else {
             throw TetherError(.invalidArgument, "at most \(KernelABI.maxArguments) kernel arguments")
         }
         if regions != tableInUse {
+            // Slices in flight read the table: let them end before it changes.
+            for slot in pending { try check(wait(slot), "vkWaitForFences") }
             let table = block.mapped.advanced(by: 64).bindMemory(to: RegionTableEntry.self, capacity: Self.maxRegions)
             for (i, r) in regions.enumerated() { table[i] = r }
             tableInUse = regions
         }
         let fn = backend.fn
+        let slot = nextSlot
+        let commandBuffer = commandBuffers[slot]
         var push = [UInt64](repeating: 0, count: KernelABI.pushConstantSize / 8)
         push[0] = block.deviceBase
         push[1] = block.deviceBase + 64
-        for (i, a) in args.enumerated() { push[4 + i] = a }
+        for (i, a) in slice.args.enumerated() { push[4 + i] = a }
         var begin = VkCommandBufferBeginInfo()
         begin.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO
         begin.flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT.rawValue
@@ -390,15 +417,15 @@ final class VulkanThreadContext: ThreadContext, @unchecked Sendable {
         try check(fn.beginCommandBuffer(commandBuffer, &begin), "vkBeginCommandBuffer")
         fn.cmdBindPipeline(commandBuffer, VK_PIPELINE_BIND_POINT_COMPUTE, pipeline)
         // maxComputeWorkGroupCount[0] is 65,535 on lavapipe: larger slices become several dispatches.
-        var base = groupBase
-        let end = groupBase + groupCount
+        var base = slice.groupBase
+        let end = slice.groupBase + slice.groupCount
         while base < end {
             let count = min(end - base, 65_535)
             push.withUnsafeMutableBytes { raw in
                 raw.storeBytes(of: UInt32(regions.count), toByteOffset: 16, as: UInt32.self)
                 raw.storeBytes(of: base, toByteOffset: 20, as: UInt32.self)
-                raw.storeBytes(of: groupTotal, toByteOffset: 24, as: UInt32.self)
-                raw.storeBytes(of: round, toByteOffset: 28, as: UInt32.self)
+                raw.storeBytes(of: slice.groupTotal, toByteOffset: 24, as: UInt32.self)
+                raw.storeBytes(of: slice.round, toByteOffset: 28, as: UInt32.self)
                 fn.cmdPushConstants(commandBuffer, backend.pipelineLayout, VK_SHADER_STAGE_COMPUTE_BIT.rawValue, 0,
                                     UInt32(KernelABI.pushConstantSize), raw.baseAddress)
             }
@@ -412,13 +439,18 @@ final class VulkanThreadContext: ThreadContext, @unchecked Sendable {
             submit.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO
             submit.commandBufferCount = 1
             submit.pCommandBuffers = cbp
-            return backend.queueLock.withLock { _ in fn.queueSubmit(backend.queue, 1, &submit, fence) }
+            return backend.queueLock.withLock { _ in fn.queueSubmit(backend.queue, 1, &submit, fences[slot]) }
         }
         try check(submitted, "vkQueueSubmit")
-        var f: VkFence? = fence
-        // A slice is bounded by the scheduler's quantum; a minute means the device is hung.
-        let waited = fn.waitForFences(backend.handle, 1, &f, VkBool32(VK_TRUE), 60_000_000_000)
-        try check(waited, "vkWaitForFences")
-        try check(fn.resetFences(backend.handle, 1, &f), "vkResetFences")
+        pending.append(slot)
+        nextSlot = (slot + 1) % fences.count
+    }
+
+    func finishSlice() throws(TetherError) {
+        guard !pending.isEmpty else { return }
+        let slot = pending.removeFirst()
+        try check(wait(slot), "vkWaitForFences")
+        var f: VkFence? = fences[slot]
+        try check(backend.fn.resetFences(backend.handle, 1, &f), "vkResetFences")
     }
 }

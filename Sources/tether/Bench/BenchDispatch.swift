@@ -79,7 +79,7 @@ struct BenchDispatch: ParsableCommand {
         var lines: [String] = []
         for i in 0..<(runs + 20) {
             let start = monotonicNanos()
-            try context.runSlice(args: [1], regions: [], groupBase: 0, groupCount: 1, groupTotal: 1, round: 0)
+            try context.runSlice(SliceLaunch(args: [1], regions: [], groupBase: 0, groupCount: 1, groupTotal: 1))
             let took = monotonicNanos() - start
             if i >= 20 { lines.append(String(took)) }
         }
