@@ -29,7 +29,7 @@ struct DaemonCommand: ParsableCommand {
     @Flag(help: "Refuse clients that ask for the other policy.") var noPolicyOverride = false
     @Option(name: .customLong("quantum-us"), help: "Target length of one device slice in microseconds.")
     var quantumMicros: UInt64 = 2000
-    @Option(help: "Slices on the device at once, 1 or 2 (default: 2 on a GPU, 1 on a CPU device).")
+    @Option(help: "Slices on the device at once, 1 or 2 (default: 1 on a Vulkan CPU driver, else 2).")
     var slicesInFlight: Int?
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel: String = "notice"
 

@@ -33,8 +33,8 @@ struct BackendCase: CustomTestStringConvertible, Sendable {
 }
 
 let backendCases = [BackendCase(kind: .vulkan), BackendCase(kind: .software)]
-/// lavapipe runs one slice at a time by default; a GPU two. Both ways are tested here.
-let schedulerCases = backendCases + [BackendCase(kind: .vulkan, slicesInFlight: 2)]
+/// By default lavapipe runs one slice at a time and the software backend two; both ways are tested.
+let schedulerCases = backendCases + [BackendCase(kind: .vulkan, slicesInFlight: 2), BackendCase(kind: .software, slicesInFlight: 1)]
 
 @Suite(.serialized) struct BackendTests {
     static let sizes: [String: Int] = ["saxpy": 100_003, "reduce": 70_001, "matmul": 48, "mandelbrot": 96,

@@ -36,14 +36,11 @@ public final class Scheduler: @unchecked Sendable {
 
     /// - Parameters:
     ///   - quantumNanos: the target length of one slice (default 2 ms).
-    ///   - slicesInFlight: the cap on slices on the device at once, at most the backend's
-    ///     `sliceDepth`. By default that on a GPU, and 1 on a CPU device: there, the host's work
-    ///     between slices runs on the very cores that run the device, so a second slice in flight
-    ///     hides nothing (on lavapipe it measured no better than one, and noisier).
+    ///   - slicesInFlight: the cap on slices on the device at once (default: the backend's
+    ///     `defaultSlicesInFlight`), at most its `sliceDepth`.
     public init(backend: any ComputeBackend, quantumNanos: UInt64 = 2_000_000, slicesInFlight: Int? = nil) {
         self.backend = backend
-        let preferred = backend.device.isGPU ? backend.sliceDepth : 1
-        self.slicesInFlight = min(max(1, slicesInFlight ?? preferred), backend.sliceDepth)
+        self.slicesInFlight = min(max(1, slicesInFlight ?? backend.defaultSlicesInFlight), backend.sliceDepth)
         contexts = ContextPool(backend: backend)
         queue = RunQueue(quantumNanos: quantumNanos, slicesPerThread: self.slicesInFlight)
         startThread(name: "tether-sched") { [self] in workerLoop() }

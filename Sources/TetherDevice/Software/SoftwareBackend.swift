@@ -29,8 +29,10 @@ public final class SoftwareBackend: ComputeBackend, Sendable {
         SoftwareMemory(deviceBase: UInt64(UInt(bitPattern: base)))
     }
 
-    /// The pool's hand-off costs microseconds: slices run to their end in `startSlice`.
-    public var sliceDepth: Int { 1 }
+    /// Two: the device threads go from one slice to the next while the scheduler's worker wakes
+    /// up and accounts (a futex wake-up here costs tens of µs; a stopped slice is skipped at once).
+    public var sliceDepth: Int { 2 }
+    public var defaultSlicesInFlight: Int { 2 }
 
     public func makeContext(program: KernelProgram) throws(TetherError) -> any ThreadContext {
         guard case .builtin(let kernel) = program else {
@@ -45,13 +47,15 @@ final class SoftwareMemory: ImportedMemory {
     init(deviceBase: UInt64) { self.deviceBase = deviceBase }
 }
 
-/// Persistent device threads (one per core) that run one slice's workgroups at a time.
+/// Persistent device threads (one per core) that run slices' workgroups, one slice after another.
 ///
 /// Workgroups are claimed in small chunks from an atomic counter (no lock), and the control word
-/// is checked before every group, so a kill waits for at most one group per thread. The caller — the scheduler's worker, part of the
-/// control plane — only hands the slice over and waits: device work runs on these threads alone,
-/// at the device-work priority, and the worker never holds a lock the control plane needs while
-/// starved of CPU at a low priority.
+/// is checked before every group, so a kill waits for at most one group per thread. Slices queue
+/// in start order: a device thread that finds nothing left to claim in one slice goes on to the
+/// next without waiting for the caller, which accounts the finished slice meanwhile. The caller —
+/// the scheduler's worker, part of the control plane — only hands slices over and waits: device
+/// work runs on these threads alone, at the device-work priority, and the worker never holds a
+/// lock the control plane needs while starved of CPU at a low priority.
 final class WorkerPool: @unchecked Sendable {
     final class Job: @unchecked Sendable {
         let run: (UInt32) -> Void
@@ -61,6 +65,8 @@ final class WorkerPool: @unchecked Sendable {
         /// Groups claimed at once: small groups (256 saxpy elements take ~0.1 µs) would otherwise
         /// spend their time bouncing the counter's cache line between cores.
         let chunk: UInt32
+        /// Device threads inside `work()` (protected by the pool's monitor).
+        var active = 0
         init(base: UInt32, end: UInt32, threads: Int, shouldStop: @escaping () -> Bool, run: @escaping (UInt32) -> Void) {
             self.run = run
             self.shouldStop = shouldStop
@@ -68,6 +74,8 @@ final class WorkerPool: @unchecked Sendable {
             next = Atomic(base)
             chunk = max(1, min(64, (end - base) / UInt32(threads * 16)))
         }
+        /// Every group is claimed, or the slice was told to stop.
+        var exhausted: Bool { next.load(ordering: .relaxed) >= end || shouldStop() }
         func work() {
             while !shouldStop() {
                 let first = next.add(chunk, ordering: .relaxed).oldValue
@@ -83,16 +91,14 @@ final class WorkerPool: @unchecked Sendable {
     }
 
     private let monitor = Monitor()
-    private var job: Job?
+    /// Started slices that are not finished, in start order.
+    private var jobs: [Job] = []
     private var generation = 0
-    /// `generation`, readable without the lock: a device thread that just finished a slice spins
-    /// on it briefly, because the next slice of a running thread usually follows within
-    /// microseconds and a futex sleep + wake-up costs tens of them per slice.
+    /// `generation`, readable without the lock: a device thread with nothing to do spins on it
+    /// briefly, because the next slice of a running thread usually follows within microseconds
+    /// and a futex sleep + wake-up costs tens of them per slice.
     private let published = Atomic<Int>(0)
     static let spinNanos: UInt64 = 30_000
-    /// Device threads inside `Job.work()` now. A slice ends when its groups are claimed (or it
-    /// was told to stop) and none is active: a thread still waking up does not hold a kill back.
-    private var active = 0
     private var stopped = false
     let threads: Int
 
@@ -110,44 +116,56 @@ final class WorkerPool: @unchecked Sendable {
         }
     }
 
-    /// Wakes the caller of `run` to look at the control word again (after a kill or yield).
+    /// Wakes a caller of `finish` to look at the control word again (after a kill or yield).
     func interrupt() {
         monitor.withLock { monitor.broadcast() }
     }
 
-    /// Runs `run(group)` for every group in `[base, end)` on the device threads and returns when
-    /// all are done, or as soon as `shouldStop` holds and no device thread is inside a group.
-    /// Calls must not overlap (one scheduler worker per pool).
-    func run(base: UInt32, end: UInt32, shouldStop: @escaping () -> Bool, _ run: @escaping (UInt32) -> Void) {
+    /// Queues `run(group)` for every group in `[base, end)`; the device threads take it up once
+    /// the slices before it have nothing left to claim.
+    func start(base: UInt32, end: UInt32, shouldStop: @escaping () -> Bool, _ run: @escaping (UInt32) -> Void) -> Job {
+        let job = Job(base: base, end: end, threads: threads, shouldStop: shouldStop, run: run)
         monitor.withLock {
-            let job = Job(base: base, end: end, threads: threads, shouldStop: shouldStop, run: run)
-            self.job = job
+            jobs.append(job)
             generation += 1
             published.store(generation, ordering: .releasing)
             monitor.broadcast()
-            while !(active == 0 && (job.next.load(ordering: .relaxed) >= end || shouldStop())) { monitor.wait() }
-            self.job = nil
+        }
+        return job
+    }
+
+    /// Returns when every group of `job` is done, or as soon as its `shouldStop` holds and no
+    /// device thread is inside one of its groups.
+    func finish(_ job: Job) {
+        monitor.withLock {
+            while !(job.active == 0 && job.exhausted) { monitor.wait() }
+            jobs.removeAll { $0 === job }
         }
     }
 
     private func deviceThreadLoop() {
         DeviceThreads.enter()
-        var seen = 0
         while true {
-            let spinUntil = monotonicNanos() + Self.spinNanos
-            while published.load(ordering: .acquiring) == seen && monotonicNanos() < spinUntil {}
-            let claimed: Job? = monitor.withLock {
-                while !stopped && (generation == seen || self.job == nil) { monitor.wait() }
-                seen = generation
+            let found: (job: Job?, seen: Int)? = monitor.withLock {
                 if stopped { return nil }
-                active += 1
-                return self.job
+                guard let job = jobs.first(where: { !$0.exhausted }) else { return (nil, generation) }
+                job.active += 1
+                return (job, generation)
             }
-            guard let claimed else { return }
-            claimed.work()
+            guard let found else { return }
+            if let job = found.job {
+                job.work()
+                monitor.withLock {
+                    job.active -= 1
+                    if job.active == 0 { monitor.broadcast() }
+                }
+                continue
+            }
+            // Nothing to claim: spin briefly for the next slice, then sleep until one comes.
+            let spinUntil = monotonicNanos() + Self.spinNanos
+            while published.load(ordering: .acquiring) == found.seen && monotonicNanos() < spinUntil {}
             monitor.withLock {
-                active -= 1
-                if active == 0 { monitor.broadcast() }
+                while !stopped && generation == found.seen { monitor.wait() }
             }
         }
     }
@@ -169,15 +187,21 @@ final class SoftwareThreadContext: ThreadContext, @unchecked Sendable {
 
     func interrupt() { pool.interrupt() }
 
+    /// Slices started and not finished, oldest first (used by the scheduler's worker only).
+    private var pending: [WorkerPool.Job] = []
+
     func startSlice(_ slice: SliceLaunch) throws(TetherError) {
         let context = SoftwareKernelContext(args: slice.args, regions: slice.regions, control: control,
                                             groupTotal: slice.groupTotal, round: slice.round)
         let kernel = self.kernel
-        pool.run(base: slice.groupBase, end: slice.groupBase + slice.groupCount,
-                 shouldStop: { context.shouldStop }) { group in
+        pending.append(pool.start(base: slice.groupBase, end: slice.groupBase + slice.groupCount,
+                                  shouldStop: { context.shouldStop }) { group in
             SoftwareKernels.runGroup(kernel, group: group, context: context)
-        }
+        })
     }
 
-    func finishSlice() {}
+    func finishSlice() {
+        guard !pending.isEmpty else { return }
+        pool.finish(pending.removeFirst())
+    }
 }

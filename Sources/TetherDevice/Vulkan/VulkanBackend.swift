@@ -269,6 +269,11 @@ public final class VulkanBackend: ComputeBackend, @unchecked Sendable {
     /// Two: the next slice waits on the queue while one runs (a third would only lengthen a kill).
     public let sliceDepth = 2
 
+    /// Two on a GPU. One on a CPU driver: a second slice saves lavapipe only ~10 µs of its ~45 µs
+    /// per-slice cost, while after a kill each of its workgroups still costs ~4 µs to skip — a
+    /// queued 2 ms slice of small groups would add most of a millisecond to the kill.
+    public var defaultSlicesInFlight: Int { device.isGPU ? 2 : 1 }
+
     public func makeContext(program: KernelProgram) throws(TetherError) -> any ThreadContext {
         let pipeline: VkPipeline
         var owned = false
