@@ -2,6 +2,8 @@
 #include "CTetherLinux.h"
 
 #include <errno.h>
+#include <linux/futex.h>
+#include <stdint.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
@@ -27,6 +29,14 @@ bool tether_atomic_cas_u32(uint32_t *p, uint32_t expected, uint32_t desired) {
 }
 void tether_atomic_store_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 uint64_t tether_atomic_load_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+uint32_t tether_atomic_add_u32(uint32_t *p, uint32_t v) { return __atomic_add_fetch(p, v, __ATOMIC_ACQ_REL); }
+
+int tether_futex_wait(uint32_t *word, uint32_t expected) {
+    return (int)syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, expected, NULL, NULL, 0);
+}
+int tether_futex_wake_all(uint32_t *word) {
+    return (int)syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL, 0);
+}
 
 int tether_pidfd_open(pid_t pid, unsigned int flags) { return (int)syscall(SYS_pidfd_open, pid, flags); }
 int tether_pidfd_send_signal(int pidfd, int sig) {

@@ -85,6 +85,12 @@ public protocol ThreadContext: AnyObject, Sendable {
     /// Called after the control word changed, for a backend whose slices can notice sooner
     /// than by the next poll of device code (the software pool wakes its waiting caller).
     func interrupt()
+    /// After the control word told them to stop: blocks until none of the slices started here
+    /// runs any more, and returns true; false if the backend cannot tell before they are
+    /// finished in start order (a Vulkan queue runs them in that order anyway). May be called
+    /// from any thread while the scheduler's worker finishes them. A backend that knows which
+    /// of its threads run the slices lends them the caller's priority meanwhile.
+    func waitUntilStopped() -> Bool
 }
 
 /// A compute device: a Vulkan physical device or the software backend.
@@ -114,6 +120,7 @@ extension ThreadContext {
     }
 
     public func interrupt() {}
+    public func waitUntilStopped() -> Bool { false }
     public func resetControl() {
         tetherAtomicStore(&control.pointee.word, KernelABI.controlRun)
         control.pointee.fault = 0

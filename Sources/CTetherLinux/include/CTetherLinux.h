@@ -26,6 +26,11 @@ void tether_atomic_store_u32(uint32_t *p, uint32_t v);
 bool tether_atomic_cas_u32(uint32_t *p, uint32_t expected, uint32_t desired);
 void tether_atomic_store_u64(uint64_t *p, uint64_t v);
 uint64_t tether_atomic_load_u64(const uint64_t *p);
+uint32_t tether_atomic_add_u32(uint32_t *p, uint32_t v);  // returns the new value
+
+// --- futex: sleep while a word holds a value; waking never blocks the waker ---
+int tether_futex_wait(uint32_t *word, uint32_t expected);  // 0, or -1 with errno (EAGAIN: changed)
+int tether_futex_wake_all(uint32_t *word);
 
 // --- syscalls glibc 2.36 has no wrapper for, or only variadic ones ---
 int tether_pidfd_open(pid_t pid, unsigned int flags);

@@ -98,8 +98,18 @@ public final class Scheduler: @unchecked Sendable {
                 queue.remove(t.id)
                 if t.slicesInFlight == 0, let f = complete(t, .killed, nil) { finished.append(f) }
             }
+            // Where the backend can tell, a victim is done once its own slices stopped — not when
+            // the worker gets to them behind another thread's slice.
+            let inFlight = victims.filter { $0.outcome == nil }
+            var stopped: [DeviceThread] = []
+            if !inFlight.isEmpty {
+                monitor.unlocked { stopped = inFlight.filter { $0.context.waitUntilStopped() } }
+            }
+            for t in stopped {
+                if let f = complete(t, .killed, nil) { finished.append(f) }
+            }
             if victims.contains(where: { $0.outcome == nil }) {
-                // Waiting for slices in flight: lend our priority to the device threads running them.
+                // Waiting for the worker: lend our priority to the device threads running the slices.
                 DeviceThreads.withPriorityLent {
                     while victims.contains(where: { $0.outcome == nil }) { monitor.wait() }
                 }
@@ -145,7 +155,8 @@ public final class Scheduler: @unchecked Sendable {
         let outcome = ThreadOutcome(state: state, error: error, deviceNanos: t.deviceNanos)
         t.outcome = outcome
         // Nothing runs on the context after this point: a kill only signals threads without an
-        // outcome, and the worker reads the fault before completing.
+        // outcome, and the worker reads the fault before completing. With slices still to hand
+        // back (a kill that saw them stop), the worker recycles it after the last one.
         if t.slicesInFlight == 0 { contexts.recycle(t.context, program: t.program) }
         let waiters = t.waiters
         t.waiters = []
@@ -221,11 +232,16 @@ public final class Scheduler: @unchecked Sendable {
     /// Accounts a slice that is done and decides how its thread goes on (lock held).
     private func finish(_ slice: Started, nanos: UInt64, end: UInt64) {
         let thread = slice.thread
+        let completedBefore = thread.outcome != nil
         slices += 1
         thread.slicesInFlight -= 1
         thread.deviceNanos &+= nanos
         spaceNanos[thread.space, default: 0] &+= nanos
         let progress = queue.account(slice.pick, nanos: nanos)
+        if completedBefore {
+            if thread.slicesInFlight == 0 { contexts.recycle(thread.context, program: thread.program) }
+            return
+        }
         let fault = thread.context.fault
         if thread.ending == nil {
             if thread.killRequested {

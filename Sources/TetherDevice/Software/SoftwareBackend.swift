@@ -65,8 +65,11 @@ final class WorkerPool: @unchecked Sendable {
         /// Groups claimed at once: small groups (256 saxpy elements take ~0.1 µs) would otherwise
         /// spend their time bouncing the counter's cache line between cores.
         let chunk: UInt32
-        /// Device threads inside `work()` (protected by the pool's monitor).
-        var active = 0
+        /// Device threads inside `work()`, and those of them lent a higher priority to end it
+        /// (both protected by the pool's monitor).
+        var inside: [pid_t] = []
+        var lent: [pid_t] = []
+        var active: Int { inside.count }
         init(base: UInt32, end: UInt32, threads: Int, shouldStop: @escaping () -> Bool, run: @escaping (UInt32) -> Void) {
             self.run = run
             self.shouldStop = shouldStop
@@ -90,14 +93,15 @@ final class WorkerPool: @unchecked Sendable {
         }
     }
 
+    /// Protects the jobs and their `inside` lists. Only the control plane waits on its condition
+    /// (for slices to end); device threads sleep on `newWork`, so waking them never blocks.
     private let monitor = Monitor()
     /// Started slices that are not finished, in start order.
     private var jobs: [Job] = []
-    private var generation = 0
-    /// `generation`, readable without the lock: a device thread with nothing to do spins on it
-    /// briefly, because the next slice of a running thread usually follows within microseconds
-    /// and a futex sleep + wake-up costs tens of them per slice.
-    private let published = Atomic<Int>(0)
+    /// Moves when a slice starts (or the pool stops). A device thread with nothing to do spins on
+    /// it briefly, because the next slice of a running thread usually follows within
+    /// microseconds and a futex sleep + wake-up costs tens of them per slice.
+    private let newWork = WakeCounter()
     static let spinNanos: UInt64 = 30_000
     private var stopped = false
     let threads: Int
@@ -110,10 +114,8 @@ final class WorkerPool: @unchecked Sendable {
     }
 
     func stop() {
-        monitor.withLock {
-            stopped = true
-            monitor.broadcast()
-        }
+        monitor.withLock { stopped = true }
+        newWork.advance()
     }
 
     /// Wakes a caller of `finish` to look at the control word again (after a kill or yield).
@@ -125,12 +127,8 @@ final class WorkerPool: @unchecked Sendable {
     /// the slices before it have nothing left to claim.
     func start(base: UInt32, end: UInt32, shouldStop: @escaping () -> Bool, _ run: @escaping (UInt32) -> Void) -> Job {
         let job = Job(base: base, end: end, threads: threads, shouldStop: shouldStop, run: run)
-        monitor.withLock {
-            jobs.append(job)
-            generation += 1
-            published.store(generation, ordering: .releasing)
-            monitor.broadcast()
-        }
+        monitor.withLock { jobs.append(job) }
+        newWork.advance()
         return job
     }
 
@@ -138,35 +136,58 @@ final class WorkerPool: @unchecked Sendable {
     /// device thread is inside one of its groups.
     func finish(_ job: Job) {
         monitor.withLock {
-            while !(job.active == 0 && job.exhausted) { monitor.wait() }
+            waitUntilDone(job)
             jobs.removeAll { $0 === job }
         }
     }
 
+    /// As `finish`, but leaves the job to be finished, and lends the device threads inside the
+    /// job the control plane's priority until they leave it: otherwise a busy machine (a burst of
+    /// process exits) would starve the very threads a kill waits for. Only those threads, only
+    /// that long — priority inheritance — so no device thread runs other work at a real-time
+    /// priority (that starves the machine, and the kernel's fair server then stops every
+    /// real-time thread, the control plane's included, for up to 50 ms).
+    func waitStopped(_ job: Job) {
+        monitor.withLock {
+            for tid in job.inside where !job.lent.contains(tid) && DeviceThreads.lend(tid) {
+                job.lent.append(tid)
+            }
+            waitUntilDone(job)
+        }
+    }
+
+    private func waitUntilDone(_ job: Job) {
+        while !(job.active == 0 && job.exhausted) { monitor.wait() }
+    }
+
     private func deviceThreadLoop() {
         DeviceThreads.enter()
+        let tid = DeviceThreads.currentID
         while true {
-            let found: (job: Job?, seen: Int)? = monitor.withLock {
+            let seen = newWork.value
+            let found: Job?? = monitor.withLock {
                 if stopped { return nil }
-                guard let job = jobs.first(where: { !$0.exhausted }) else { return (nil, generation) }
-                job.active += 1
-                return (job, generation)
+                guard let job = jobs.first(where: { !$0.exhausted }) else { return .some(nil) }
+                job.inside.append(tid)
+                return job
             }
             guard let found else { return }
-            if let job = found.job {
+            if let job = found {
                 job.work()
-                monitor.withLock {
-                    job.active -= 1
+                let wasLent: Bool = monitor.withLock {
+                    job.inside.removeAll { $0 == tid }
                     if job.active == 0 { monitor.broadcast() }
+                    guard let i = job.lent.firstIndex(of: tid) else { return false }
+                    job.lent.remove(at: i)
+                    return true
                 }
+                if wasLent { DeviceThreads.demoteCurrentThread() }
                 continue
             }
             // Nothing to claim: spin briefly for the next slice, then sleep until one comes.
             let spinUntil = monotonicNanos() + Self.spinNanos
-            while published.load(ordering: .acquiring) == found.seen && monotonicNanos() < spinUntil {}
-            monitor.withLock {
-                while !stopped && generation == found.seen { monitor.wait() }
-            }
+            while newWork.value == seen && monotonicNanos() < spinUntil {}
+            newWork.sleep(whileValueIs: seen)
         }
     }
 }
@@ -187,21 +208,30 @@ final class SoftwareThreadContext: ThreadContext, @unchecked Sendable {
 
     func interrupt() { pool.interrupt() }
 
-    /// Slices started and not finished, oldest first (used by the scheduler's worker only).
-    private var pending: [WorkerPool.Job] = []
+    /// Slices started and not finished, oldest first.
+    private let pending = Mutex<[WorkerPool.Job]>([])
 
     func startSlice(_ slice: SliceLaunch) throws(TetherError) {
         let context = SoftwareKernelContext(args: slice.args, regions: slice.regions, control: control,
                                             groupTotal: slice.groupTotal, round: slice.round)
         let kernel = self.kernel
-        pending.append(pool.start(base: slice.groupBase, end: slice.groupBase + slice.groupCount,
-                                  shouldStop: { context.shouldStop }) { group in
+        let job = pool.start(base: slice.groupBase, end: slice.groupBase + slice.groupCount,
+                             shouldStop: { context.shouldStop }) { group in
             SoftwareKernels.runGroup(kernel, group: group, context: context)
-        })
+        }
+        pending.withLock { $0.append(job) }
     }
 
     func finishSlice() {
-        guard !pending.isEmpty else { return }
-        pool.finish(pending.removeFirst())
+        guard let job = pending.withLock({ $0.first }) else { return }
+        pool.finish(job)
+        pending.withLock { _ = $0.removeFirst() }
+    }
+
+    /// Slices of other threads ahead in the pool do not hold a killed one back: two device
+    /// threads may run two slices at once, and the worker finishes them in start order.
+    func waitUntilStopped() -> Bool {
+        for job in pending.withLock({ $0 }) { pool.waitStopped(job) }
+        return true
     }
 }

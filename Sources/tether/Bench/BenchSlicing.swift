@@ -35,7 +35,7 @@ struct BenchSlicing: ParsableCommand {
     @OptionGroup var backendOptions: BackendOptions
     @Option(help: "saxpy elements (default: 4 Mi on Vulkan, 32 Mi on the software backend — ~100 ms and ~20 ms here).")
     var size: Int?
-    @Option(help: "Pairs of runs (default: 11 on Vulkan, 41 on the software backend, whose short runs vary more).")
+    @Option(help: "Pairs of runs (default: 21 on Vulkan, 41 on the software backend, whose short runs vary more).")
     var runs: Int?
     @Option(name: .customLong("quantum-us"), help: "Slice quantum.") var quantumMicros: UInt64 = 2000
     @Option(help: "Slices on the device at once, 1 or 2 (default: 1 on a Vulkan CPU driver, else 2).")
@@ -64,7 +64,7 @@ struct BenchSlicing: ParsableCommand {
         let backend = try BackendFactory.open(try BackendFactory.resolve(backendOptions.backend))
         let software = backend.device.backend == .software
         let size = self.size ?? (software ? 32 << 20 : 4 << 20)
-        let runs = self.runs ?? (software ? 41 : 11)
+        let runs = self.runs ?? (software ? 41 : 21)
         let device = LocalDevice(backend: backend, quantumNanos: quantumMicros * 1000, slicesInFlight: slicesInFlight)
         defer { device.close() }
         var w = try makeWorkload("saxpy", size: size)
