@@ -23,7 +23,6 @@ public final class Scheduler: @unchecked Sendable {
     /// Device time per address space, kept past its threads' end (for `ps`).
     private var spaceNanos: [SpaceID: UInt64] = [:]
     private var slices = 0
-
     private var peakStarted = 0
 
     /// Slices run since start (for benchmarks).

@@ -145,8 +145,7 @@ final class WorkerPool: @unchecked Sendable {
     /// job the control plane's priority until they leave it: otherwise a busy machine (a burst of
     /// process exits) would starve the very threads a kill waits for. Only those threads, only
     /// that long — priority inheritance — so no device thread runs other work at a real-time
-    /// priority (that starves the machine, and the kernel's fair server then stops every
-    /// real-time thread, the control plane's included, for up to 50 ms).
+    /// priority (a spinning real-time thread would starve the machine).
     func waitStopped(_ job: Job) {
         monitor.withLock {
             for tid in job.inside where !job.lent.contains(tid) && DeviceThreads.lend(tid) {
