@@ -133,6 +133,11 @@ struct BenchFairness: ParsableCommand {
             shares.append(.init(pid: v.pid, threads: n, deviceMillis: Double(a - b) / 1e6, share: 0))
         }
         let total = shares.reduce(0) { $0 + $1.deviceMillis }
+        guard total > 0 else {
+            // Device threads run in SCHED_IDLE: on a machine busy with other work they may get no
+            // CPU at all, and a share of nothing is no measurement.
+            throw fail("no device time was accounted in the \(seconds) s window (is the machine busy with other work?)")
+        }
         for i in shares.indices { shares[i].share = total > 0 ? shares[i].deviceMillis / total : 0 }
         let report = FairnessReport(backend: backend, seconds: seconds, shares: shares, jain: jain(shares.map(\.deviceMillis)))
         if json { return try printJSON(report) }
