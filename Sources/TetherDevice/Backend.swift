@@ -80,8 +80,12 @@ public protocol ThreadContext: AnyObject, Sendable {
     var control: UnsafeMutablePointer<ControlBlock> { get }
     /// Starts a slice; it may run to its end before returning (a backend of depth 1 does).
     func startSlice(_ slice: SliceLaunch) throws(TetherError)
-    /// Waits until the oldest started slice is done.
-    func finishSlice() throws(TetherError)
+    /// Waits until the oldest started slice is done. Returns its device time where the backend
+    /// measures it (the software pool, whose threads may run the end of one slice beside the
+    /// start of the next); nil where slices run one after another, and the scheduler takes the
+    /// time from the previous slice's end to this one's.
+    @discardableResult
+    func finishSlice() throws(TetherError) -> UInt64?
     /// Called after the control word changed, for a backend whose slices can notice sooner
     /// than by the next poll of device code (the software pool wakes its waiting caller).
     func interrupt()

@@ -93,6 +93,19 @@ let schedulerCases = backendCases + [BackendCase(kind: .vulkan, slicesInFlight: 
         #expect(VulkanValidation.messageCount == 0)
     }
 
+    @Test("the software pool charges a slice its share of the device: one workgroup on two device threads, half its time")
+    func softwareChargesItsShare() throws {
+        let backend = SoftwareBackend(workers: 2)
+        let context = try backend.makeContext(program: .builtin(.spin))
+        let start = monotonicNanos()
+        try context.startSlice(SliceLaunch(args: [BuiltinKernel.maxSpinIterations], regions: [], groupBase: 0,
+                                           groupCount: 1, groupTotal: 1))
+        let charged = try #require(try context.finishSlice())
+        let wall = monotonicNanos() - start
+        // One thread ran the group for about the whole wall time; the other had nothing to claim.
+        #expect(charged <= wall * 6 / 10 && charged >= wall / 4, "charged \(charged) ns of \(wall) ns")
+    }
+
     @Test("with two slices in flight the device really holds two, and a region mirrored mid-run changes nothing for a running thread")
     func twoSlicesInFlight() throws {
         let device = LocalDevice(backend: try BackendCase(kind: .vulkan).backend, quantumNanos: 200_000, slicesInFlight: 2)

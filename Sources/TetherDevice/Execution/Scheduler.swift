@@ -176,9 +176,9 @@ public final class Scheduler: @unchecked Sendable {
     /// The worker belongs to the control plane: it hands slices to the device (lavapipe's
     /// threads, the software pool) and waits, but executes no device code itself.
     ///
-    /// It keeps up to `slicesInFlight` slices started, then waits for the oldest. The device runs
-    /// them in order, so a slice's device time is from its start, or the previous one's end if
-    /// later, to its end.
+    /// It keeps up to `slicesInFlight` slices started, then waits for the oldest. A slice's device
+    /// time is what the backend measured, else — the device runs them in order — from its start,
+    /// or the previous one's end if later, to its end.
     private func workerLoop() {
         var started: [Started] = []
         var lastEnd: UInt64 = 0
@@ -194,13 +194,14 @@ public final class Scheduler: @unchecked Sendable {
                     continue
                 }
                 var slice = started.removeFirst()
+                var measured: UInt64?
                 if slice.failure == nil {
                     monitor.unlocked {
-                        do throws(TetherError) { try slice.thread.context.finishSlice() } catch { slice.failure = error }
+                        do throws(TetherError) { measured = try slice.thread.context.finishSlice() } catch { slice.failure = error }
                     }
                 }
                 let end = monotonicNanos()
-                finish(slice, nanos: end - max(slice.startNanos, lastEnd), end: end)
+                finish(slice, nanos: measured ?? end - max(slice.startNanos, lastEnd), end: end)
                 lastEnd = end
             }
             workerRunning = false

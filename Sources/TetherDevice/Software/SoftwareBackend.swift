@@ -70,6 +70,8 @@ final class WorkerPool: @unchecked Sendable {
         var inside: [pid_t] = []
         var lent: [pid_t] = []
         var active: Int { inside.count }
+        /// Time the device threads spent inside `work()`, summed over them.
+        var busyNanos: UInt64 = 0
         init(base: UInt32, end: UInt32, threads: Int, shouldStop: @escaping () -> Bool, run: @escaping (UInt32) -> Void) {
             self.run = run
             self.shouldStop = shouldStop
@@ -133,11 +135,14 @@ final class WorkerPool: @unchecked Sendable {
     }
 
     /// Returns when every group of `job` is done, or as soon as its `shouldStop` holds and no
-    /// device thread is inside one of its groups.
-    func finish(_ job: Job) {
+    /// device thread is inside one of its groups. Returns the job's device time: the time its
+    /// device threads spent in it over their number — the end of one slice and the start of the
+    /// next may run side by side, and each is charged only its share of the device.
+    func finish(_ job: Job) -> UInt64 {
         monitor.withLock {
             waitUntilDone(job)
             jobs.removeAll { $0 === job }
+            return job.busyNanos / UInt64(threads)
         }
     }
 
@@ -172,8 +177,11 @@ final class WorkerPool: @unchecked Sendable {
             }
             guard let found else { return }
             if let job = found {
+                let entered = monotonicNanos()
                 job.work()
+                let busy = monotonicNanos() - entered
                 let wasLent: Bool = monitor.withLock {
+                    job.busyNanos &+= busy
                     job.inside.removeAll { $0 == tid }
                     if job.active == 0 { monitor.broadcast() }
                     guard let i = job.lent.firstIndex(of: tid) else { return false }
@@ -221,10 +229,11 @@ final class SoftwareThreadContext: ThreadContext, @unchecked Sendable {
         pending.withLock { $0.append(job) }
     }
 
-    func finishSlice() {
-        guard let job = pending.withLock({ $0.first }) else { return }
-        pool.finish(job)
+    func finishSlice() -> UInt64? {
+        guard let job = pending.withLock({ $0.first }) else { return nil }
+        let nanos = pool.finish(job)
         pending.withLock { _ = $0.removeFirst() }
+        return nanos
     }
 
     /// Slices of other threads ahead in the pool do not hold a killed one back: two device

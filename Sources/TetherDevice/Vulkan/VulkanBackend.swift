@@ -451,11 +451,12 @@ final class VulkanThreadContext: ThreadContext, @unchecked Sendable {
         nextSlot = (slot + 1) % fences.count
     }
 
-    func finishSlice() throws(TetherError) {
-        guard !pending.isEmpty else { return }
+    func finishSlice() throws(TetherError) -> UInt64? {
+        guard !pending.isEmpty else { return nil }
         let slot = pending.removeFirst()
         try check(wait(slot), "vkWaitForFences")
         var f: VkFence? = fences[slot]
         try check(backend.fn.resetFences(backend.handle, 1, &f), "vkResetFences")
+        return nil
     }
 }
