@@ -56,6 +56,13 @@ int tether_set_thread_fifo(pid_t tid, int priority) {
 
 pid_t tether_gettid(void) { return (pid_t)syscall(SYS_gettid); }
 
+void tether_set_thread_name(const char *name) {
+    char short_name[16];
+    strncpy(short_name, name, sizeof short_name - 1);
+    short_name[sizeof short_name - 1] = 0;
+    pthread_setname_np(pthread_self(), short_name);
+}
+
 #define TETHER_MAX_FDS 8
 
 ssize_t tether_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int fd_count) {

@@ -103,11 +103,16 @@ public protocol ComputeBackend: AnyObject, Sendable {
     /// How many slices of one context may be started and not yet finished. Above 1, the device
     /// has the next slice queued while one runs and goes on without waiting for the host.
     var sliceDepth: Int { get }
-    /// How many slices the scheduler keeps on the device unless told otherwise (≤ `sliceDepth`).
+    /// How many slices the scheduler keeps on the device unless told otherwise (≤ `sliceDepth`;
+    /// `sliceDepth` unless the backend says otherwise).
     var defaultSlicesInFlight: Int { get }
     /// Imports `size` bytes at `base` (page-aligned, whole pages) for device access.
     func importMemory(base: UnsafeMutableRawPointer, size: Int) throws(TetherError) -> any ImportedMemory
     func makeContext(program: KernelProgram) throws(TetherError) -> any ThreadContext
+}
+
+extension ComputeBackend {
+    public var defaultSlicesInFlight: Int { sliceDepth }
 }
 
 extension ThreadContext {

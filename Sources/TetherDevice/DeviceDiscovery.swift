@@ -40,7 +40,7 @@ public struct DeviceInventory: Sendable, Codable {
         } catch {
             vulkanNote = error.message
         }
-        let software = SoftwareBackend().device
+        let software = SoftwareBackend.description()
         return DeviceInventory(drmNodes: nodes, drmNote: drmNote, vulkanDevices: vulkan, vulkanNote: vulkanNote,
                                software: software, autoPick: pick(vulkan) ?? software)
     }
@@ -70,7 +70,7 @@ public enum BackendFactory {
     /// The choice from the command line, else `TETHER_BACKEND`, else `auto`.
     public static func resolve(_ explicit: BackendChoice?) throws(TetherError) -> BackendChoice {
         if let explicit { return explicit }
-        if let env = getenvString("TETHER_BACKEND"), !env.isEmpty {
+        if let env = environment("TETHER_BACKEND"), !env.isEmpty {
             guard let choice = BackendChoice(rawValue: env) else {
                 throw TetherError(.invalidArgument, "TETHER_BACKEND=\(env) is not one of auto, vulkan, software")
             }

@@ -56,9 +56,13 @@ public final class Monitor: @unchecked Sendable {
 
     public func broadcast() { pthread_cond_broadcast(cond) }
 
-    /// For code that must drop the lock in the middle of a critical section (see `unlocked`).
-    public func lock() { pthread_mutex_lock(mutex) }
-    public func unlock() { pthread_mutex_unlock(mutex) }
+    /// Runs `body` with the lock released (the caller holds it), then takes it back: for code
+    /// that must drop the lock in the middle of a critical section.
+    public func unlocked(_ body: () -> Void) {
+        pthread_mutex_unlock(mutex)
+        body()
+        pthread_mutex_lock(mutex)
+    }
 }
 
 /// A counter threads sleep on until it moves (a futex). Unlike a condition variable's broadcast,
@@ -88,7 +92,7 @@ public final class WakeCounter: @unchecked Sendable {
     }
 }
 
-/// Starts a detached named thread.
+/// Starts a detached thread, named `name` (the first 15 bytes) for `ps -L` and debuggers.
 public func startThread(name: String, _ body: @escaping @Sendable () -> Void) {
     final class Box: @unchecked Sendable {
         let body: @Sendable () -> Void
@@ -102,6 +106,7 @@ public func startThread(name: String, _ body: @escaping @Sendable () -> Void) {
     pthread_attr_setdetachstate(&attr, Int32(PTHREAD_CREATE_DETACHED))
     let rc = pthread_create(&thread, &attr, { raw in
         let box = Unmanaged<AnyObject>.fromOpaque(raw!).takeRetainedValue() as! Box
+        tether_set_thread_name(box.name)
         box.body()
         return nil
     }, box)
@@ -138,11 +143,12 @@ public func setCurrentThreadNice(_ nice: Int32) -> Bool {
 /// Like a GPU, the emulated device then uses the CPU time nobody else wants.
 ///
 /// When the control plane must wait for device work to stop — a kill or a teardown waiting for the
-/// slice in flight — it lends every device thread a real-time priority (`SCHED_FIFO` 1, just below
-/// the control plane's 2 where that is granted) for the duration of the wait,
-/// as the kernel's priority inheritance does for a lock holder: otherwise a busy machine (a burst
-/// of process exits) would starve the very threads the wait is for. The wait is bounded by one
-/// slice. Real-time classes need privilege (root, CAP_SYS_NICE, RLIMIT_RTPRIO); without it the
+/// slices in flight — it lends the device threads running them a real-time priority (`SCHED_FIFO`
+/// 1, just below the control plane's 2 where that is granted) for the duration of the wait, as
+/// the kernel's priority inheritance does for a lock holder: otherwise a busy machine (a burst of
+/// process exits) would starve the very threads the wait is for. The software pool knows which of
+/// its threads those are (`lend`); a driver's threads (lavapipe's, adopted when it is opened) are
+/// lent all together (`withPriorityLent`). Real-time classes need privilege (root, CAP_SYS_NICE, RLIMIT_RTPRIO); without it the
 /// loan falls back to nice −10 where allowed, and is a no-op otherwise.
 public enum DeviceThreads {
     private static let monitor = Monitor()
@@ -151,15 +157,13 @@ public enum DeviceThreads {
 
     /// Puts the calling thread in the device-work class (threads it creates inherit it).
     public static func demoteCurrentThread() {
-        setCurrentThreadNice(deviceWorkNice)
-        _ = tether_set_thread_idle(0, true)
+        demote(tether_gettid())
     }
 
-    /// Called by a thread that is about to execute device work.
-    public static func enter() {
-        demoteCurrentThread()
-        let tid = tether_gettid()
-        monitor.withLock { _ = tids.insert(tid) }
+    /// Puts a thread (back) in the device-work class.
+    static func demote(_ tid: pid_t) {
+        _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(tid), deviceWorkNice)
+        _ = tether_set_thread_idle(tid, true)
     }
 
     /// Adopts the threads a driver created in the device-work class (lavapipe's).
@@ -197,19 +201,14 @@ public enum DeviceThreads {
             if lenders == 1 {
                 // A real-time class: changing class preempts at once, where a nicer nice value
                 // would wait for the next tick (measured: 1–5 ms during an exit storm).
-                for t in tids where tether_set_thread_fifo(t, 1) != 0 && tether_set_thread_idle(t, false) == 0 {
-                    _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(t), controlPlaneNice)
-                }
+                for t in tids { _ = lend(t) }
             }
         }
         defer {
             monitor.withLock {
                 lenders -= 1
                 if lenders == 0 {
-                    for t in tids {
-                        _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(t), deviceWorkNice)
-                        _ = tether_set_thread_idle(t, true)
-                    }
+                    for t in tids { demote(t) }
                 }
             }
         }

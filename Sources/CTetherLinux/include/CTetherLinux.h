@@ -43,6 +43,8 @@ int tether_set_thread_idle(pid_t tid, bool idle);
 int tether_set_thread_fifo(pid_t tid, int priority);
 // gettid(2): glibc 2.36 declares it only under _GNU_SOURCE.
 pid_t tether_gettid(void);
+// pthread_setname_np(3) for the calling thread (also _GNU_SOURCE only); at most 15 bytes are kept.
+void tether_set_thread_name(const char *name);
 
 // --- SCM_RIGHTS / SCM_CREDENTIALS over SOCK_SEQPACKET ---
 // Sends one message with up to `fd_count` fds attached. Returns bytes sent or -1 (errno set).

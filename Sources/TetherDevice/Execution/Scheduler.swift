@@ -20,8 +20,6 @@ public final class Scheduler: @unchecked Sendable {
     private var threads: [ThreadID: DeviceThread] = [:]
     private var stopping = false
     private var workerRunning = true
-    /// Device time per address space, kept past its threads' end (for `ps`).
-    private var spaceNanos: [SpaceID: UInt64] = [:]
     private var slices = 0
     private var peakStarted = 0
 
@@ -87,7 +85,7 @@ public final class Scheduler: @unchecked Sendable {
     /// their control words, and waits only for slices in flight. Returns how many were alive.
     @discardableResult
     public func kill(_ victims: [DeviceThread]) -> Int {
-        var finished: [(DeviceThread, ThreadOutcome, [@Sendable (ThreadOutcome) -> Void])] = []
+        var finished: [(ThreadOutcome, [@Sendable (ThreadOutcome) -> Void])] = []
         let alive: Int = monitor.withLock {
             var alive = 0
             for t in victims where t.outcome == nil {
@@ -115,19 +113,18 @@ public final class Scheduler: @unchecked Sendable {
             }
             return alive
         }
-        for (_, outcome, waiters) in finished { waiters.forEach { $0(outcome) } }
+        for (outcome, waiters) in finished { waiters.forEach { $0(outcome) } }
         return alive
     }
 
     /// Device time consumed by an address space (live and ended threads).
     public func deviceNanos(ofSpace space: SpaceID) -> UInt64 {
-        monitor.withLock { spaceNanos[space, default: 0] }
+        monitor.withLock { queue.deviceNanos(ofSpace: space) ?? 0 }
     }
 
     public func forgetSpace(_ space: SpaceID) {
         monitor.withLock {
             _ = queue.removeSpace(space)
-            spaceNanos[space] = nil
         }
     }
 
@@ -148,7 +145,7 @@ public final class Scheduler: @unchecked Sendable {
 
     /// Marks `t` ended (lock held); returns what must be called outside the lock.
     private func complete(_ t: DeviceThread, _ state: ThreadState, _ error: TetherError?)
-        -> (DeviceThread, ThreadOutcome, [@Sendable (ThreadOutcome) -> Void])? {
+        -> (ThreadOutcome, [@Sendable (ThreadOutcome) -> Void])? {
         guard t.outcome == nil else { return nil }
         t.state = state
         let outcome = ThreadOutcome(state: state, error: error, deviceNanos: t.deviceNanos)
@@ -162,7 +159,7 @@ public final class Scheduler: @unchecked Sendable {
         threads[t.id] = nil
         queue.remove(t.id)
         monitor.broadcast()
-        return (t, outcome, waiters)
+        return (outcome, waiters)
     }
 
     /// A slice on the device.
@@ -236,7 +233,6 @@ public final class Scheduler: @unchecked Sendable {
         slices += 1
         thread.slicesInFlight -= 1
         thread.deviceNanos &+= nanos
-        spaceNanos[thread.space, default: 0] &+= nanos
         let progress = queue.account(slice.pick, nanos: nanos)
         if completedBefore {
             if thread.slicesInFlight == 0 { contexts.recycle(thread.context, program: thread.program) }
@@ -259,16 +255,8 @@ public final class Scheduler: @unchecked Sendable {
             if thread.ending != nil { queue.remove(thread.id) }
         }
         guard let (state, error) = thread.ending, thread.slicesInFlight == 0,
-              let (_, outcome, waiters) = complete(thread, state, error), !waiters.isEmpty else { return }
+              let (outcome, waiters) = complete(thread, state, error), !waiters.isEmpty else { return }
         monitor.unlocked { waiters.forEach { $0(outcome) } }
     }
 }
 
-extension Monitor {
-    /// Runs `body` with the lock released (the caller holds it), then takes it back.
-    func unlocked(_ body: () -> Void) {
-        unlock()
-        body()
-        lock()
-    }
-}

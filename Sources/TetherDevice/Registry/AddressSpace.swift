@@ -25,7 +25,6 @@ public final class AddressSpace: @unchecked Sendable {
     /// Owned; closed when the space is released.
     public let pidfd: Int32
     public let table = RegionTable()
-    public let createdNanos = monotonicNanos()
 
     // Protected by the registry lock.
     public internal(set) var phase: Phase = .live

@@ -42,7 +42,6 @@ public final class Registry: @unchecked Sendable {
         }
     }
 
-    public func space(_ id: SpaceID) -> AddressSpace? { monitor.withLock { spaces[id] } }
     public var allSpaces: [AddressSpace] { monitor.withLock { spaces.values.sorted { $0.id < $1.id } } }
     public func spaces(ofPid pid: Int32) -> [AddressSpace] {
         monitor.withLock { spaces.values.filter { $0.pid == pid }.sorted { $0.id < $1.id } }

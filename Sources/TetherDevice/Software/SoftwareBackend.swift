@@ -14,13 +14,21 @@ public final class SoftwareBackend: ComputeBackend, Sendable {
     let pool: WorkerPool
 
     public init(workers: Int? = nil) {
-        let cores = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
-        let count = max(1, workers ?? cores)
-        pool = WorkerPool(threads: count)
-        device = DeviceDescription(
-            name: "Tether software device (\(count) threads)", backend: .software, type: "software",
+        device = Self.description(workers: workers)
+        pool = WorkerPool(threads: Self.threadCount(workers))
+    }
+
+    /// The device a backend with `workers` threads (default: one per core) would be, without
+    /// starting it (for `tether devices`).
+    public static func description(workers: Int? = nil) -> DeviceDescription {
+        DeviceDescription(
+            name: "Tether software device (\(threadCount(workers)) threads)", backend: .software, type: "software",
             driver: "tether-swift", apiVersion: "-", vendorID: 0, deviceID: 0,
             externalMemoryHost: true, bufferDeviceAddress: true, timelineSemaphore: true, renderNode: nil)
+    }
+
+    private static func threadCount(_ workers: Int?) -> Int {
+        max(1, workers ?? Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
     }
 
     deinit { pool.stop() }
@@ -32,7 +40,6 @@ public final class SoftwareBackend: ComputeBackend, Sendable {
     /// Two: the device threads go from one slice to the next while the scheduler's worker wakes
     /// up and accounts (a futex wake-up here costs tens of µs; a stopped slice is skipped at once).
     public var sliceDepth: Int { 2 }
-    public var defaultSlicesInFlight: Int { 2 }
 
     public func makeContext(program: KernelProgram) throws(TetherError) -> any ThreadContext {
         guard case .builtin(let kernel) = program else {
@@ -165,7 +172,7 @@ final class WorkerPool: @unchecked Sendable {
     }
 
     private func deviceThreadLoop() {
-        DeviceThreads.enter()
+        DeviceThreads.demoteCurrentThread()
         let tid = DeviceThreads.currentID
         while true {
             let seen = newWork.value

@@ -14,6 +14,10 @@ private let debugCallback: PFN_vkDebugUtilsMessengerCallbackEXT = { severity, _,
 }
 
 /// A Vulkan instance (with the validation layer when asked for) and its physical devices.
+/// VK_MAKE_API_VERSION(0, 1, 2, 0): what Tether asks of the instance and needs of a device
+/// (buffer device address and timeline semaphores are core there).
+let vulkan12: UInt32 = (1 << 22) | (2 << 12)
+
 final class VulkanInstance: @unchecked Sendable {
     let library: VulkanLibrary
     let handle: VkInstance
@@ -55,7 +59,7 @@ final class VulkanInstance: @unchecked Sendable {
         let appName = CStrings(["tether"])
         var app = VkApplicationInfo()
         app.sType = VK_STRUCTURE_TYPE_APPLICATION_INFO
-        app.apiVersion = (1 << 22) | (2 << 12)
+        app.apiVersion = vulkan12
         var instance: VkInstance?
         let result = appName.pointers.withUnsafeBufferPointer { namePtr -> VkResult in
             app.pApplicationName = namePtr[0]
@@ -154,7 +158,7 @@ final class VulkanInstance: @unchecked Sendable {
         v12.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES
         var features2 = VkPhysicalDeviceFeatures2()
         features2.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2
-        let apiOK = props2.properties.apiVersion >= (1 << 22) | (2 << 12)
+        let apiOK = props2.properties.apiVersion >= vulkan12
         if apiOK {
             withUnsafeMutablePointer(to: &v12) { p in
                 features2.pNext = UnsafeMutableRawPointer(p)

@@ -42,14 +42,9 @@ public enum VulkanValidation {
     public static var messageCount: Int { messages.load(ordering: .acquiring) }
 
     public static var requested: Bool {
-        if let v = getenvString("TETHER_VALIDATION") { return v == "1" || v == "true" }
+        if let v = environment("TETHER_VALIDATION") { return v == "1" || v == "true" }
         return false
     }
-}
-
-func getenvString(_ name: String) -> String? {
-    guard let p = getenv(name) else { return nil }
-    return String(cString: p)
 }
 
 func check(_ result: VkResult, _ call: String) throws(TetherError) {
