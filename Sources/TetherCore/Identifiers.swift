@@ -49,6 +49,5 @@ public enum LifetimePolicy: UInt8, Sendable, Codable, CaseIterable, CustomString
 /// The state of a device thread.
 public enum ThreadState: UInt8, Sendable, Codable, CustomStringConvertible {
     case queued = 0, running = 1, finished = 2, killed = 3, faulted = 4, failed = 5
-    public var isTerminal: Bool { rawValue >= 2 }
     public var description: String { ["queued", "running", "finished", "killed", "faulted", "failed"][Int(rawValue)] }
 }

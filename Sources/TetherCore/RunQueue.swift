@@ -46,7 +46,7 @@ public struct RunQueue: Sendable {
         public var groupCount: UInt32
         public var round: UInt32
         /// What the pick charged its space in advance (see `account`).
-        public var estimateNanos: UInt64 = 0
+        public var estimateNanos: UInt64
     }
 
     /// What `account` concluded about the thread after its slice.
@@ -166,8 +166,8 @@ public struct RunQueue: Sendable {
     /// The next slice to run, or nil when nothing is runnable. The slice is in flight until
     /// `account`.
     public mutating func pick() -> Pick? {
-        var classes = Set<PriorityClass>()
-        for s in spaces.values where runnable(s) { classes.insert(s.priority) }
+        let ready = spaces.filter { runnable($0.value) }
+        let classes = Set(ready.values.map(\.priority))
         guard let top = classes.max() else { return nil }
         var chosen = top
         // The floor: the most-passed-over lower class that reached the interval runs now.
@@ -179,8 +179,7 @@ public struct RunQueue: Sendable {
         for c in classes where c != chosen { passedOver[c, default: 0] += 1 }
         passedOver[chosen] = 0
 
-        let candidates = spaces.filter { $0.value.priority == chosen && runnable($0.value) }
-        let (spaceID, space) = candidates.min { $0.value.key < $1.value.key }!
+        let (spaceID, space) = ready.filter { $0.value.priority == chosen }.min { $0.value.key < $1.value.key }!
         let index = space.turns.firstIndex { runnable($0) }!
         let id = space.turns[index]
         // Round-robin: the chosen thread goes to the back of its space's turns.

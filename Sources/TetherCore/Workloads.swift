@@ -355,8 +355,6 @@ public struct MandelbrotWorkload: Workload, Sendable {
     public var height: Int { size }
     public let mirroredBytes: Int
     let outOffset: Int
-    /// Total reference iterations over the image, computed by `prepare` for `work`.
-    private var iterationTotal: Int?
 
     public init(size: Int = defaultSize) throws(WorkloadError) {
         guard Self.sizeRange.contains(size) else {
@@ -405,9 +403,6 @@ public struct MandelbrotWorkload: Workload, Sendable {
     public mutating func prepare(memory: UnsafeMutableRawPointer) -> Launch {
         let pixels = width * height
         typed(memory, outOffset, pixels, as: UInt32.self).update(repeating: 0)
-        if iterationTotal == nil {
-            iterationTotal = Self.totalIterations(width: width, height: height)
-        }
         return Launch(args: [UInt64(width), UInt64(height), UInt64(Self.maxIterations), ownerAddress(memory, outOffset)],
                       groups: UInt32(ceilDiv(pixels, BuiltinKernel.mandelbrot.invocationsPerGroup)))
     }
@@ -435,10 +430,10 @@ public struct MandelbrotWorkload: Workload, Sendable {
             + "(\(mismatches) boundary mismatches, at most \(allowedMismatches) allowed).")
     }
 
-    /// About 8 flops per iteration (4 multiplies, 4 adds), summed over the reference image. The
-    /// sum comes from `prepare`; before it, `work` computes the reference image each time.
+    /// About 8 flops per iteration (4 multiplies, 4 adds), summed over the reference image, which
+    /// each read computes (callers read it once, after timing).
     public var work: WorkAmount {
-        let iterations = iterationTotal ?? Self.totalIterations(width: width, height: height)
+        let iterations = Self.totalIterations(width: width, height: height)
         return WorkAmount(bytes: 4 * Double(width * height), flops: 8 * Double(iterations), computeBound: true)
     }
 
