@@ -3,12 +3,16 @@ import TetherCore
 import TetherSys
 
 
-/// Pretty, key-sorted JSON on standard output.
-func printJSON<T: Encodable>(_ value: T) throws {
+/// Pretty, key-sorted JSON.
+func jsonData<T: Encodable>(_ value: T) throws -> Data {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-    let data = try encoder.encode(value)
-    print(String(decoding: data, as: UTF8.self))
+    return try encoder.encode(value)
+}
+
+/// Pretty, key-sorted JSON on standard output.
+func printJSON<T: Encodable>(_ value: T) throws {
+    print(String(decoding: try jsonData(value), as: UTF8.self))
 }
 
 /// Left-aligned text table.
@@ -45,4 +49,9 @@ func runSelf(_ args: [String]) throws -> Data {
     process.waitUntilExit()
     guard process.terminationStatus == 0 else { throw fail("`tether \(args.joined(separator: " "))` failed") }
     return data
+}
+
+/// `runSelf` for a command that prints JSON, decoded.
+func runSelfJSON<T: Decodable>(_ args: [String]) throws -> T {
+    try JSONDecoder().decode(T.self, from: try runSelf(args))
 }

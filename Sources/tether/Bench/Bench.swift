@@ -17,12 +17,12 @@ struct BenchDaemon {
     let path: String
     let owned: PrivateDaemon?
 
-    init(socket: String?, backend: BackendChoice?, policy: LifetimePolicy = .exit, quantumMicros: UInt64? = nil) throws {
+    init(socket: String?, backend: BackendChoice?, policy: LifetimePolicy = .exit) throws {
         if let socket {
             path = SocketPath.resolve(socket)
             owned = nil
         } else {
-            let d = try PrivateDaemon(backend: backend, policy: policy, quantumMicros: quantumMicros)
+            let d = try PrivateDaemon(backend: backend, policy: policy)
             owned = d
             path = d.socketPath
         }
@@ -138,7 +138,7 @@ struct BenchFairness: ParsableCommand {
             // CPU at all, and a share of nothing is no measurement.
             throw fail("no device time was accounted in the \(seconds) s window (is the machine busy with other work?)")
         }
-        for i in shares.indices { shares[i].share = total > 0 ? shares[i].deviceMillis / total : 0 }
+        for i in shares.indices { shares[i].share = shares[i].deviceMillis / total }
         let report = FairnessReport(backend: backend, seconds: seconds, shares: shares, jain: jain(shares.map(\.deviceMillis)))
         if json { return try printJSON(report) }
         print("fairness on \(backend) over \(seconds) s:")

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Glibc
 import TetherCore
+import TetherDevice
 import TetherSys
 
 struct BenchAll: ParsableCommand {
@@ -32,9 +33,10 @@ struct BenchAll: ParsableCommand {
             md.append("| policy | component | n | min | p50 | p90 | p99 | max |")
             md.append("|---|---|---|---|---|---|---|---|")
             for c in teardown.cells {
+                let summaries = teardown.summaries(of: c)
                 for (key, label) in [("bareNotice", "bare pidfd notice"), ("notice", "notice"), ("quiesced", "quiesced"),
                                      ("released", "released (end to end)"), ("daemonSide", "released − notice (daemon side)")] {
-                    guard let s = c.summaries[key] else { continue }
+                    guard let s = summaries[key] else { continue }
                     md.append("| \(c.policy) | \(label) | \(s.count) | " + s.row.joined(separator: " | ") + " |")
                 }
             }
@@ -76,17 +78,15 @@ struct BenchAll: ParsableCommand {
     }
 
     func defaultBackends() -> [String] {
-        struct Inventory: Decodable { struct D: Decodable { var externalMemoryHost: Bool; var bufferDeviceAddress: Bool; var timelineSemaphore: Bool }
-            var vulkanDevices: [D] }
-        let usable = (try? child(["devices", "--json"]) as Inventory)?.vulkanDevices.contains {
-            $0.externalMemoryHost && $0.bufferDeviceAddress && $0.timelineSemaphore } ?? false
+        // In a child: listing Vulkan devices loads the driver, and this process forks victims.
+        let usable = (try? child(["devices", "--json"]) as DeviceInventory)?.vulkanDevices.contains(where: \.usable) ?? false
         return usable ? ["vulkan", "software"] : ["software"]
     }
 
     /// Runs `tether ARGS` and decodes its JSON output.
     func child<T: Decodable>(_ args: [String]) throws -> T {
         printError("tether \(args.joined(separator: " "))")
-        return try JSONDecoder().decode(T.self, from: try runSelf(args))
+        return try runSelfJSON(args)
     }
 
     func machine() -> String {

@@ -63,6 +63,7 @@ struct TeardownReport: Codable {
     var mirroredMiB: Int
     var runs: Int
     var cells: [TeardownCell]
+    /// Each cell's summaries by `key(cell)`, computed once when the report is made.
     var summaries: [String: [String: LatencySummary]]
     /// For the `exit` policy (first victim size): the targets' numbers.
     var daemonSideP99Micros: Double?
@@ -70,6 +71,9 @@ struct TeardownReport: Codable {
     var bareNoticeP50Micros: Double?
     /// endToEnd p50 / bare notice p50 (target ≤ 1.2).
     var endToEndOverBareNotice: Double?
+
+    static func key(_ c: TeardownCell) -> String { "\(c.policy)/\(c.victimMiB)MiB" }
+    func summaries(of c: TeardownCell) -> [String: LatencySummary] { summaries[Self.key(c)] ?? [:] }
 }
 
 struct BenchTeardown: ParsableCommand {
@@ -139,19 +143,15 @@ struct BenchTeardown: ParsableCommand {
         }
         var report = TeardownReport(backend: backendName, device: deviceName, mode: mode.rawValue, victims: victims, threads: threads,
                                     mirroredMiB: mirrorMiB, runs: runs, cells: cells, summaries: [:])
-        for c in cells { report.summaries["\(c.policy)/\(c.victimMiB)MiB"] = c.summaries }
+        for c in cells { report.summaries[TeardownReport.key(c)] = c.summaries }
         if let c = cells.first(where: { $0.policy == "exit" }) {
-            let s = c.summaries
+            let s = report.summaries(of: c)
             report.daemonSideP99Micros = s["daemonSide"]?.p99Micros
             report.endToEndP50Micros = s["released"]?.p50Micros
             report.bareNoticeP50Micros = s["bareNotice"]?.p50Micros
             if let e = report.endToEndP50Micros, let b = report.bareNoticeP50Micros, b > 0 { report.endToEndOverBareNotice = e / b }
         }
-        if let json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            try encoder.encode(report).write(to: URL(fileURLWithPath: json))
-        }
+        if let json { try jsonData(report).write(to: URL(fileURLWithPath: json)) }
         if let svg { try teardownSVG(report).write(toFile: svg, atomically: true, encoding: .utf8) }
         if jsonStdout { return try printJSON(report) }
         print(describeTeardown(report))
@@ -230,7 +230,7 @@ struct BenchTeardown: ParsableCommand {
         for c in r.cells {
             out.append("")
             out.append("policy \(c.policy), victims of \(c.victimMiB) MiB\(c.missing > 0 ? " — \(c.missing) teardowns not seen in 30 s" : ""):")
-            let s = c.summaries
+            let s = r.summaries(of: c)
             var rows: [[String]] = []
             for (key, label) in names { if let v = s[key] { rows.append([label, "\(v.count)"] + v.row) } }
             out.append(table(["component", "n"] + LatencySummary.header, rows))
@@ -242,7 +242,7 @@ struct BenchTeardown: ParsableCommand {
             out.append("")
             out.append("size sweep (p50 µs): what the kernel's exit costs vs what the daemon adds")
             out.append(table(["policy", "MiB", "bare notice", "notice", "daemon side", "end to end"], r.cells.map { c in
-                let s = c.summaries
+                let s = r.summaries(of: c)
                 return [c.policy, "\(c.victimMiB)", formatDouble(s["bareNotice"]?.p50Micros ?? 0, 1), formatDouble(s["notice"]?.p50Micros ?? 0, 1),
                         formatDouble(s["daemonSide"]?.p50Micros ?? 0, 1), formatDouble(s["released"]?.p50Micros ?? 0, 1)]
             }))

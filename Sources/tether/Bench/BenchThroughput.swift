@@ -107,9 +107,8 @@ struct BenchThroughput: ParsableCommand {
     }
 
     func directInChild(backend: BackendKind) throws -> [PathTiming] {
-        let data = try runSelf(["bench", "throughput", "--direct", "--backend", backend.rawValue, "--runs", "\(runs)",
-                                "--scale", "\(scale)", "--workloads"] + workloads)
-        return try JSONDecoder().decode([PathTiming].self, from: data)
+        try runSelfJSON(["bench", "throughput", "--direct", "--backend", backend.rawValue, "--runs", "\(runs)",
+                         "--scale", "\(scale)", "--workloads"] + workloads)
     }
 
     /// The same kernels through a device opened in this process (no daemon, no socket).
