@@ -240,12 +240,16 @@ public final class Device: @unchecked Sendable {
                                       args: args, groups: groups, priority: priority))
     }
 
-    private func spawn(_ request: SpawnRequest) throws(TetherError) -> DeviceThreadHandle {
-        // Checked here because the wire cannot carry more: the daemon would see a malformed
-        // message, not a sentence about arguments.
+    /// Checked here because the wire cannot carry more: the daemon would see a malformed message,
+    /// not a sentence about arguments.
+    private static func checkArguments(_ request: SpawnRequest) throws(TetherError) {
         guard request.args.count <= KernelABI.maxArguments else {
             throw TetherError(.invalidArgument, "a kernel takes at most \(KernelABI.maxArguments) arguments, not \(request.args.count)")
         }
+    }
+
+    private func spawn(_ request: SpawnRequest) throws(TetherError) -> DeviceThreadHandle {
+        try Self.checkArguments(request)
         let reply = try connection().call(.spawn(request), timeoutSeconds: timeout)
         guard case .spawned(let id) = reply else { throw Self.unexpected(reply, to: "spawn") }
         return DeviceThreadHandle(id: id)
@@ -255,11 +259,9 @@ public final class Device: @unchecked Sendable {
     /// way to run a short device thread.
     public func run(_ kernel: BuiltinKernel, args: [UInt64], groups: UInt32, priority: PriorityClass = .normal,
                     timeoutSeconds: Double? = nil) throws(TetherError) -> ThreadReport {
-        guard args.count <= KernelABI.maxArguments else {
-            throw TetherError(.invalidArgument, "a kernel takes at most \(KernelABI.maxArguments) arguments, not \(args.count)")
-        }
         let request = SpawnRequest(program: .builtin(kernel), args: args, groups: groups, priority: priority)
-        let reply = try connection().call(.run(request), timeoutSeconds: timeoutSeconds ?? 365 * 86_400)
+        try Self.checkArguments(request)
+        let reply = try connection().call(.run(request), timeoutSeconds: timeoutSeconds)
         guard case .joined(let report) = reply else { throw Self.unexpected(reply, to: "run") }
         return report
     }

@@ -10,15 +10,11 @@ import TetherSys
 /// thread ends), so the fd lives behind a lock and is closed under it: a late reply can never
 /// reach a reused fd number.
 final class Connection: @unchecked Sendable {
-    enum Binding {
-        case unbound
-        case bound(AddressSpace)
-    }
-
     let id: UInt64
     private let fd: Mutex<Int32>
-    /// Touched by the event loop only.
-    var binding: Binding = .unbound
+    /// The owner this connection is bound to, from its first request on. Touched by the event
+    /// loop only.
+    var space: AddressSpace?
 
     init(id: UInt64, fd: consuming OwnedDescriptor) {
         self.id = id
@@ -43,8 +39,4 @@ final class Connection: @unchecked Sendable {
         }
     }
 
-    var space: AddressSpace? {
-        if case .bound(let s) = binding { return s }
-        return nil
-    }
 }

@@ -128,12 +128,11 @@ public final class Daemon: @unchecked Sendable {
         ])
         while !stopRequested.load(ordering: .acquiring) {
             for (token, events) in epoll.wait(timeoutMillis: expireTeardownWaiters()) {
-                let now = monotonicNanos()
                 switch token >> 56 {
                 case Self.listenerKind: acceptAll()
                 case Self.wakeKind: wake.drain()
                 case Self.connectionKind: readable(token, events: events)
-                case Self.pidfdKind: ownerExited(token, at: now)
+                case Self.pidfdKind: ownerExited(token, at: monotonicNanos())
                 default: break
                 }
             }
@@ -292,13 +291,12 @@ public final class Daemon: @unchecked Sendable {
             try registry.removeRegion(regionID, of: space).release()
             return .done
         case .spawn(let s):
-            return .spawned(try spawn(s, space: space))
+            return .spawned(try spawn(s, space: space).id)
         case .join(let threadID):
             answerJoin(try ownThread(threadID, of: space), space: space, id: id, on: connection)
             return nil
         case .run(let s):
-            let threadID = try spawn(s, space: space)
-            answerJoin(try ownThread(threadID, of: space), space: space, id: id, on: connection)
+            answerJoin(try spawn(s, space: space), space: space, id: id, on: connection)
             return nil
         case .kill(let threadID):
             let thread = try ownThread(threadID, of: space)
@@ -340,7 +338,7 @@ public final class Daemon: @unchecked Sendable {
             throw TetherError(.ownerExited, "the sending process \(sender) already exited")
         }
         let (space, created) = registry.bind(pid: sender, uid: uid, policy: policy, pidfd: pidfd)
-        connection.binding = .bound(space)
+        connection.space = space
         if created {
             let t = token(Self.pidfdKind)
             pidfdSpaces[t] = space
@@ -359,18 +357,16 @@ public final class Daemon: @unchecked Sendable {
               base <= UInt64.max - size else {
             throw TetherError(.invalidArgument, "a region must be whole pages at a page-aligned address, 1 page to \(Self.maxRegionBytes >> 30) GiB")
         }
-        let fd = fds.removeFirst()
+        let memfd = OwnedDescriptor(adopting: fds.removeFirst())  // closed on every error below
         let inspected: (size: Int, shrinkSealed: Bool)
-        do { inspected = try Memfd.inspect(fd) } catch {
-            close(fd)
+        do { inspected = try Memfd.inspect(memfd.raw) } catch {
             throw TetherError(.invalidArgument, "the attached fd is not a memfd: \(error)")
         }
         // An unsealed memfd could be truncated by its owner, turning our mapping into SIGBUS.
         guard inspected.shrinkSealed, UInt64(inspected.size) >= size else {
-            close(fd)
             throw TetherError(.invalidArgument, "the memfd must be sealed against shrinking (F_SEAL_SHRINK) and hold at least \(size) bytes")
         }
-        let region = try DeviceRegion(id: registry.makeRegionID(), memfd: OwnedDescriptor(adopting: fd), ownerBase: base,
+        let region = try DeviceRegion(id: registry.makeRegionID(), memfd: memfd, ownerBase: base,
                                       size: Int(size), backend: backend)
         do {
             try registry.add(region, to: space)
@@ -381,7 +377,7 @@ public final class Daemon: @unchecked Sendable {
         return region.id
     }
 
-    private func spawn(_ s: SpawnRequest, space: AddressSpace) throws(TetherError) -> ThreadID {
+    private func spawn(_ s: SpawnRequest, space: AddressSpace) throws(TetherError) -> DeviceThread {
         guard s.groups >= 1, s.groups <= Self.maxGroups else {
             throw TetherError(.gridTooLarge, "a grid of \(s.groups) workgroups is outside 1…\(Self.maxGroups)")
         }
@@ -413,7 +409,7 @@ public final class Daemon: @unchecked Sendable {
                                   context: context, regions: space.table)
         try registry.add(thread, to: space)
         try scheduler.submit(thread)
-        return thread.id
+        return thread
     }
 
     /// Replies `joined` when the thread ends, then reaps it (like `waitpid`).
@@ -464,8 +460,9 @@ public final class Daemon: @unchecked Sendable {
                                               connection: connection, requestID: id))
                 return false
             }
+            // Otherwise answered when the space is released, or by the event loop, which
+            // recomputes its epoll timeout from the waiters' deadlines before every wait.
             if immediate { return .timelines(registry.timelines(pid: pid)) }
-            wake.signal()  // recompute the epoll timeout for the new deadline
             return nil
         case .killProcess(let pid):
             let spaces = registry.spaces(ofPid: pid)
