@@ -7,21 +7,12 @@ import Testing
 
 /// Bad input gets a clear error and loses nothing: the daemon stays up and other clients go on.
 @Suite(.serialized) struct BadInputTests {
-    /// A bound raw connection.
-    static func raw(_ daemon: TestDaemon) throws -> OwnedDescriptor {
-        let fd = try SeqPacketSocket.connect(path: daemon.socketPath)
-        guard case .hello? = rawRequest(fd.raw, .hello(policy: nil, backend: .auto)) else {
-            throw TetherError(.deviceError, "hello failed")
-        }
-        return fd
-    }
-
     @Test("malformed, truncated, oversized and unknown messages get error replies; the daemon and other clients carry on")
     func malformedMessages() throws {
         let daemon = try TestDaemon()
         let bystander = try Device(daemon.options())
         let memory = try bystander.mirror(bytes: 4096)
-        let fd = try Self.raw(daemon)
+        let fd = try daemon.rawConnection()
         let valid = MessageCodec.encode(.status(ThreadID(rawValue: 1)), id: 7)
         var badVersion = valid
         badVersion[4] = 9
@@ -65,7 +56,7 @@ import Testing
         #expect(code { _ = try device.spawn(.spin, args: [1], groups: 0) } == .gridTooLarge)
         #expect(code { _ = try device.spawn(.spin, args: [1], groups: UInt32.max) } == .gridTooLarge)
         // Unknown kernel number, straight on the wire.
-        let fd = try Self.raw(daemon)
+        let fd = try daemon.rawConnection()
         var bytes = MessageCodec.encode(.spawn(SpawnRequest(program: .builtin(.spin), args: [1], groups: 1)), id: 5)
         bytes[Wire.headerBytes + 1] = 200
         try SeqPacketSocket.send(fd.raw, bytes)
@@ -92,7 +83,7 @@ import Testing
     @Test("mirror refuses a missing fd, an unsealed memfd, a non-memfd and misaligned ranges")
     func badMirrors() throws {
         let daemon = try TestDaemon()
-        let fd = try Self.raw(daemon)
+        let fd = try daemon.rawConnection()
         #expect(errorCode(rawRequest(fd.raw, .mirror(ownerBase: 0x10000, size: 4096))) == .invalidArgument)
         let unsealed = tether_memfd_create("x", 0)
         ftruncate(unsealed, 4096)

@@ -5,17 +5,9 @@ import Testing
 /// the targets are checked by the benchmarks themselves on a quiet machine, not by timed tests.
 @Suite(.serialized) struct BenchCommandTests {
     func runJSON(_ args: [String]) throws -> [String: Any] {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: tetherBinary())
-        process.arguments = args
-        let out = Pipe()
-        process.standardOutput = out
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0, "tether \(args.joined(separator: " "))")
-        return try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        let run = try runTether(args)
+        #expect(run.status == 0, "tether \(args.joined(separator: " "))")
+        return try #require(try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any])
     }
 
     @Test("fairness: an address space with 8 threads does not get 8× the device of one with 1")

@@ -7,27 +7,10 @@ import TetherSys
 
 /// The `tether` binary as a user meets it: fallback without Vulkan, clear errors, clean stops.
 @Suite(.serialized) struct CommandLineTests {
-    struct Result {
-        var status: Int32
-        var stdout: String
-        var stderr: String
-    }
-
-    func tether(_ args: [String], environment extra: [String: String] = [:]) throws -> Result {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: tetherBinary())
-        process.arguments = args
-        var env = ProcessInfo.processInfo.environment
-        env["TETHER_SOCKET"] = "/tmp/tether-cli-tests-\(getpid()).sock"  // never a user's daemon
-        for (k, v) in extra { env[k] = v }
-        process.environment = env
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return Result(status: process.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+    func tether(_ args: [String], environment extra: [String: String] = [:]) throws -> TetherRun {
+        // Never a user's daemon.
+        let socket = ["TETHER_SOCKET": "/tmp/tether-cli-tests-\(getpid()).sock"]
+        return try runTether(args, environment: socket.merging(extra) { $1 }, keepStderr: true)
     }
 
     static let noVulkan = ["VK_ICD_FILENAMES": "/nonexistent.json", "VK_DRIVER_FILES": "/nonexistent.json"]

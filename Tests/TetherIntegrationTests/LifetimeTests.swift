@@ -62,17 +62,10 @@ import Testing
     @Test("fork-exit: under exit the owner's work dies although its child holds the fd; under release it lives",
           arguments: [LifetimePolicy.exit, .release])
     func forkExit(policy: LifetimePolicy) throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: tetherBinary())
-        process.arguments = ["scenario", "fork-exit", "--policy", policy.description, "--backend", "software",
-                             "--mib", "8", "--child-seconds", "0.5", "--json"]
-        let out = Pipe()
-        process.standardOutput = out
-        try process.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0)
-        let json = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        let run = try runTether(["scenario", "fork-exit", "--policy", policy.description, "--backend", "software",
+                                 "--mib", "8", "--child-seconds", "0.5", "--json"])
+        #expect(run.status == 0)
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any])
         #expect(json["childAlive"] as? Bool == true)
         if policy == .exit {
             #expect(json["ownerThreadsAfter"] as? Int == 0)
@@ -93,8 +86,7 @@ import Testing
         defer { h.close() }
         // A binds a connection and forks B, which keeps it; A exits; B asks on the orphan.
         let a = forkChild {
-            guard let fd = try? SeqPacketSocket.connect(path: daemon.socketPath),
-                  case .hello? = rawRequest(fd.raw, .hello(policy: nil, backend: .auto)) else { return 1 }
+            guard let fd = try? daemon.rawConnection() else { return 1 }
             let owner = getpid()
             let b = fork()
             if b == 0 {
@@ -114,11 +106,7 @@ import Testing
     @Test("a forked child using its parent's connection is refused with notOwner")
     func childOnParentConnectionIsRefused() throws {
         let daemon = try TestDaemon()
-        let fd = try SeqPacketSocket.connect(path: daemon.socketPath)
-        guard case .hello? = rawRequest(fd.raw, .hello(policy: nil, backend: .auto)) else {
-            Issue.record("hello failed")
-            return
-        }
+        let fd = try daemon.rawConnection()
         let child = forkChild {
             errorCode(rawRequest(fd.raw, .status(ThreadID(rawValue: 1)))) == .notOwner ? 0 : 1
         }
@@ -167,11 +155,7 @@ import Testing
             guard fds.count == 1 else { return 2 }
             return errorCode(rawRequest(fds[0], .status(ThreadID(rawValue: 1)))) == .notOwner ? 0 : 3
         }
-        let fd = try SeqPacketSocket.connect(path: daemon.socketPath)
-        guard case .hello? = rawRequest(fd.raw, .hello(policy: nil, backend: .auto)) else {
-            Issue.record("hello failed")
-            return
-        }
+        let fd = try daemon.rawConnection()
         try SeqPacketSocket.send(pair[0], [1], fds: [fd.raw])
         #expect(waitChild(receiver) == 0)
     }

@@ -17,6 +17,32 @@ func tetherBinary() -> String {
     return root.appendingPathComponent(".build/debug/tether").path
 }
 
+/// How a run of the `tether` binary ended.
+struct TetherRun {
+    var status: Int32
+    var stdout: String
+    /// Empty unless asked for: a benchmark's progress output could fill the pipe while standard
+    /// output is being read.
+    var stderr: String
+}
+
+/// Runs the `tether` binary with `args` (and `extra` added to the environment) to its end.
+func runTether(_ args: [String], environment extra: [String: String] = [:], keepStderr: Bool = false) throws -> TetherRun {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: tetherBinary())
+    process.arguments = args
+    if !extra.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(extra) { $1 } }
+    let out = Pipe(), err = Pipe()
+    process.standardOutput = out
+    process.standardError = keepStderr ? err : FileHandle.nullDevice
+    try process.run()
+    let o = out.fileHandleForReading.readDataToEndOfFile()
+    let e = keepStderr ? err.fileHandleForReading.readDataToEndOfFile() : Data()
+    process.waitUntilExit()
+    return TetherRun(status: process.terminationStatus, stdout: String(decoding: o, as: UTF8.self),
+                     stderr: String(decoding: e, as: UTF8.self))
+}
+
 /// A real `tether daemon` process on a private socket, stopped (SIGTERM) at the end of the test.
 final class TestDaemon {
     let socketPath: String
@@ -90,6 +116,15 @@ final class TestDaemon {
     deinit {
         stop()
         unlink(socketPath)
+    }
+
+    /// A raw connection, bound by a `hello` (no client library in between).
+    func rawConnection() throws -> OwnedDescriptor {
+        let fd = try SeqPacketSocket.connect(path: socketPath)
+        guard case .hello? = rawRequest(fd.raw, .hello(policy: nil, backend: .auto)) else {
+            throw TetherError(.deviceError, "hello failed")
+        }
+        return fd
     }
 }
 
