@@ -55,3 +55,21 @@ func runSelf(_ args: [String]) throws -> Data {
 func runSelfJSON<T: Decodable>(_ args: [String]) throws -> T {
     try JSONDecoder().decode(T.self, from: try runSelf(args))
 }
+
+/// Why `readLine` returned no line.
+enum NoLine: Error { case timedOut, closed }
+
+/// The first line (without its newline) written to `fd` before `deadline` (monotonic ns).
+func readLine(_ fd: Int32, until deadline: UInt64) -> Result<String, NoLine> {
+    var line = [UInt8]()
+    while !line.contains(UInt8(ascii: "\n")) {
+        let now = monotonicNanos()
+        guard now < deadline else { return .failure(.timedOut) }
+        guard (try? waitReadable(fd, timeoutMillis: Int32(min(500, (deadline - now) / 1_000_000 + 1)))) == true else { continue }
+        var buf = [UInt8](repeating: 0, count: 512)
+        let n = read(fd, &buf, 512)
+        if n <= 0 { return .failure(.closed) }
+        line += buf[0..<n]
+    }
+    return .success(String(decoding: line.prefix { $0 != UInt8(ascii: "\n") }, as: UTF8.self))
+}

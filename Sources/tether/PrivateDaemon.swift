@@ -29,17 +29,8 @@ final class PrivateDaemon {
         process.standardOutput = ready
         try process.run()
         // The daemon prints one line on standard output once it listens.
-        let fd = ready.fileHandleForReading.fileDescriptor
-        var line = [UInt8]()
-        let deadline = monotonicNanos() + 20_000_000_000
-        while !line.contains(UInt8(ascii: "\n")) && monotonicNanos() < deadline {
-            guard (try? waitReadable(fd, timeoutMillis: 500)) == true else { continue }
-            var buf = [UInt8](repeating: 0, count: 256)
-            let n = read(fd, &buf, 256)
-            if n <= 0 { break }
-            line += buf[0..<n]
-        }
-        guard String(decoding: line, as: UTF8.self).hasPrefix("ready") else {
+        let line = readLine(ready.fileHandleForReading.fileDescriptor, until: monotonicNanos() + 20_000_000_000)
+        guard case .success(let text) = line, text.hasPrefix("ready") else {
             let log = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
             stop()
             throw TetherError(.deviceLost, "the private daemon did not start: \(log.split(separator: "\n").last.map(String.init) ?? "no output")")

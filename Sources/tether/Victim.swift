@@ -76,18 +76,12 @@ final class Victim {
 
     /// Waits for `ready`; fails with the victim's own sentence if it reported an error.
     func waitReady(timeoutSeconds: Double = 30) throws(TetherError) {
-        var line = [UInt8]()
-        let deadline = monotonicNanos() + UInt64(timeoutSeconds * 1e9)
-        while !line.contains(10) {
-            let now = monotonicNanos()
-            guard now < deadline else { throw TetherError(.deviceLost, "victim \(pid) was not ready within \(timeoutSeconds) s") }
-            guard (try? waitReadable(statusRead, timeoutMillis: Int32((deadline - now) / 1_000_000 + 1))) == true else { continue }
-            var buf = [UInt8](repeating: 0, count: 512)
-            let n = read(statusRead, &buf, 512)
-            if n <= 0 { throw TetherError(.deviceLost, "victim \(pid) died before it was ready") }
-            line += buf[0..<n]
+        let text: String
+        switch readLine(statusRead, until: monotonicNanos() + UInt64(timeoutSeconds * 1e9)) {
+        case .success(let line): text = line
+        case .failure(.timedOut): throw TetherError(.deviceLost, "victim \(pid) was not ready within \(timeoutSeconds) s")
+        case .failure(.closed): throw TetherError(.deviceLost, "victim \(pid) died before it was ready")
         }
-        let text = String(decoding: line.prefix { $0 != 10 }, as: UTF8.self)
         guard text.hasPrefix("ready ") else { throw TetherError(.deviceError, "victim \(pid): \(text)") }
         holderPid = pid_t(text.dropFirst(6)) ?? 0
     }
