@@ -20,7 +20,9 @@ let package = Package(
         .target(name: "TetherCore"),
         // What Swift cannot import: CMSG_* macros, variadic syscall(2), fork helpers.
         .target(name: "CTetherLinux"),
-        .target(name: "TetherSys", dependencies: ["TetherCore", "CTetherLinux"]),
+        // The exit notifier's BPF object and its loader; libbpf is dlopen()ed at run time.
+        .target(name: "CTetherBPF", linkerSettings: [.linkedLibrary("dl")]),
+        .target(name: "TetherSys", dependencies: ["TetherCore", "CTetherLinux", "CTetherBPF"]),
         // Vulkan and libdrm headers with VK_NO_PROTOTYPES; both libraries are dlopen()ed at run time.
         .target(name: "CVulkan", cSettings: [.unsafeFlags(["-I/usr/include/libdrm"])],
                 linkerSettings: [.linkedLibrary("dl")]),
@@ -37,7 +39,7 @@ let package = Package(
             .product(name: "Histogram", package: "hdrhistogram-swift"),
         ]),
         .testTarget(name: "TetherCoreTests", dependencies: ["TetherCore"]),
-        .testTarget(name: "TetherDeviceTests", dependencies: ["TetherCore", "TetherSys", "TetherDevice"]),
+        .testTarget(name: "TetherDeviceTests", dependencies: ["TetherCore", "TetherSys", "TetherDevice", "CTetherBPF"]),
         .testTarget(name: "TetherIntegrationTests", dependencies: ["TetherCore", "TetherSys", "Tether"]),
     ],
     swiftLanguageModes: [.v6]

@@ -15,6 +15,8 @@ public struct DaemonConfiguration: Sendable {
     public var quantumNanos: UInt64
     /// The cap on slices on the device at once (nil: the scheduler's default for the device).
     public var slicesInFlight: Int?
+    /// The early notice source besides the pidfd (see `BPFExitNotifier`).
+    public var notifier: ExitNotifierChoice = .auto
 
     public init(socketPath: String, backend: BackendChoice = .auto, policy: LifetimePolicy = .exit,
                 allowPolicyOverride: Bool = true, quantumNanos: UInt64 = 2_000_000, slicesInFlight: Int? = nil) {
@@ -40,6 +42,9 @@ public final class Daemon: @unchecked Sendable {
     let scheduler: Scheduler
     let registry = Registry()
     let chain: ExitNotifierChain
+    /// nil where BPF is unavailable or not wanted; `notifierNote` says which notifier runs and why.
+    let bpfNotifier: BPFExitNotifier?
+    public let notifierNote: String
     let logger: Logger
     let epoll: Epoll
     let wake: EventFD
@@ -59,6 +64,7 @@ public final class Daemon: @unchecked Sendable {
     static let wakeKind: UInt64 = 2
     static let connectionKind: UInt64 = 3
     static let pidfdKind: UInt64 = 4
+    static let bpfKind: UInt64 = 5
 
     public static let maxGroups: UInt32 = 1 << 26
     public static let maxRegionBytes: UInt64 = 1 << 36
@@ -72,6 +78,11 @@ public final class Daemon: @unchecked Sendable {
         scheduler = Scheduler(backend: backend, quantumNanos: configuration.quantumNanos,
                               slicesInFlight: configuration.slicesInFlight)
         chain = ExitNotifierChain(registry: registry, scheduler: scheduler)
+        (bpfNotifier, notifierNote) = Self.openNotifier(configuration.notifier)
+        if configuration.notifier == .bpf && bpfNotifier == nil {
+            scheduler.shutdown()
+            throw TetherError(.unsupported, "--notifier bpf: \(notifierNote)")
+        }
         do {
             epoll = try Epoll()
             wake = try EventFD()
@@ -84,6 +95,7 @@ public final class Daemon: @unchecked Sendable {
             SeqPacketSocket.setNonBlocking(listener)
             try epoll.add(listener, token: Self.listenerKind << 56)
             try epoll.add(wake.fd, token: Self.wakeKind << 56)
+            if let bpfNotifier { try epoll.add(bpfNotifier.hooks.ringFD, token: Self.bpfKind << 56) }
         } catch let error as TetherError {
             scheduler.shutdown()
             throw error
@@ -103,6 +115,7 @@ public final class Daemon: @unchecked Sendable {
                 for w in due { w.connection.send(.timelines(list), id: w.requestID) }
             }
         }
+        if let bpfNotifier { chain.subscribe("bpf") { space, _ in bpfNotifier.forget(space) } }
         chain.subscribe("log") { [logger] space, t in
             logger.info("address space released", metadata: [
                 "space": "\(space.id)", "pid": "\(space.pid)", "reason": "\(t.reason)",
@@ -125,6 +138,7 @@ public final class Daemon: @unchecked Sendable {
         logger.notice("tether daemon listening", metadata: [
             "socket": "\(configuration.socketPath)", "device": "\(backend.device.name)",
             "backend": "\(backend.device.backend.rawValue)", "policy": "\(configuration.policy)",
+            "notifier": "\(notifierNote)",
         ])
         while !stopRequested.load(ordering: .acquiring) {
             for (token, events) in epoll.wait(timeoutMillis: expireTeardownWaiters()) {
@@ -133,6 +147,7 @@ public final class Daemon: @unchecked Sendable {
                 case Self.wakeKind: wake.drain()
                 case Self.connectionKind: readable(token, events: events)
                 case Self.pidfdKind: ownerExited(token, at: monotonicNanos())
+                case Self.bpfKind: earlyNotice(at: monotonicNanos())
                 default: break
                 }
             }
@@ -239,7 +254,14 @@ public final class Daemon: @unchecked Sendable {
         registry.ownerExited(space)
         logger.debug("owner exited", metadata: ["space": "\(space.id)", "pid": "\(space.pid)", "policy": "\(space.policy)"])
         if space.policy == .exit, registry.beginTeardown(space, noticeNanos: now) {
-            chain.enqueue(space, reason: "ownerExit")
+            chain.enqueue(space, reason: "pidfd")
+        }
+    }
+
+    /// The kernel reported an owner's SIGKILL, exit or exec before its pidfd can (`BPFExitNotifier`).
+    private func earlyNotice(at now: UInt64) {
+        for (space, reason) in bpfNotifier?.events() ?? [] where registry.beginTeardown(space, noticeNanos: now) {
+            chain.enqueue(space, reason: reason)
         }
     }
 
@@ -343,6 +365,7 @@ public final class Daemon: @unchecked Sendable {
             let t = token(Self.pidfdKind)
             pidfdSpaces[t] = space
             do { try epoll.add(space.pidfd, token: t) } catch { logger.warning("cannot watch pidfd of \(sender): \(error)") }
+            if policy == .exit { bpfNotifier?.watch(space) }
             logger.debug("address space created", metadata: ["space": "\(space.id)", "pid": "\(sender)", "policy": "\(policy)"])
         }
         return space

@@ -6,6 +6,8 @@ import TetherDaemon
 import TetherDevice
 import TetherSys
 
+extension ExitNotifierChoice: ExpressibleByArgument {}
+
 extension LifetimePolicy: ExpressibleByArgument {
     public init?(argument: String) { self.init(name: argument) }
 }
@@ -31,6 +33,8 @@ struct DaemonCommand: ParsableCommand {
     var quantumMicros: UInt64 = 2000
     @Option(help: "Slices on the device at once, 1 or 2 (default: 1 on a Vulkan CPU driver, else 2).")
     var slicesInFlight: Int?
+    @Option(help: "Early exit notices: auto (BPF where this daemon may load it, else the pidfd), bpf (or refuse to start), pidfd.")
+    var notifier: ExitNotifierChoice = .auto
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel: String = "notice"
 
     func validate() throws {
@@ -74,10 +78,12 @@ struct DaemonCommand: ParsableCommand {
 
     func makeDaemon(logger: Logger) throws -> Daemon {
         do {
-            return try Daemon(DaemonConfiguration(
+            var configuration = DaemonConfiguration(
                 socketPath: socket.path, backend: try BackendFactory.resolve(backendOptions.backend), policy: policy,
                 allowPolicyOverride: !noPolicyOverride, quantumNanos: quantumMicros * 1000,
-                slicesInFlight: slicesInFlight), logger: logger)
+                slicesInFlight: slicesInFlight)
+            configuration.notifier = notifier
+            return try Daemon(configuration, logger: logger)
         } catch {
             throw fail(error.message)
         }
