@@ -39,7 +39,7 @@ import Testing
         kill(pid, SIGKILL)
         let timelines = try control.awaitTeardown(pid: pid, timeoutSeconds: 10)
         let t = try #require(timelines.last)
-        #expect(t.reason == "ownerExit" || t.reason == "release")
+        #expect(["pidfd", "release", "bpf-sigkill", "bpf-exit"].contains(t.reason))
         #expect(t.threadsKilled == 1 && t.regionsFreed == 1)
         #expect(t.noticeNanos <= t.quiescedNanos && t.quiescedNanos <= t.releasedNanos)
         #expect(try control.ps().spaces.allSatisfy { $0.pid != pid })
@@ -173,7 +173,7 @@ import Testing
         }
         #expect(h.receive() == "ready")
         let t = try #require(try daemon.control().awaitTeardown(pid: pid, timeoutSeconds: 10).last)
-        #expect(t.reason == "release")
+        #expect(t.reason == "release" || t.reason == "bpf-exec")
         #expect(t.threadsKilled == 1)
         #expect(kill(pid, 0) == 0, "the process itself lives on as /bin/sleep")
         kill(pid, SIGKILL)

@@ -27,10 +27,11 @@ struct TetherRun {
 }
 
 /// Runs the `tether` binary with `args` (and `extra` added to the environment) to its end.
-func runTether(_ args: [String], environment extra: [String: String] = [:], keepStderr: Bool = false) throws -> TetherRun {
+func runTether(_ args: [String], environment extra: [String: String] = [:], keepStderr: Bool = false,
+               launcher: [String] = []) throws -> TetherRun {
     let process = Process()
-    process.executableURL = URL(fileURLWithPath: tetherBinary())
-    process.arguments = args
+    process.executableURL = URL(fileURLWithPath: launcher.first ?? tetherBinary())
+    process.arguments = launcher.isEmpty ? args : Array(launcher.dropFirst()) + [tetherBinary()] + args
     if !extra.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(extra) { $1 } }
     let out = Pipe(), err = Pipe()
     process.standardOutput = out
@@ -49,12 +50,14 @@ final class TestDaemon {
     let process = Process()
     let stderrPipe = Pipe()
 
-    init(policy: LifetimePolicy = .exit, backend: String = "software", extra: [String] = []) throws {
+    /// `launcher`: a command that runs the daemon (e.g. `setpriv` with capabilities dropped).
+    init(policy: LifetimePolicy = .exit, backend: String = "software", extra: [String] = [], launcher: [String] = []) throws {
         let dir = "/tmp/tether-tests-\(getuid())"
         mkdir(dir, 0o700)
         socketPath = "\(dir)/d-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
-        process.executableURL = URL(fileURLWithPath: tetherBinary())
-        process.arguments = ["daemon", "--socket", socketPath, "--policy", policy.description, "--backend", backend] + extra
+        let arguments = ["daemon", "--socket", socketPath, "--policy", policy.description, "--backend", backend] + extra
+        process.executableURL = URL(fileURLWithPath: launcher.first ?? tetherBinary())
+        process.arguments = launcher.isEmpty ? arguments : Array(launcher.dropFirst()) + [tetherBinary()] + arguments
         let ready = Pipe()
         process.standardOutput = ready
         process.standardError = stderrPipe
@@ -77,6 +80,21 @@ final class TestDaemon {
     }
 
     var pid: pid_t { process.processIdentifier }
+
+    /// The daemon's standard error up to the first line containing `marker` (bounded).
+    func stderr(upTo marker: String, timeoutSeconds: Double = 10) -> String {
+        let fd = stderrPipe.fileHandleForReading.fileDescriptor
+        var text = ""
+        let deadline = monotonicNanos() + UInt64(timeoutSeconds * 1e9)
+        while !text.split(separator: "\n").contains(where: { $0.contains(marker) }) && monotonicNanos() < deadline {
+            guard (try? waitReadable(fd, timeoutMillis: 200)) == true else { continue }
+            var buf = [UInt8](repeating: 0, count: 4096)
+            let n = read(fd, &buf, buf.count)
+            if n <= 0 { break }
+            text += String(decoding: buf[0..<n], as: UTF8.self)
+        }
+        return text
+    }
 
     func control() throws -> DaemonControl { try DaemonControl(socketPath: socketPath, timeoutSeconds: 10) }
 
