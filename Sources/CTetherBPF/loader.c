@@ -182,6 +182,9 @@ fail:
     return NULL;
 }
 
+const unsigned char *tether_exit_notifier_object_pointer(void) { return tether_exit_notifier_object; }
+const char *tether_exit_notifier_source_digest_pointer(void) { return tether_exit_notifier_source_digest; }
+
 int tether_bpf_ring_fd(tether_bpf_notifier *n) { return n->events_fd; }
 
 int tether_bpf_watch(tether_bpf_notifier *n, uint32_t tgid, uint64_t start_ticks, uint64_t cookie) {

@@ -120,3 +120,9 @@ extension Daemon {
         }
     }
 }
+
+extension ExitNotifierChoice {
+    /// What a daemon started here with `--notifier auto` would use, in one line (loads the BPF
+    /// program and unloads it again).
+    public static func probe() -> String { Daemon.openNotifier(.auto).1 }
+}

@@ -1,4 +1,6 @@
 import ArgumentParser
+import Foundation
+import TetherDaemon
 import TetherDevice
 
 struct Devices: ParsableCommand {
@@ -9,7 +11,14 @@ struct Devices: ParsableCommand {
 
     func run() throws {
         let inventory = DeviceInventory.scan()
-        if json { return try printJSON(inventory) }
+        let notifier = ExitNotifierChoice.probe()
+        if json {
+            // The inventory's own fields, plus the exit notifier a daemon started here would use.
+            var object = try JSONSerialization.jsonObject(with: jsonData(inventory)) as? [String: Any] ?? [:]
+            object["exitNotifier"] = notifier
+            let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
+            return print(String(decoding: data, as: UTF8.self))
+        }
         print("DRM render nodes:")
         if inventory.drmNodes.isEmpty { print("  none — \(inventory.drmNote ?? "")") }
         for n in inventory.drmNodes {
@@ -31,5 +40,6 @@ struct Devices: ParsableCommand {
         print("\nSoftware device:")
         print("  \(inventory.software == inventory.autoPick ? "*" : " ") \(inventory.software.name)")
         print("\n* = what --backend auto opens: \(inventory.autoPick.name) (\(inventory.autoPick.backend.rawValue))")
+        print("\nExit notifier (tether daemon --notifier auto): \(notifier)")
     }
 }

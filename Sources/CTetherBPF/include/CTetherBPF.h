@@ -39,5 +39,8 @@ void tether_bpf_close(tether_bpf_notifier *n);
 extern const unsigned char tether_exit_notifier_object[];
 extern const unsigned long tether_exit_notifier_object_size;
 extern const char tether_exit_notifier_source_digest[];
+// The same, for Swift (which imports unsized C arrays poorly).
+const unsigned char *tether_exit_notifier_object_pointer(void);
+const char *tether_exit_notifier_source_digest_pointer(void);
 
 #endif
