@@ -12,7 +12,7 @@ final class PrivateDaemon {
     let logPath: String
 
     /// Starts `tether daemon` on a fresh socket and waits until it answers (10 s at most).
-    init(backend: BackendChoice?, policy: LifetimePolicy) throws {
+    init(backend: BackendChoice?, policy: LifetimePolicy, extra: [String] = []) throws {
         let dir = "/tmp/tether-\(getuid())"
         try? SocketPath.prepareDirectory(for: dir + "/x")
         let tag = "\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
@@ -22,7 +22,7 @@ final class PrivateDaemon {
         process.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
         var args = ["daemon", "--socket", socketPath, "--policy", policy.description]
         if let backend { args += ["--backend", backend.rawValue] }
-        process.arguments = args
+        process.arguments = args + extra
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         process.standardError = FileHandle(forWritingAtPath: logPath)
         let ready = Pipe()

@@ -17,12 +17,12 @@ struct BenchDaemon {
     let path: String
     let owned: PrivateDaemon?
 
-    init(socket: String?, backend: BackendChoice?, policy: LifetimePolicy = .exit) throws {
+    init(socket: String?, backend: BackendChoice?, policy: LifetimePolicy = .exit, notifier: String? = nil) throws {
         if let socket {
             path = SocketPath.resolve(socket)
             owned = nil
         } else {
-            let d = try PrivateDaemon(backend: backend, policy: policy)
+            let d = try PrivateDaemon(backend: backend, policy: policy, extra: notifier.map { ["--notifier", $0] } ?? [])
             owned = d
             path = d.socketPath
         }

@@ -16,6 +16,7 @@ struct BenchAll: ParsableCommand {
     @Option(parsing: .upToNextOption, help: "Backends to measure (default: vulkan where usable, and software).") var backends: [String] = []
     @Option(help: "Victims of the teardown benchmark.") var victims = 64
     @Option(name: .customLong("victim-mib"), help: "Touched private memory of each teardown victim.") var victimMiB = 16
+    @Option(name: .customLong("memory-budget-mib"), help: "Cap on the early-notice victims' memory at once.") var memoryBudgetMiB = 8192
 
     func run() throws {
         let started = monotonicNanos()
@@ -30,19 +31,28 @@ struct BenchAll: ParsableCommand {
                                                      + (backend == available.first ? ["--svg", svg] : []))
             md.append("### Teardown (\(teardown.victims) victims × \(teardown.threads) spin threads, \(victimMiB) MiB each, all SIGKILLed at once; µs from the kill)")
             md.append("")
-            md.append("| policy | component | n | min | p50 | p90 | p99 | max |")
-            md.append("|---|---|---|---|---|---|---|---|")
+            md.append("| policy | notifier | component | n | min | p50 | p90 | p99 | max |")
+            md.append("|---|---|---|---|---|---|---|---|---|")
             for c in teardown.cells {
                 let summaries = teardown.summaries(of: c)
                 for (key, label) in [("bareNotice", "bare pidfd notice"), ("notice", "notice"), ("quiesced", "quiesced"),
                                      ("released", "released (end to end)"), ("daemonSide", "released − notice (daemon side)")] {
                     guard let s = summaries[key] else { continue }
-                    md.append("| \(c.policy) | \(label) | \(s.count) | " + s.row.joined(separator: " | ") + " |")
+                    md.append("| \(c.policy) | \(c.notifier) | \(label) | \(s.count) | " + s.row.joined(separator: " | ") + " |")
                 }
             }
             if let r = teardown.endToEndOverBareNotice, let d = teardown.daemonSideP99Micros {
                 md.append("")
                 md.append("exit policy: daemon side p99 **\(formatDouble(d, 1)) µs** (target ≤ 1000); end-to-end p50 / bare notice p50 = **\(formatDouble(r, 3))** (target ≤ 1.2).")
+            }
+            // Early notice: the BPF notifier against the pidfd at sizes where the kernel's own exit is slow.
+            let early: TeardownReport = try child(["bench", "teardown", "--backend", backend, "--policy", "exit", "--notifier", "both",
+                                                   "--victims", "\(victims)", "--threads", "2", "--victim-mib", "256", "1024",
+                                                   "--memory-budget-mib", "\(memoryBudgetMiB)", "--runs", "1", "--json-stdout"])
+            md += ["", "### Early notice: BPF vs pidfd notifier (victims per size capped by \(memoryBudgetMiB) MiB at once; µs from the kill, p50 / p99)", "",
+                   teardownComparison(early, markdown: true)]
+            if let q = early.bpfQuiescedP99Micros, let r = early.bpfReleasedOverBareNotice {
+                md += ["", "BPF notifier: quiesced p99 **\(formatDouble(q, 1)) µs** (target ≤ 1000); released p50 / bare notice p50 at \(early.bpfLargestMiB ?? 0) MiB = **\(formatDouble(r, 3))** (target ≤ 0.1)."]
             }
             let dispatch: DispatchReport = try child(["bench", "dispatch", "--backend", backend, "--runs", "300", "--json"])
             let kill: KillReport = try child(["bench", "kill", "--backend", backend, "--runs", "30", "--json"])

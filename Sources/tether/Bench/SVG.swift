@@ -53,10 +53,18 @@ private func escape(_ s: String) -> String {
 
 func teardownSVG(_ r: TeardownReport) -> String {
     var series: [(String, [Double])] = []
+    // Many cells (sizes × notifiers): each notifier's quiesced CDF beside the bare pidfd notice of
+    // the same victims; few cells: every component.
+    let many = r.cells.count > 4
+    var bareShown = Set<Int>()
     for c in r.cells {
-        let tag = r.cells.count > 2 ? "\(c.policy) \(c.victimMiB) MiB" : c.policy
-        if !c.bareNotice.isEmpty && c.policy == r.cells.first?.policy { series.append(("bare notice \(c.victimMiB) MiB", c.bareNotice.map { Double($0) / 1000 })) }
-        for (name, v) in [("notice", c.notice), ("released", c.released), ("daemon side", c.daemonSide), ("lived on", c.livedOn)] where !v.isEmpty {
+        let tag = "\(c.policy)/\(c.notifier)" + (Set(r.cells.map(\.victimMiB)).count > 1 ? " \(c.victimMiB) MiB" : "")
+        if !c.bareNotice.isEmpty && bareShown.insert(c.victimMiB).inserted {
+            series.append(("bare notice \(c.victimMiB) MiB", c.bareNotice.map { Double($0) / 1000 }))
+        }
+        let components = many ? [("quiesced", c.quiesced), ("lived on", c.livedOn)]
+            : [("notice", c.notice), ("quiesced", c.quiesced), ("released", c.released), ("lived on", c.livedOn)]
+        for (name, v) in components where !v.isEmpty {
             series.append(("\(tag): \(name)", v.map { Double($0) / 1000 }))
         }
     }
