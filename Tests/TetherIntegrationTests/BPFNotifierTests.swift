@@ -73,12 +73,12 @@ import Testing
         let daemon = try TestDaemon(extra: ["--notifier", "bpf"])
         let h = Handshake()
         defer { h.close() }
-        let pid = Self.owner(daemon, h, privateMiB: 1024, mirrorMiB: 256)
+        let pid = Self.owner(daemon, h, privateMiB: 512, mirrorMiB: 64)
         #expect(h.receive(timeoutSeconds: 60)?.hasPrefix("ready") == true)
         let pidfd = try Pidfd.open(pid)
         let control = try daemon.control()
         kill(pid, SIGKILL)
-        // The kernel frees the victim's GiB before its pidfd is readable; the daemon's timeline of
+        // The kernel frees the victim's half GiB before its pidfd is readable; the daemon's timeline of
         // the same death must be complete before that moment.
         #expect(try waitReadable(pidfd.raw, timeoutMillis: 30_000))
         let pidfdReadable = monotonicNanos()
