@@ -32,6 +32,8 @@ struct DaemonCommand: ParsableCommand {
     @Option(help: "Slices on the device at once, 1 or 2 (default: 1 on a Vulkan CPU driver, else 2).")
     var slicesInFlight: Int?
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel: String = "notice"
+    @Flag(help: "Let clients of this daemon's own uid run kernels with raw device pointers (the pointer-ABI SPIR-V path, modules with PhysicalStorageBufferAddresses). Such kernels can reach any memory the device reaches; other uids are always refused.")
+    var allowRawPointers = false
 
     func validate() throws {
         guard (10...1_000_000).contains(quantumMicros) else { throw ValidationError("--quantum-us must be 10…1000000") }
@@ -77,7 +79,7 @@ struct DaemonCommand: ParsableCommand {
             return try Daemon(DaemonConfiguration(
                 socketPath: socket.path, backend: try BackendFactory.resolve(backendOptions.backend), policy: policy,
                 allowPolicyOverride: !noPolicyOverride, quantumNanos: quantumMicros * 1000,
-                slicesInFlight: slicesInFlight), logger: logger)
+                slicesInFlight: slicesInFlight, allowRawPointers: allowRawPointers), logger: logger)
         } catch {
             throw fail(error.message)
         }
