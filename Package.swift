@@ -43,9 +43,11 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Histogram", package: "hdrhistogram-swift"),
         ]),
+        // Compiles the GLSL of Tests/Shaders with glslc for the tests of user kernels.
+        .target(name: "TetherTestSupport", path: "Tests/TetherTestSupport"),
         .testTarget(name: "TetherCoreTests", dependencies: ["TetherCore"]),
-        .testTarget(name: "TetherDeviceTests", dependencies: ["TetherCore", "TetherSys", "TetherDevice"]),
-        .testTarget(name: "TetherIntegrationTests", dependencies: ["TetherCore", "TetherSys", "Tether"]),
+        .testTarget(name: "TetherDeviceTests", dependencies: ["TetherCore", "TetherSys", "TetherDevice", "TetherTestSupport"]),
+        .testTarget(name: "TetherIntegrationTests", dependencies: ["TetherCore", "TetherSys", "Tether", "TetherTestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

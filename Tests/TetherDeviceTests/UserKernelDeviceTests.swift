@@ -1,23 +1,8 @@
 import Foundation
 import TetherCore
+import TetherTestSupport
 @testable import TetherDevice
 import Testing
-
-/// Compiles a GLSL shader of `Tests/Shaders` with glslc (installed by tools/setup) into SPIR-V words.
-func compileTestShader(_ name: String, defines: [String] = []) throws -> [UInt32] {
-    let source = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .appendingPathComponent("Shaders/\(name).comp").path
-    let output = FileManager.default.temporaryDirectory.appendingPathComponent("tether-\(getpid())-\(name).spv").path
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    process.arguments = ["glslc", "--target-env=vulkan1.2", "-o", output, source] + defines.map { "-D\($0)" }
-    try process.run()
-    process.waitUntilExit()
-    try #require(process.terminationStatus == 0, "glslc failed on \(name)")
-    let data = try Data(contentsOf: URL(fileURLWithPath: output))
-    try? FileManager.default.removeItem(atPath: output)
-    return data.withUnsafeBytes { Array($0.bindMemory(to: UInt32.self)) }
-}
 
 /// User kernels in this process (the direct path): reflection, the launch checks and the
 /// Vulkan descriptor path, with validation on. Through the daemon they are tested in
