@@ -127,8 +127,15 @@ int tether_spirv_reflect(const uint32_t *words, size_t count, const char *entry,
         out->local_size[d] = spvc_compiler_get_execution_mode_argument_by_index(compiler, SpvExecutionModeLocalSize, d);
         out->local_size_spec_id[d] = UINT32_MAX;
     }
+    // A WorkgroupSize built-in constant replaces LocalSize (SPIR-V 2.2 "WorkgroupSize"): its
+    // components are the size, and those that are specialization constants can be overridden.
     spvc_specialization_constant x, y, z;
-    spvc_compiler_get_work_group_size_specialization_constants(compiler, &x, &y, &z);
+    spvc_constant_id workgroup = spvc_compiler_get_work_group_size_specialization_constants(compiler, &x, &y, &z);
+    if (workgroup != 0) {
+        spvc_constant c = spvc_compiler_get_constant_handle(compiler, workgroup);
+        if (!c) FAIL("the module's WorkgroupSize constant cannot be read");
+        for (unsigned d = 0; d < 3; d++) out->local_size[d] = spvc_constant_get_scalar_u32(c, 0, d);
+    }
     spvc_specialization_constant dims[3] = {x, y, z};
     for (unsigned d = 0; d < 3; d++) {
         if (dims[d].id == 0) continue;

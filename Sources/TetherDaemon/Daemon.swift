@@ -391,7 +391,9 @@ public final class Daemon: @unchecked Sendable {
     }
 
     private func spawn(_ s: SpawnRequest, space: AddressSpace) throws(TetherError) -> DeviceThread {
-        guard s.groups >= 1, s.groups <= Self.maxGroups else {
+        // A module's grid is checked per dimension against the device (`UserLaunch`).
+        let isModule = if case .module = s.program { true } else { false }
+        guard isModule || (s.groups >= 1 && s.groups <= Self.maxGroups) else {
             throw TetherError(.gridTooLarge, "a grid of \(s.groups) workgroups is outside 1…\(Self.maxGroups)")
         }
         guard s.persistentNanos <= Self.maxPersistentNanos else {

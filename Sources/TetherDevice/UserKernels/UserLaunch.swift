@@ -49,12 +49,14 @@ public struct UserLaunch: @unchecked Sendable {
         }
         spec.sort { $0.id < $1.id }
         let local = d.localSize(with: spec)
-        let invocations = local.reduce(UInt64(1)) { $0 * UInt64($1) }
         for (axis, n) in zip(["x", "y", "z"], zip(local, limits.maxWorkGroupSize)) where n.0 == 0 || n.0 > n.1 {
             throw TetherError(.invalidArgument, "local size \(axis) = \(n.0) is outside 1…\(n.1) on this device")
         }
-        guard invocations <= UInt64(limits.maxWorkGroupInvocations) else {
-            throw TetherError(.invalidArgument, "a workgroup of \(local[0])×\(local[1])×\(local[2]) = \(invocations) invocations exceeds this device's \(limits.maxWorkGroupInvocations)")
+        // A hostile module may declare sizes whose product overflows 64 bits.
+        let (xy, o1) = UInt64(local[0]).multipliedReportingOverflow(by: UInt64(local[1]))
+        let (invocations, o2) = xy.multipliedReportingOverflow(by: UInt64(local[2]))
+        guard !o1, !o2, invocations <= UInt64(limits.maxWorkGroupInvocations) else {
+            throw TetherError(.invalidArgument, "a workgroup of \(local[0])×\(local[1])×\(local[2]) invocations exceeds this device's \(limits.maxWorkGroupInvocations)")
         }
         let grid = launch.grid
         for (axis, n) in zip(["x", "y", "z"], zip([grid.x, grid.y, grid.z], limits.maxWorkGroupCount)) where n.0 == 0 || n.0 > n.1 {

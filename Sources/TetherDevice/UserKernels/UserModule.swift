@@ -140,9 +140,15 @@ public final class UserModule: Sendable {
             }
             specs.append(.init(id: s.constant_id, type: type, defaultBits: s.default_bits, name: string(s.name)))
         }
+        // The name goes back to the driver as pName: it must be the module's exact bytes (a name
+        // that is not UTF-8 would come back altered, naming no entry point, and drivers crash then).
+        let entryBytes = withUnsafeBytes(of: m.entry) { Array($0.prefix { $0 != 0 }) }
+        guard let entryPoint = String(validating: entryBytes, as: UTF8.self) else {
+            throw TetherError(.invalidArgument, "the entry point's name is not valid UTF-8")
+        }
         let localSize = array(m.local_size, count: 3, of: UInt32.self)
         let ids = array(m.local_size_spec_id, count: 3, of: UInt32.self).map { $0 == UInt32.max ? nil : $0 }
-        return ModuleDescription(entryPoint: string(m.entry), localSize: localSize, localSizeSpecIDs: ids,
+        return ModuleDescription(entryPoint: entryPoint, localSize: localSize, localSizeSpecIDs: ids,
                                  pushConstantBytes: m.push_constant_bytes, bindings: bindings, specConstants: specs,
                                  usesNumWorkgroups: m.uses_num_workgroups != 0)
     }
