@@ -153,7 +153,7 @@ struct ShaderRun {
         var bytes = [UInt8](data)
         let magic: [UInt8] = [0x03, 0x02, 0x23, 0x07]
         if Array(bytes.prefix(4)) != magic {
-            bytes = try compileGLSL(path)
+            bytes = try Self.compile(glsl: path).withUnsafeBytes { Array($0) }
         }
         guard bytes.count % 4 == 0, bytes.count >= 20 else {
             throw TetherError(.invalidArgument, "\(path) is not SPIR-V (its size is not a whole number of 32-bit words)")
@@ -162,7 +162,7 @@ struct ShaderRun {
     }
 
     /// GLSL through glslc, into a temporary file.
-    func compileGLSL(_ path: String) throws(TetherError) -> [UInt8] {
+    static func compile(glsl path: String) throws(TetherError) -> [UInt32] {
         let output = FileManager.default.temporaryDirectory.appendingPathComponent("tether-run-\(getpid()).spv").path
         defer { try? FileManager.default.removeItem(atPath: output) }
         let process = Process()
@@ -181,7 +181,7 @@ struct ShaderRun {
             }
             throw TetherError(.invalidArgument, "glslc could not compile \(path): \(message.trimmingCharacters(in: .whitespacesAndNewlines))")
         }
-        return [UInt8](data)
+        return data.withUnsafeBytes { Array($0.bindMemory(to: UInt32.self)) }
     }
 
     func parseGrid(_ text: String) throws(TetherError) -> Grid {
