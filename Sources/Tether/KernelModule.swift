@@ -71,6 +71,9 @@ extension Device {
         guard !spirv.isEmpty, spirv.count <= Wire.maxSpirvWords else {
             throw TetherError(.invalidArgument, "a SPIR-V module must have 1 to \(Wire.maxSpirvWords) words, not \(spirv.count)")
         }
+        guard entryPoint.utf8.count <= Wire.maxEntryPointBytes else {
+            throw TetherError(.invalidArgument, "an entry point name is at most \(Wire.maxEntryPointBytes) bytes")
+        }
         let c = try connection()
         let (id, description) = try Self.load(spirv, entryPoint: entryPoint, on: c, timeout: timeout)
         return KernelModule(spirv: spirv, entryPoint: entryPoint, description: description, connection: c, id: id)

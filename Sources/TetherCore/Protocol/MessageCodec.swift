@@ -90,6 +90,9 @@ public enum MessageCodec {
         case .unmirror: request = .unmirror(RegionID(rawValue: try r.u64()))
         case .loadModule:
             let entry = try r.string()
+            guard entry.utf8.count <= Wire.maxEntryPointBytes else {
+                throw TetherError(.malformedMessage, "an entry point name is at most \(Wire.maxEntryPointBytes) bytes")
+            }
             request = .loadModule(words: try r.u32s(max: Wire.maxSpirvWords), entryPoint: entry)
         case .unloadModule: request = .unloadModule(ModuleID(rawValue: try r.u64()))
         case .spawn, .run:

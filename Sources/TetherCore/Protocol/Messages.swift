@@ -13,6 +13,8 @@ public enum Wire {
     public static let maxMessageBytes = 196_608
     public static let maxStringBytes = 4096
     public static let maxSpirvWords = (maxMessageBytes - 256) / 4
+    /// The longest entry point name a module may ask for (what SPIR-V reflection keeps).
+    public static let maxEntryPointBytes = 63
     public static let replyBit: UInt16 = 0x8000
 }
 

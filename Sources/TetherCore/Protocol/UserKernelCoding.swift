@@ -26,7 +26,7 @@ extension MessageCodec {
         let module = ModuleID(rawValue: try r.u64())
         let bindingCount = Int(try r.u32())
         guard bindingCount <= ModuleLaunch.maxBindings else {
-            throw TetherError(.invalidArgument, "a spawn may bind at most \(ModuleLaunch.maxBindings) buffers, got \(bindingCount)")
+            throw TetherError(.malformedMessage, "a spawn may bind at most \(ModuleLaunch.maxBindings) buffers, got \(bindingCount)")
         }
         var bindings: [BufferBinding] = []
         for _ in 0..<bindingCount {
@@ -34,13 +34,13 @@ extension MessageCodec {
         }
         let pushCount = Int(try r.u32())
         guard pushCount <= ModuleLaunch.maxPushConstantBytes else {
-            throw TetherError(.invalidArgument, "at most \(ModuleLaunch.maxPushConstantBytes) push-constant bytes, got \(pushCount)")
+            throw TetherError(.malformedMessage, "at most \(ModuleLaunch.maxPushConstantBytes) push-constant bytes, got \(pushCount)")
         }
         var push: [UInt8] = []
         for _ in 0..<pushCount { push.append(try r.u8()) }
         let specCount = Int(try r.u32())
         guard specCount <= ModuleLaunch.maxSpecValues else {
-            throw TetherError(.invalidArgument, "at most \(ModuleLaunch.maxSpecValues) specialization constants, got \(specCount)")
+            throw TetherError(.malformedMessage, "at most \(ModuleLaunch.maxSpecValues) specialization constants, got \(specCount)")
         }
         var spec: [SpecValue] = []
         for _ in 0..<specCount { spec.append(SpecValue(id: try r.u32(), bits: try r.u64())) }

@@ -52,8 +52,8 @@ public final class UserModule: Sendable {
         guard words.count >= 5, words[0] == 0x0723_0203 else {
             throw TetherError(.invalidArgument, "the module is not SPIR-V (it must start with the magic number 0x07230203)")
         }
-        guard entryPoint.utf8.count < Int(TETHER_SPV_NAME_BYTES) else {
-            throw TetherError(.invalidArgument, "an entry point name is at most \(Int(TETHER_SPV_NAME_BYTES) - 1) bytes")
+        guard entryPoint.utf8.count <= Wire.maxEntryPointBytes else {  // the reflection keeps 63 bytes
+            throw TetherError(.invalidArgument, "an entry point name is at most \(Wire.maxEntryPointBytes) bytes")
         }
         var error = [CChar](repeating: 0, count: 1024)
         // The validator first: SPIRV-Cross and the drivers assume valid SPIR-V.
