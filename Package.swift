@@ -26,7 +26,14 @@ let package = Package(
         // Vulkan and libdrm headers with VK_NO_PROTOTYPES; both libraries are dlopen()ed at run time.
         .target(name: "CVulkan", cSettings: [.unsafeFlags(["-I/usr/include/libdrm"])],
                 linkerSettings: [.linkedLibrary("dl")]),
-        .target(name: "TetherDevice", dependencies: ["TetherCore", "TetherSys", "CVulkan"]),
+        // SPIRV-Tools' validator and SPIRV-Cross's reflection, linked statically (Debian ships archives).
+        .target(name: "CSPIRV", linkerSettings: [
+            .linkedLibrary("spirv-cross-c"), .linkedLibrary("spirv-cross-cpp"), .linkedLibrary("spirv-cross-reflect"),
+            .linkedLibrary("spirv-cross-msl"), .linkedLibrary("spirv-cross-hlsl"), .linkedLibrary("spirv-cross-glsl"),
+            .linkedLibrary("spirv-cross-util"), .linkedLibrary("spirv-cross-core"), .linkedLibrary("SPIRV-Tools"),
+            .linkedLibrary("stdc++"),
+        ]),
+        .target(name: "TetherDevice", dependencies: ["TetherCore", "TetherSys", "CVulkan", "CSPIRV"]),
         .target(name: "TetherDaemon", dependencies: [
             "TetherCore", "TetherSys", "TetherDevice",
             .product(name: "Logging", package: "swift-log"),
@@ -38,9 +45,11 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Histogram", package: "hdrhistogram-swift"),
         ]),
+        // Compiles the GLSL of Tests/Shaders with glslc for the tests of user kernels.
+        .target(name: "TetherTestSupport", path: "Tests/TetherTestSupport"),
         .testTarget(name: "TetherCoreTests", dependencies: ["TetherCore"]),
-        .testTarget(name: "TetherDeviceTests", dependencies: ["TetherCore", "TetherSys", "TetherDevice", "CTetherBPF"]),
-        .testTarget(name: "TetherIntegrationTests", dependencies: ["TetherCore", "TetherSys", "Tether"]),
+        .testTarget(name: "TetherDeviceTests", dependencies: ["TetherCore", "TetherSys", "TetherDevice", "CTetherBPF", "TetherTestSupport"]),
+        .testTarget(name: "TetherIntegrationTests", dependencies: ["TetherCore", "TetherSys", "Tether", "TetherTestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -101,7 +101,7 @@ public final class Device: @unchecked Sendable {
     /// Serialises re-connection in a forked child, which does I/O.
     private let reconnectLock = Locked(())
 
-    private var timeout: Double { options.requestTimeoutSeconds }
+    var timeout: Double { options.requestTimeoutSeconds }
 
     /// Connects to the daemon and says hello.
     ///
@@ -320,7 +320,7 @@ public final class Device: @unchecked Sendable {
     // MARK: Fork
 
     /// The connection of the calling process: the current one, or a new one in a forked child.
-    private func connection() throws(TetherError) -> Connection {
+    func connection() throws(TetherError) -> Connection {
         let pid = getpid()
         let current = try state.withLock { (s: inout State) throws(TetherError) -> Connection? in
             if s.closed { throw closedError }

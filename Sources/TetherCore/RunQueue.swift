@@ -65,6 +65,8 @@ public struct RunQueue: Sendable {
         var nextGroup: UInt32 = 0
         var round: UInt32 = 0
         var persistent: Bool
+        /// Runs its whole grid in one slice (a user kernel that reads `gl_NumWorkGroups`).
+        var unsliced = false
         /// Measured time and groups, both decayed by 0.7 per slice: their ratio is the cost per group.
         var decayedNanos = 0.0
         var decayedGroups = 0.0
@@ -113,10 +115,13 @@ public struct RunQueue: Sendable {
     public func deviceNanos(ofSpace id: SpaceID) -> UInt64? { spaces[id]?.deviceNanos }
 
     /// Queues a device thread of `groups` workgroups. A space's priority is that of its most
-    /// recent thread (an address space is one entity, as in the DRM scheduler).
-    public mutating func add(_ id: ThreadID, space: SpaceID, priority: PriorityClass, groups: UInt32, persistent: Bool) {
+    /// recent thread (an address space is one entity, as in the DRM scheduler). An `unsliced`
+    /// thread gets its whole remaining grid in one slice.
+    public mutating func add(_ id: ThreadID, space: SpaceID, priority: PriorityClass, groups: UInt32, persistent: Bool,
+                             unsliced: Bool = false) {
         precondition(threads[id] == nil, "thread \(id) queued twice")
-        threads[id] = Thread(space: space, priority: priority, groupTotal: max(groups, 1), persistent: persistent)
+        threads[id] = Thread(space: space, priority: priority, groupTotal: max(groups, 1), persistent: persistent,
+                             unsliced: unsliced)
         if spaces[space] == nil {
             arrivals += 1
             spaces[space] = Space(priority: priority, virtualNanos: minimumVirtualNanos(priority), arrival: arrivals)
@@ -188,8 +193,8 @@ public struct RunQueue: Sendable {
 
         var t = threads[id]!
         let remaining = t.groupTotal - t.nextGroup
-        var count: UInt32 = 1
-        if let cost = t.nanosPerGroup {
+        var count: UInt32 = t.unsliced ? remaining : 1
+        if !t.unsliced, let cost = t.nanosPerGroup {
             var estimate = cost > 0 ? (Double(quantumNanos) / cost).rounded(.down) : 0
             // Grow fast while far below the quantum: ×4 under a quarter, ×2 under a half (a
             // linear cost grown ×4 from under Q/4 stays under Q).

@@ -17,9 +17,16 @@ public struct DaemonConfiguration: Sendable {
     public var slicesInFlight: Int?
     /// The early notice source besides the pidfd (see `BPFExitNotifier`).
     public var notifier: ExitNotifierChoice = .auto
+    /// Whether clients of the daemon's own uid may run kernels with raw device pointers (the
+    /// pointer-ABI `spirv` program, modules declaring `PhysicalStorageBufferAddresses`). Such a
+    /// kernel can reach any memory the device reaches — other clients', and the daemon's own on a
+    /// CPU device — so it is off by default and never granted to another uid.
+    public var allowRawPointers: Bool
 
     public init(socketPath: String, backend: BackendChoice = .auto, policy: LifetimePolicy = .exit,
-                allowPolicyOverride: Bool = true, quantumNanos: UInt64 = 2_000_000, slicesInFlight: Int? = nil) {
+                allowPolicyOverride: Bool = true, quantumNanos: UInt64 = 2_000_000, slicesInFlight: Int? = nil,
+                allowRawPointers: Bool = false) {
+        self.allowRawPointers = allowRawPointers
         self.socketPath = socketPath
         self.backend = backend
         self.policy = policy
@@ -312,6 +319,12 @@ public final class Daemon: @unchecked Sendable {
         case .unmirror(let regionID):
             try registry.removeRegion(regionID, of: space).release()
             return .done
+        case .loadModule(let words, let entryPoint):
+            let module = try loadModule(words: words, entryPoint: entryPoint, space: space)
+            return .module(module.id, module.description)
+        case .unloadModule(let moduleID):
+            try registry.removeModule(moduleID, of: space)
+            return .done
         case .spawn(let s):
             return .spawned(try spawn(s, space: space).id)
         case .join(let threadID):
@@ -401,13 +414,16 @@ public final class Daemon: @unchecked Sendable {
     }
 
     private func spawn(_ s: SpawnRequest, space: AddressSpace) throws(TetherError) -> DeviceThread {
-        guard s.groups >= 1, s.groups <= Self.maxGroups else {
+        // A module's grid is checked per dimension against the device (`UserLaunch`).
+        let isModule = if case .module = s.program { true } else { false }
+        guard isModule || (s.groups >= 1 && s.groups <= Self.maxGroups) else {
             throw TetherError(.gridTooLarge, "a grid of \(s.groups) workgroups is outside 1…\(Self.maxGroups)")
         }
         guard s.persistentNanos <= Self.maxPersistentNanos else {
             throw TetherError(.invalidArgument, "a persistent thread may run at most 7 days")
         }
         let program: KernelProgram
+        var groups = s.groups
         switch s.program {
         case .builtin(let kernel):
             guard s.args.count == kernel.argumentCount else {
@@ -421,18 +437,46 @@ public final class Daemon: @unchecked Sendable {
             }
             program = .builtin(kernel)
         case .spirv(let words, let invocations):
+            guard rawPointersAllowed(for: space) else {
+                throw TetherError(.permissionDenied, "kernels with raw device pointers run only for the daemon's own user when it was started with --allow-raw-pointers; load a module with descriptor bindings instead (Device.loadModule, tether run --spirv)")
+            }
             guard backend.device.backend == .vulkan else {
                 throw TetherError(.unsupported, "custom SPIR-V kernels need a Vulkan backend; this daemon runs \(backend.device.backend.rawValue)")
             }
             program = .spirv(words: words, invocationsPerGroup: Int(invocations))
+        case .module(let launch):
+            let module = try registry.module(launch.module, of: space)
+            let limits = backend.userKernelLimits!  // a module loaded, so the backend runs them
+            let checked = try registry.withLock { () throws(TetherError) -> UserLaunch in
+                try UserLaunch(launch, module: module, limits: limits) { space.region(containing: $0, bytes: $1) }
+            }
+            program = .module(checked)
+            groups = UInt32(launch.grid.total)
+            guard s.args.isEmpty else { throw TetherError(.invalidArgument, "a module takes push constants, not arguments") }
         }
         let context = try scheduler.contexts.acquire(program)
         let thread = DeviceThread(id: registry.makeThreadID(), space: space.id, program: program, args: s.args,
-                                  groups: s.groups, persistentNanos: s.persistentNanos, priority: s.priority,
+                                  groups: groups, persistentNanos: s.persistentNanos, priority: s.priority,
                                   context: context, regions: space.table)
         try registry.add(thread, to: space)
         try scheduler.submit(thread)
         return thread
+    }
+
+    private func rawPointersAllowed(for space: AddressSpace) -> Bool {
+        configuration.allowRawPointers && space.uid == getuid()
+    }
+
+    /// Validates, reflects and compiles a client's module (`UserModule` says what is refused).
+    private func loadModule(words: [UInt32], entryPoint: String, space: AddressSpace) throws(TetherError) -> UserModule {
+        guard let limits = backend.userKernelLimits else {
+            throw TetherError(.unsupported, "user kernels need a Vulkan backend; this daemon runs \(backend.device.backend.rawValue) (start one with `tether daemon --backend vulkan`)")
+        }
+        let module = try UserModule(id: registry.makeModuleID(), words: words, entryPoint: entryPoint, limits: limits,
+                                    allowRawPointers: rawPointersAllowed(for: space))
+        try backend.prepare(module)
+        try registry.add(module, to: space)
+        return module
     }
 
     /// Replies `joined` when the thread ends, then reaps it (like `waitpid`).

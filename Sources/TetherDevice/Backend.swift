@@ -30,15 +30,25 @@ public struct DeviceDescription: Sendable, Codable, Equatable {
 }
 
 /// The program a device thread runs.
-public enum KernelProgram: Sendable, Equatable {
+public enum KernelProgram: Sendable {
     case builtin(BuiltinKernel)
-    /// The caller's own SPIR-V (entry point `main`, the push-constant layout of `KernelABI`).
+    /// Trusted SPIR-V with the pointer ABI of the built-ins (entry point `main`, the push-constant
+    /// layout of `KernelABI`): raw device addresses, so never from an untrusted client.
     case spirv(words: [UInt32], invocationsPerGroup: Int)
+    /// A user module with descriptor bindings, checked against its reflection (`UserLaunch`).
+    case module(UserLaunch)
+
+    /// A user kernel that reads `gl_NumWorkGroups` runs its whole grid as one slice.
+    public var runsUnsliced: Bool {
+        if case .module(let launch) = self { return launch.module.description.usesNumWorkgroups }
+        return false
+    }
 
     public var name: String {
         switch self {
         case .builtin(let k): k.rawValue
         case .spirv: "spirv"
+        case .module(let launch): "\(launch.module.id):\(launch.module.description.entryPoint)"
         }
     }
 }
@@ -109,10 +119,18 @@ public protocol ComputeBackend: AnyObject, Sendable {
     /// Imports `size` bytes at `base` (page-aligned, whole pages) for device access.
     func importMemory(base: UnsafeMutableRawPointer, size: Int) throws(TetherError) -> any ImportedMemory
     func makeContext(program: KernelProgram) throws(TetherError) -> any ThreadContext
+    /// What user kernels may use on this device; nil where the backend cannot run them.
+    var userKernelLimits: UserKernelLimits? { get }
+    /// Compiles a validated user module (once, when it is loaded).
+    func prepare(_ module: UserModule) throws(TetherError)
 }
 
 extension ComputeBackend {
     public var defaultSlicesInFlight: Int { sliceDepth }
+    public var userKernelLimits: UserKernelLimits? { nil }
+    public func prepare(_ module: UserModule) throws(TetherError) {
+        throw TetherError(.unsupported, "user kernels need a Vulkan backend; this daemon runs \(device.backend.rawValue)")
+    }
 }
 
 extension ThreadContext {

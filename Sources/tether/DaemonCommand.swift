@@ -36,6 +36,8 @@ struct DaemonCommand: ParsableCommand {
     @Option(help: "Early exit notices: auto (BPF where this daemon may load it, else the pidfd), bpf (or refuse to start), pidfd.")
     var notifier: ExitNotifierChoice = .auto
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel: String = "notice"
+    @Flag(help: "Let clients of this daemon's own uid run kernels with raw device pointers (the pointer-ABI SPIR-V path, modules with PhysicalStorageBufferAddresses). Such kernels can reach any memory the device reaches; other uids are always refused.")
+    var allowRawPointers = false
 
     func validate() throws {
         guard (10...1_000_000).contains(quantumMicros) else { throw ValidationError("--quantum-us must be 10…1000000") }
@@ -81,7 +83,7 @@ struct DaemonCommand: ParsableCommand {
             var configuration = DaemonConfiguration(
                 socketPath: socket.path, backend: try BackendFactory.resolve(backendOptions.backend), policy: policy,
                 allowPolicyOverride: !noPolicyOverride, quantumNanos: quantumMicros * 1000,
-                slicesInFlight: slicesInFlight)
+                slicesInFlight: slicesInFlight, allowRawPointers: allowRawPointers)
             configuration.notifier = notifier
             return try Daemon(configuration, logger: logger)
         } catch {

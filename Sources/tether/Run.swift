@@ -22,10 +22,17 @@ struct RunReport: Codable {
 
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run one sample workload, verify it against the CPU reference, and print time and throughput.",
-        discussion: "Workloads: \(Workloads.names.joined(separator: ", ")).")
+        abstract: "Run one sample workload, verified against its CPU reference, or your own compute shader (--spirv).",
+        discussion: """
+            Workloads: \(Workloads.names.joined(separator: ", ")).
 
-    @Argument(help: "The workload to run.") var workload: String
+            Your own shader: tether run --spirv FILE (.spv, or GLSL compiled with glslc) --buffer SET.BINDING=@FILE|zeros:BYTES … \
+            [--push @FILE] [--spec ID=VALUE …] --groups X[,Y[,Z]] [--output SET.BINDING=FILE …]. Whether a binding is a \
+            storage or uniform buffer comes from the module's reflection.
+            """)
+
+    @Argument(help: "The workload to run (omit with --spirv).") var workload: String?
+    @OptionGroup var shader: ShaderOptions
     @OptionGroup var backendOptions: BackendOptions
     @Option(help: "Problem size (elements, matrix order, image width, list nodes or spin iterations).") var size: Int?
     @Option(help: "spin only: run for this many seconds unless killed.") var seconds: Double = 1
@@ -36,6 +43,11 @@ struct Run: ParsableCommand {
     func run() throws {
         let choice: BackendChoice
         var w: any Workload
+        if shader.spirv != nil {
+            guard workload == nil, !local else { throw fail("--spirv runs your shader through a daemon: give no workload and no --local") }
+            return try ShaderRun(options: shader, socketPath: socket.path, backend: backendOptions.backend, json: json).run()
+        }
+        guard let workload else { throw fail("name a workload (\(Workloads.names.joined(separator: ", "))) or a shader with --spirv FILE") }
         do {
             choice = try BackendFactory.resolve(backendOptions.backend)
             w = try makeWorkload(workload, size: size)
@@ -81,20 +93,11 @@ struct Run: ParsableCommand {
     /// Runs through the daemon at the socket path; when none answers, through a private daemon
     /// started for this run (with the requested backend) and stopped after.
     func runThroughDaemon(_ w: inout any Workload, choice: BackendChoice) throws(TetherError) -> RunReport {
-        var options = DeviceOptions(socketPath: socket.path, backend: choice)
-        var privateDaemon: PrivateDaemon?
-        defer { privateDaemon?.stop() }
-        let device: Device
-        do {
-            device = try Device(options)
-        } catch let error where error.code == .deviceLost {
-            do { privateDaemon = try PrivateDaemon(backend: choice, policy: .exit) } catch let e as TetherError { throw e } catch {
-                throw TetherError(.deviceLost, "\(error)")
-            }
-            options.socketPath = privateDaemon!.socketPath
-            device = try Device(options)
+        let (device, privateDaemon) = try openDevice(socketPath: socket.path, backend: choice)
+        defer {
+            device.close()
+            privateDaemon?.stop()
         }
-        defer { device.close() }
         let memory = try device.mirror(bytes: w.mirroredBytes)
         let launch = w.prepare(memory: memory.base)
         let persistent = w.kernel == .spin ? seconds : 0
@@ -126,5 +129,24 @@ struct Run: ParsableCommand {
                          gbps: work.computeBound ? nil : work.bytes / elapsed / 1e9,
                          gflops: work.computeBound || work.flops > 0 ? work.flops / elapsed / 1e9 : nil,
                          state: state.description, path: path)
+    }
+}
+
+/// A connection to the daemon at `socketPath`; when none answers, to a private daemon started
+/// for this run (with `backend`), which the caller stops when done.
+func openDevice(socketPath: String?, backend: BackendChoice) throws(TetherError) -> (Device, PrivateDaemon?) {
+    var options = DeviceOptions(socketPath: socketPath, backend: backend)
+    do {
+        return (try Device(options), nil)
+    } catch let error where error.code == .deviceLost {
+        let privateDaemon: PrivateDaemon
+        do { privateDaemon = try PrivateDaemon(backend: backend, policy: .exit) } catch let e as TetherError { throw e } catch {
+            throw TetherError(.deviceLost, "\(error)")
+        }
+        options.socketPath = privateDaemon.socketPath
+        do { return (try Device(options), privateDaemon) } catch {
+            privateDaemon.stop()
+            throw error
+        }
     }
 }

@@ -55,6 +55,16 @@ struct ProtocolTests {
             .run(SpawnRequest(program: .builtin(.reduce), args: [1 << 20, 0x1000, 0x2000], groups: 512, priority: .high)),
             .run(SpawnRequest(program: .spirv(words: [0x0723_0203, 7], invocationsPerGroup: 32), args: [9], groups: 2,
                               persistentNanos: 1, priority: .low)),
+            .loadModule(words: [0x0723_0203, 0x0001_0500, 0, 9, 0], entryPoint: ""),
+            .loadModule(words: [], entryPoint: "reduce_ünïcødé"),
+            .unloadModule(ModuleID(rawValue: .max)),
+            .spawn(SpawnRequest(program: .module(ModuleLaunch(module: ModuleID(rawValue: 3), bindings: [
+                BufferBinding(set: 0, binding: 0, address: 0x7F00_0000_1000, bytes: 4096),
+                BufferBinding(set: 7, binding: .max, address: .max, bytes: 0),
+            ], pushConstants: Array(0..<128), specialization: [.uint(0, 64), .double(9, -1.5), .bool(2, true)],
+            grid: Grid(65_535, 3, 1))), args: [], groups: 196_605, priority: .high)),
+            .run(SpawnRequest(program: .module(ModuleLaunch(module: ModuleID(rawValue: 1), bindings: [], grid: Grid(0, 0, 0))),
+                              args: [], groups: 0)),
         ]
         return list
     }()
@@ -71,6 +81,13 @@ struct ProtocolTests {
         list += [
             .hello(HelloReply(space: SpaceID(rawValue: .max), pid: -5, policy: .exit, backend: .software, deviceName: "")),
             .mirrored(RegionID(rawValue: 77)),
+            .module(ModuleID(rawValue: 5), ModuleDescription(
+                entryPoint: "main", localSize: [64, 1, 1], localSizeSpecIDs: [0, nil, nil], pushConstantBytes: 16,
+                bindings: [.init(set: 0, binding: 1, kind: .uniform, minBytes: 12, runtimeStride: 0, name: "Params"),
+                           .init(set: 2, binding: 0, kind: .storage, minBytes: 0, runtimeStride: 4, name: "")],
+                specConstants: [.init(id: 0, type: .uint32, defaultBits: 64, name: "GROUP"),
+                                .init(id: 3, type: .float64, defaultBits: 0x3FF0_0000_0000_0000, name: "scale")],
+                usesNumWorkgroups: true)),
             .done,
             .spawned(ThreadID(rawValue: 99)),
             .joined(report),
@@ -106,10 +123,10 @@ struct ProtocolTests {
         let requestOps = Set(Self.requests.map(\.op))
         #expect(requestOps == Set(Op.allCases).subtracting([.error]), "add a sample for the new request")
         // Replies: every op except those answered with another op's reply (run → joined,
-        // killThread → killed, awaitTeardown → timelines).
+        // killThread → killed, awaitTeardown → timelines, unloadModule → done).
         var replyOps = Set<UInt16>()
         for bytes in Self.encodedReplies() { replyOps.insert(UInt16(bytes[6]) | UInt16(bytes[7]) << 8) }
-        let unshared = Op.allCases.filter { ![.run, .killThread, .awaitTeardown].contains($0) }
+        let unshared = Op.allCases.filter { ![.run, .killThread, .awaitTeardown, .unloadModule].contains($0) }
         #expect(replyOps == Set(unshared.map { $0.rawValue | Wire.replyBit }), "add a sample for the new reply")
     }
 
@@ -155,6 +172,14 @@ struct ProtocolTests {
         let words = (0..<Wire.maxSpirvWords).map { UInt32(truncatingIfNeeded: $0 &* 2_654_435_761) }
         let request = Request.spawn(SpawnRequest(program: .spirv(words: words, invocationsPerGroup: 256),
                                                  args: Array(repeating: 1, count: KernelABI.maxArguments), groups: 1))
+        let bytes = MessageCodec.encode(request, id: 5)
+        #expect(bytes.count <= Wire.maxMessageBytes)
+        #expect(try MessageCodec.decodeRequest(bytes).1 == request)
+    }
+
+    @Test func theLargestModuleWithTheLongestEntryNameFitsOneMessage() throws {
+        let words = (0..<Wire.maxSpirvWords).map { UInt32(truncatingIfNeeded: $0 &* 2_654_435_761) }
+        let request = Request.loadModule(words: words, entryPoint: String(repeating: "e", count: Wire.maxEntryPointBytes))
         let bytes = MessageCodec.encode(request, id: 5)
         #expect(bytes.count <= Wire.maxMessageBytes)
         #expect(try MessageCodec.decodeRequest(bytes).1 == request)

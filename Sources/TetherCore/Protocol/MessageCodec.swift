@@ -37,6 +37,10 @@ public enum MessageCodec {
             w.u64(base)
             w.u64(size)
         case .unmirror(let r): w.u64(r.rawValue)
+        case .loadModule(let words, let entry):
+            w.string(entry)
+            w.u32s(words)
+        case .unloadModule(let m): w.u64(m.rawValue)
         case .spawn(let s), .run(let s):
             switch s.program {
             case .builtin(let k):
@@ -46,6 +50,9 @@ public enum MessageCodec {
                 w.u8(1)
                 w.u32(invocations)
                 w.u32s(words)
+            case .module(let launch):
+                w.u8(2)
+                moduleLaunch(&w, launch)
             }
             w.u64s(s.args)
             w.u32(s.groups)
@@ -81,6 +88,13 @@ public enum MessageCodec {
             request = .hello(policy: policy, backend: BackendChoice.allCases[b])
         case .mirror: request = .mirror(ownerBase: try r.u64(), size: try r.u64())
         case .unmirror: request = .unmirror(RegionID(rawValue: try r.u64()))
+        case .loadModule:
+            let entry = try r.string()
+            guard entry.utf8.count <= Wire.maxEntryPointBytes else {
+                throw TetherError(.malformedMessage, "an entry point name is at most \(Wire.maxEntryPointBytes) bytes")
+            }
+            request = .loadModule(words: try r.u32s(max: Wire.maxSpirvWords), entryPoint: entry)
+        case .unloadModule: request = .unloadModule(ModuleID(rawValue: try r.u64()))
         case .spawn, .run:
             let program: SpawnRequest.Program
             switch try r.u8() {
@@ -93,6 +107,7 @@ public enum MessageCodec {
             case 1:
                 let invocations = try r.u32()
                 program = .spirv(words: try r.u32s(max: Wire.maxSpirvWords), invocationsPerGroup: invocations)
+            case 2: program = .module(try moduleLaunch(&r))
             case let v: throw TetherError(.malformedMessage, "unknown program kind \(v)")
             }
             let args = try r.u64s(max: KernelABI.maxArguments)
@@ -123,6 +138,7 @@ public enum MessageCodec {
         switch reply {
         case .hello: .hello
         case .mirrored: .mirror
+        case .module: .loadModule
         case .done: .unmirror
         case .spawned: .spawn
         case .joined: .join
@@ -173,6 +189,9 @@ public enum MessageCodec {
             w.u8(UInt8(BackendKind.allCases.firstIndex(of: h.backend)!))
             w.string(h.deviceName)
         case .mirrored(let r): w.u64(r.rawValue)
+        case .module(let id, let d):
+            w.u64(id.rawValue)
+            moduleDescription(&w, d)
         case .done, .pong: break
         case .spawned(let t): w.u64(t.rawValue)
         case .joined(let t), .status(let t): thread(&w, t)
@@ -232,7 +251,8 @@ public enum MessageCodec {
             guard b < BackendKind.allCases.count else { throw TetherError(.malformedMessage, "bad backend") }
             reply = .hello(HelloReply(space: space, pid: pid, policy: policy, backend: BackendKind.allCases[b], deviceName: try r.string()))
         case .mirror: reply = .mirrored(RegionID(rawValue: try r.u64()))
-        case .unmirror: reply = .done
+        case .loadModule: reply = .module(ModuleID(rawValue: try r.u64()), try moduleDescription(&r))
+        case .unmirror, .unloadModule: reply = .done
         case .ping: reply = .pong
         case .spawn: reply = .spawned(ThreadID(rawValue: try r.u64()))
         case .join, .run: reply = .joined(try thread(&r))

@@ -13,12 +13,15 @@ public enum Wire {
     public static let maxMessageBytes = 196_608
     public static let maxStringBytes = 4096
     public static let maxSpirvWords = (maxMessageBytes - 256) / 4
+    /// The longest entry point name a module may ask for (what SPIR-V reflection keeps).
+    public static let maxEntryPointBytes = 63
     public static let replyBit: UInt16 = 0x8000
 }
 
 public enum Op: UInt16, Sendable, CaseIterable {
     // Owner requests: the first one binds the connection to the sender's address space.
     case hello = 1, mirror = 2, unmirror = 3, spawn = 4, join = 5, kill = 6, status = 7, run = 8
+    case loadModule = 9, unloadModule = 10
     // Tool requests: allowed on any connection, they bind nothing.
     case ps = 20, killProcess = 21, killThread = 22, timelines = 23, ping = 24, awaitTeardown = 25
     case error = 0x7FFF
@@ -31,6 +34,10 @@ public enum Request: Sendable, Equatable {
     /// The memfd travels as the message's one fd; `ownerBase` is where the owner mapped it.
     case mirror(ownerBase: UInt64, size: UInt64)
     case unmirror(RegionID)
+    /// A user's SPIR-V compute module: validated and reflected once, then spawned many times.
+    /// Answered with `module`. An empty `entryPoint` picks the module's one compute entry point.
+    case loadModule(words: [UInt32], entryPoint: String)
+    case unloadModule(ModuleID)
     case spawn(SpawnRequest)
     /// Spawn and join in one round trip: answered with `joined` when the thread ends.
     case run(SpawnRequest)
@@ -53,6 +60,8 @@ public enum Request: Sendable, Equatable {
         case .hello: .hello
         case .mirror: .mirror
         case .unmirror: .unmirror
+        case .loadModule: .loadModule
+        case .unloadModule: .unloadModule
         case .spawn: .spawn
         case .run: .run
         case .join: .join
@@ -74,7 +83,11 @@ public enum Request: Sendable, Equatable {
 public struct SpawnRequest: Sendable, Equatable {
     public enum Program: Sendable, Equatable {
         case builtin(BuiltinKernel)
+        /// SPIR-V with Tether's pointer ABI (`KernelABI` push constants): raw device addresses,
+        /// so only from the daemon's own uid when it runs with `--allow-raw-pointers`.
         case spirv(words: [UInt32], invocationsPerGroup: UInt32)
+        /// A loaded user module with descriptor bindings (`groups` is then the grid's total).
+        case module(ModuleLaunch)
     }
     public var program: Program
     public var args: [UInt64]
@@ -96,6 +109,7 @@ public struct SpawnRequest: Sendable, Equatable {
 public enum Reply: Sendable, Equatable {
     case hello(HelloReply)
     case mirrored(RegionID)
+    case module(ModuleID, ModuleDescription)
     case done
     case spawned(ThreadID)
     case joined(ThreadReport)

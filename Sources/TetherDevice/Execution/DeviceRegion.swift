@@ -45,6 +45,9 @@ public final class DeviceRegion: @unchecked Sendable {
         entry = RegionTableEntry(ownerBase: self.ownerBase, size: UInt64(size), deviceBase: imported.deviceBase)
     }
 
+    /// The backend's import of the pages (nil after release).
+    public var importedMemory: (any ImportedMemory)? { imported }
+
     /// This process's address of the region's first byte (nil after release).
     public var localBase: UnsafeMutableRawPointer? { mapping }
 

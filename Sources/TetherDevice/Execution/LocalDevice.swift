@@ -14,6 +14,7 @@ public final class LocalDevice: @unchecked Sendable {
     private var regions: [DeviceRegion] = []
     private var nextRegion: UInt64 = 1
     private var nextThread: UInt64 = 1
+    private var nextModule: UInt64 = 1
 
     public init(backend: any ComputeBackend, quantumNanos: UInt64 = 2_000_000, slicesInFlight: Int? = nil) {
         self.backend = backend
@@ -43,6 +44,28 @@ public final class LocalDevice: @unchecked Sendable {
         regions.append(region)
         table.set(regions.map(\.entry))
         return region
+    }
+
+    /// Validates, reflects and compiles a user module (raw pointers allowed: this process is
+    /// its own owner).
+    public func loadModule(words: [UInt32], entryPoint: String = "") throws(TetherError) -> UserModule {
+        guard let limits = backend.userKernelLimits else {
+            throw TetherError(.unsupported, "user kernels need a Vulkan backend; this device is \(backend.device.backend.rawValue)")
+        }
+        let module = try UserModule(id: ModuleID(rawValue: nextModule), words: words, entryPoint: entryPoint,
+                                    limits: limits, allowRawPointers: false)
+        nextModule += 1
+        try backend.prepare(module)
+        return module
+    }
+
+    /// A user module's launch, checked against this device's regions.
+    public func launch(_ module: UserModule, _ launch: ModuleLaunch) throws(TetherError) -> (KernelProgram, Launch) {
+        let regions = self.regions
+        let checked = try UserLaunch(launch, module: module, limits: backend.userKernelLimits!) { address, bytes in
+            regions.first { $0.entry.translate(address, bytes: bytes) != nil }
+        }
+        return (.module(checked), Launch(args: [], groups: UInt32(launch.grid.total)))
     }
 
     /// Starts a device thread.

@@ -49,7 +49,7 @@ public final class Scheduler: @unchecked Sendable {
             guard !stopping else { throw TetherError(.deviceLost, "the device is shutting down") }
             threads[thread.id] = thread
             queue.add(thread.id, space: thread.space, priority: thread.priority, groups: thread.groups,
-                      persistent: thread.persistentNanos > 0)
+                      persistent: thread.persistentNanos > 0, unsliced: thread.program.runsUnsliced)
             monitor.broadcast()
         }
     }

@@ -32,6 +32,8 @@ public final class AddressSpace: @unchecked Sendable {
     public internal(set) var connections = 0
     public internal(set) var regions: [RegionID: DeviceRegion] = [:]
     public internal(set) var threads: [ThreadID: DeviceThread] = [:]
+    /// Loaded user modules (threads that run one hold it too).
+    public internal(set) var modules: [ModuleID: UserModule] = [:]
     /// When the daemon noticed that the space must go (pidfd readable, last hang-up, kill).
     public internal(set) var noticeNanos: UInt64 = 0
 

@@ -15,6 +15,7 @@ public final class Registry: @unchecked Sendable {
     private var nextSpace: UInt64 = 1
     private var nextRegion: UInt64 = 1
     private var nextThread: UInt64 = 1
+    private var nextModule: UInt64 = 1
     private var timelines: [TeardownTimeline] = []
     public let timelineCapacity = 65_536
 
@@ -50,6 +51,39 @@ public final class Registry: @unchecked Sendable {
     public func makeRegionID() -> RegionID {
         monitor.withLock { defer { nextRegion += 1 }; return RegionID(rawValue: nextRegion) }
     }
+    public func makeModuleID() -> ModuleID {
+        monitor.withLock { defer { nextModule += 1 }; return ModuleID(rawValue: nextModule) }
+    }
+
+    /// Modules one address space may hold at once (each up to `Wire.maxSpirvWords` words).
+    public static let maxModulesPerSpace = 64
+
+    public func add(_ module: UserModule, to space: AddressSpace) throws(TetherError) {
+        try monitor.withLock { () throws(TetherError) in
+            guard space.phase == .live else { throw TetherError(.ownerExited, "the address space is being torn down") }
+            guard space.modules.count < Self.maxModulesPerSpace else {
+                throw TetherError(.resourceExhausted, "an address space may hold \(Self.maxModulesPerSpace) modules; unload one first")
+            }
+            space.modules[module.id] = module
+        }
+    }
+
+    public func module(_ id: ModuleID, of space: AddressSpace) throws(TetherError) -> UserModule {
+        try monitor.withLock { () throws(TetherError) -> UserModule in
+            guard let m = space.modules[id] else { throw TetherError(.invalidArgument, "no module \(id) in this address space") }
+            return m
+        }
+    }
+
+    /// Forgets a module; threads already running it keep it until they end.
+    public func removeModule(_ id: ModuleID, of space: AddressSpace) throws(TetherError) {
+        try monitor.withLock { () throws(TetherError) in
+            guard space.modules.removeValue(forKey: id) != nil else {
+                throw TetherError(.invalidArgument, "no module \(id) in this address space")
+            }
+        }
+    }
+
     public func makeThreadID() -> ThreadID {
         monitor.withLock { defer { nextThread += 1 }; return ThreadID(rawValue: nextThread) }
     }
@@ -126,6 +160,7 @@ public final class Registry: @unchecked Sendable {
             let r = Array(space.regions.values)
             space.threads = [:]
             space.regions = [:]
+            space.modules = [:]
             space.publishTable()
             return (t, r)
         }

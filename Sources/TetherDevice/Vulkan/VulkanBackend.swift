@@ -6,9 +6,11 @@ import TetherSys
 
 /// Runs device threads on one Vulkan physical device (a GPU, or lavapipe on the CPU).
 ///
-/// Mirrored pages are imported with `VK_EXT_external_memory_host` and addressed through buffer
-/// device addresses; kernels take every pointer from push constants (`KernelABI`), so there are no
-/// descriptor sets. One compute queue is shared by all device threads under `queueLock`.
+/// Mirrored pages are imported with `VK_EXT_external_memory_host`. Built-in kernels address them
+/// through buffer device addresses, taking every pointer from push constants (`KernelABI`) and
+/// translating owner addresses through the region table. User kernels never see an address: they
+/// get descriptor sets over byte ranges of the owner's imports, with robust buffer access
+/// (`VulkanUserContext`). One compute queue is shared by all device threads under `queueLock`.
 public final class VulkanBackend: ComputeBackend, @unchecked Sendable {
     public let device: DeviceDescription
     let instance: VulkanInstance
@@ -21,6 +23,8 @@ public final class VulkanBackend: ComputeBackend, @unchecked Sendable {
     let memoryProperties: VkPhysicalDeviceMemoryProperties
     let fn: VulkanDeviceFunctions
     let pipelineLayout: VkPipelineLayout
+    /// What user kernels may use here (the features enabled at device creation and the limits).
+    public let userKernelLimits: UserKernelLimits?
     /// Built-in pipelines, created on first use (creating all six costs ~100 ms on lavapipe).
     private let builtinPipelines = Mutex<[BuiltinKernel: VkPipeline]>([:])
 
@@ -51,29 +55,31 @@ public final class VulkanBackend: ComputeBackend, @unchecked Sendable {
         queueInfo.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO
         queueInfo.queueFamilyIndex = UInt32(family)
         queueInfo.queueCount = 1
-        var v12 = VkPhysicalDeviceVulkan12Features()
-        v12.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES
-        v12.bufferDeviceAddress = VkBool32(VK_TRUE)
-        v12.timelineSemaphore = VkBool32(VK_TRUE)
-        var features = VkPhysicalDeviceFeatures()
-        features.shaderInt64 = VkBool32(VK_TRUE)
-        let extensions = CStrings(["VK_EXT_external_memory_host"])
+        var features = VulkanFeatures(instance: instance, physical: physical)
+        userKernelLimits = features.userKernelLimits
+        let extensions = CStrings(["VK_EXT_external_memory_host"] + features.extensions)
         var created: VkDevice?
         let result = withUnsafePointer(to: &priority) { prio in
             queueInfo.pQueuePriorities = prio
             return withUnsafePointer(to: &queueInfo) { q in
-                withUnsafePointer(to: &features) { f in
-                    withUnsafeMutablePointer(to: &v12) { v in
-                        extensions.pointers.withUnsafeBufferPointer { e in
-                            var info = VkDeviceCreateInfo()
-                            info.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO
-                            info.pNext = UnsafeRawPointer(v)
-                            info.queueCreateInfoCount = 1
-                            info.pQueueCreateInfos = q
-                            info.enabledExtensionCount = UInt32(e.count)
-                            info.ppEnabledExtensionNames = e.baseAddress
-                            info.pEnabledFeatures = f
-                            return instance.createDevice(physical, &info, nil, &created)
+                withUnsafePointer(to: &features.core) { f in
+                    withUnsafeMutablePointer(to: &features.v11) { v11 in
+                        withUnsafeMutablePointer(to: &features.v12) { v12 in
+                            withUnsafeMutablePointer(to: &features.robustness2) { robust in
+                                extensions.pointers.withUnsafeBufferPointer { e in
+                                    v11.pointee.pNext = UnsafeMutableRawPointer(v12)
+                                    v12.pointee.pNext = features.hasRobustness2 ? UnsafeMutableRawPointer(robust) : nil
+                                    var info = VkDeviceCreateInfo()
+                                    info.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO
+                                    info.pNext = UnsafeRawPointer(v11)
+                                    info.queueCreateInfoCount = 1
+                                    info.pQueueCreateInfos = q
+                                    info.enabledExtensionCount = UInt32(e.count)
+                                    info.ppEnabledExtensionNames = e.baseAddress
+                                    info.pEnabledFeatures = f
+                                    return instance.createDevice(physical, &info, nil, &created)
+                                }
+                            }
                         }
                     }
                 }
@@ -182,7 +188,8 @@ public final class VulkanBackend: ComputeBackend, @unchecked Sendable {
         var bufferInfo = VkBufferCreateInfo()
         bufferInfo.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO
         bufferInfo.size = VkDeviceSize(size)
-        bufferInfo.usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT.rawValue | VK_BUFFER_USAGE_SHADER_DEVICE_ADDRESS_BIT.rawValue
+        bufferInfo.usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT.rawValue | VK_BUFFER_USAGE_UNIFORM_BUFFER_BIT.rawValue
+            | VK_BUFFER_USAGE_SHADER_DEVICE_ADDRESS_BIT.rawValue
         bufferInfo.sharingMode = VK_SHARING_MODE_EXCLUSIVE
         var buffer: VkBuffer?
         let created = withUnsafePointer(to: &external) { e -> VkResult in
@@ -282,8 +289,18 @@ public final class VulkanBackend: ComputeBackend, @unchecked Sendable {
         case .spirv(let words, _):
             pipeline = try makePipeline(words: words)
             owned = true
+        case .module(let launch):
+            guard let compiled = launch.module.compiled.withLock({ $0 }) as? VulkanModule, compiled.backend === self else {
+                throw TetherError(.invalidArgument, "module \(launch.module.id) was not prepared for this device")
+            }
+            return try VulkanUserContext(backend: self, module: compiled, launch: launch)
         }
         return try VulkanThreadContext(backend: self, pipeline: pipeline, ownsPipeline: owned)
+    }
+
+    public func prepare(_ module: UserModule) throws(TetherError) {
+        let compiled = try VulkanModule(backend: self, module: module)
+        module.compiled.withLock { $0 = compiled }
     }
 }
 
@@ -309,91 +326,40 @@ final class VulkanBuffer: ImportedMemory, @unchecked Sendable {
     }
 }
 
-/// One device thread's command buffers, fences and control block (plus its region table copy).
-///
-/// Two submission slots: the scheduler records and submits the next slice while the previous one
-/// runs, so lavapipe's queue goes from one slice to the next without a round trip to the host.
+/// One device thread of a built-in (or trusted pointer-ABI) kernel: its submission slots and its
+/// control block, with the region table copy the kernel translates owner addresses through.
 final class VulkanThreadContext: ThreadContext, @unchecked Sendable {
     static let maxRegions = 256
     let backend: VulkanBackend
     let pipeline: VkPipeline
     let ownsPipeline: Bool
-    let pool: VkCommandPool
-    let commandBuffers: [VkCommandBuffer]
-    let fences: [VkFence]
+    let slots: VulkanSlots
     /// Control block at offset 0, region table at offset 64.
     let block: VulkanBuffer
     let control: UnsafeMutablePointer<ControlBlock>
     private var tableInUse: [RegionTableEntry] = []
-    /// Slots with a submitted, unfinished slice, oldest first.
-    private var pending: [Int] = []
-    private var nextSlot = 0
 
     init(backend: VulkanBackend, pipeline: VkPipeline, ownsPipeline: Bool) throws(TetherError) {
-        let slots = backend.sliceDepth
         self.backend = backend
         self.pipeline = pipeline
         self.ownsPipeline = ownsPipeline
-        let fn = backend.fn
-        let device = backend.handle
-        var poolInfo = VkCommandPoolCreateInfo()
-        poolInfo.sType = VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO
-        poolInfo.flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT.rawValue
-        poolInfo.queueFamilyIndex = backend.queueFamily
-        var pool: VkCommandPool?
-        try check(fn.createCommandPool(device, &poolInfo, nil, &pool), "vkCreateCommandPool")
-        var allocInfo = VkCommandBufferAllocateInfo()
-        allocInfo.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO
-        allocInfo.commandPool = pool
-        allocInfo.level = VK_COMMAND_BUFFER_LEVEL_PRIMARY
-        allocInfo.commandBufferCount = UInt32(slots)
-        var buffers = [VkCommandBuffer?](repeating: nil, count: slots)
-        var result = fn.allocateCommandBuffers(device, &allocInfo, &buffers)
-        var fences: [VkFence] = []
-        var fenceInfo = VkFenceCreateInfo()
-        fenceInfo.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO
-        while result == VK_SUCCESS && fences.count < slots {
-            var fence: VkFence?
-            result = fn.createFence(device, &fenceInfo, nil, &fence)
-            if let fence { fences.append(fence) }
+        do {
+            slots = try VulkanSlots(backend: backend)
+            block = try backend.makeBuffer(size: 64 + RegionTableEntry.stride * Self.maxRegions, importing: nil)
+        } catch {
+            if ownsPipeline { backend.fn.destroyPipeline(backend.handle, pipeline, nil) }
+            throw error
         }
-        var block: VulkanBuffer?
-        var failure = TetherError(.resourceExhausted, "could not allocate command buffers (VkResult \(result.rawValue))")
-        if result == VK_SUCCESS {
-            do { block = try backend.makeBuffer(size: 64 + RegionTableEntry.stride * Self.maxRegions, importing: nil) }
-            catch { failure = error }
-        }
-        guard let block else {
-            for f in fences { fn.destroyFence(device, f, nil) }
-            fn.destroyCommandPool(device, pool, nil)
-            if ownsPipeline { fn.destroyPipeline(device, pipeline, nil) }
-            throw failure
-        }
-        self.pool = pool!
-        self.commandBuffers = buffers.map { $0! }
-        self.fences = fences
-        self.block = block
         control = block.mapped.bindMemory(to: ControlBlock.self, capacity: 1)
         control.initialize(to: ControlBlock())
     }
 
     deinit {
-        let fn = backend.fn
-        for slot in pending { _ = wait(slot) }
-        for f in fences { fn.destroyFence(backend.handle, f, nil) }
-        fn.destroyCommandPool(backend.handle, pool, nil)
-        if ownsPipeline { fn.destroyPipeline(backend.handle, pipeline, nil) }
-    }
-
-    /// Waits for a slot's fence. A slice is bounded by the scheduler's quantum; a minute means
-    /// the device is hung.
-    private func wait(_ slot: Int) -> VkResult {
-        var f: VkFence? = fences[slot]
-        return backend.fn.waitForFences(backend.handle, 1, &f, VkBool32(VK_TRUE), 60_000_000_000)
+        try? slots.waitForPending()
+        if ownsPipeline { backend.fn.destroyPipeline(backend.handle, pipeline, nil) }
     }
 
     func startSlice(_ slice: SliceLaunch) throws(TetherError) {
-        precondition(pending.count < fences.count, "more slices started than the context has slots")
         let regions = slice.regions
         guard regions.count <= Self.maxRegions else {
             throw TetherError(.resourceExhausted, "at most \(Self.maxRegions) mirrored regions per address space")
@@ -403,60 +369,39 @@ final class VulkanThreadContext: ThreadContext, @unchecked Sendable {
         }
         if regions != tableInUse {
             // Slices in flight read the table: let them end before it changes.
-            for slot in pending { try check(wait(slot), "vkWaitForFences") }
+            try slots.waitForPending()
             let table = block.mapped.advanced(by: 64).bindMemory(to: RegionTableEntry.self, capacity: Self.maxRegions)
             for (i, r) in regions.enumerated() { table[i] = r }
             tableInUse = regions
         }
         let fn = backend.fn
-        let slot = nextSlot
-        let commandBuffer = commandBuffers[slot]
         var push = [UInt64](repeating: 0, count: KernelABI.pushConstantSize / 8)
         push[0] = block.deviceBase
         push[1] = block.deviceBase + 64
         for (i, a) in slice.args.enumerated() { push[4 + i] = a }
-        var begin = VkCommandBufferBeginInfo()
-        begin.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO
-        begin.flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT.rawValue
-        try check(fn.resetCommandBuffer(commandBuffer, 0), "vkResetCommandBuffer")
-        try check(fn.beginCommandBuffer(commandBuffer, &begin), "vkBeginCommandBuffer")
-        fn.cmdBindPipeline(commandBuffer, VK_PIPELINE_BIND_POINT_COMPUTE, pipeline)
-        // maxComputeWorkGroupCount[0] is 65,535 on lavapipe: larger slices become several dispatches.
-        var base = slice.groupBase
-        let end = slice.groupBase + slice.groupCount
-        while base < end {
-            let count = min(end - base, 65_535)
-            push.withUnsafeMutableBytes { raw in
-                raw.storeBytes(of: UInt32(regions.count), toByteOffset: 16, as: UInt32.self)
-                raw.storeBytes(of: base, toByteOffset: 20, as: UInt32.self)
-                raw.storeBytes(of: slice.groupTotal, toByteOffset: 24, as: UInt32.self)
-                raw.storeBytes(of: slice.round, toByteOffset: 28, as: UInt32.self)
-                fn.cmdPushConstants(commandBuffer, backend.pipelineLayout, VK_SHADER_STAGE_COMPUTE_BIT.rawValue, 0,
-                                    UInt32(KernelABI.pushConstantSize), raw.baseAddress)
+        try slots.submit { commandBuffer in
+            fn.cmdBindPipeline(commandBuffer, VK_PIPELINE_BIND_POINT_COMPUTE, pipeline)
+            // maxComputeWorkGroupCount[0] is 65,535 on lavapipe: larger slices become several dispatches.
+            var base = slice.groupBase
+            let end = slice.groupBase + slice.groupCount
+            while base < end {
+                let count = min(end - base, 65_535)
+                push.withUnsafeMutableBytes { raw in
+                    raw.storeBytes(of: UInt32(regions.count), toByteOffset: 16, as: UInt32.self)
+                    raw.storeBytes(of: base, toByteOffset: 20, as: UInt32.self)
+                    raw.storeBytes(of: slice.groupTotal, toByteOffset: 24, as: UInt32.self)
+                    raw.storeBytes(of: slice.round, toByteOffset: 28, as: UInt32.self)
+                    fn.cmdPushConstants(commandBuffer, backend.pipelineLayout, VK_SHADER_STAGE_COMPUTE_BIT.rawValue, 0,
+                                        UInt32(KernelABI.pushConstantSize), raw.baseAddress)
+                }
+                fn.cmdDispatch(commandBuffer, count, 1, 1)
+                base += count
             }
-            fn.cmdDispatch(commandBuffer, count, 1, 1)
-            base += count
         }
-        try check(fn.endCommandBuffer(commandBuffer), "vkEndCommandBuffer")
-        var cb: VkCommandBuffer? = commandBuffer
-        let submitted = withUnsafePointer(to: &cb) { cbp -> VkResult in
-            var submit = VkSubmitInfo()
-            submit.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO
-            submit.commandBufferCount = 1
-            submit.pCommandBuffers = cbp
-            return backend.queueLock.withLock { _ in fn.queueSubmit(backend.queue, 1, &submit, fences[slot]) }
-        }
-        try check(submitted, "vkQueueSubmit")
-        pending.append(slot)
-        nextSlot = (slot + 1) % fences.count
     }
 
     func finishSlice() throws(TetherError) -> UInt64? {
-        guard !pending.isEmpty else { return nil }
-        let slot = pending.removeFirst()
-        try check(wait(slot), "vkWaitForFences")
-        var f: VkFence? = fences[slot]
-        try check(backend.fn.resetFences(backend.handle, 1, &f), "vkResetFences")
+        try slots.finishOldest()
         return nil
     }
 }

@@ -36,6 +36,14 @@ struct VulkanDeviceFunctions: @unchecked Sendable {
     let resetFences: PFN_vkResetFences
     let waitForFences: PFN_vkWaitForFences
     let queueSubmit: PFN_vkQueueSubmit
+    let createDescriptorSetLayout: PFN_vkCreateDescriptorSetLayout
+    let destroyDescriptorSetLayout: PFN_vkDestroyDescriptorSetLayout
+    let createDescriptorPool: PFN_vkCreateDescriptorPool
+    let destroyDescriptorPool: PFN_vkDestroyDescriptorPool
+    let allocateDescriptorSets: PFN_vkAllocateDescriptorSets
+    let updateDescriptorSets: PFN_vkUpdateDescriptorSets
+    let cmdBindDescriptorSets: PFN_vkCmdBindDescriptorSets
+    let cmdDispatchBase: PFN_vkCmdDispatchBase
 
     init(instance: VulkanInstance, device: VkDevice) throws(TetherError) {
         func p<T>(_ name: String, _: T.Type) throws(TetherError) -> T {
@@ -76,5 +84,13 @@ struct VulkanDeviceFunctions: @unchecked Sendable {
         resetFences = try p("vkResetFences", PFN_vkResetFences.self)
         waitForFences = try p("vkWaitForFences", PFN_vkWaitForFences.self)
         queueSubmit = try p("vkQueueSubmit", PFN_vkQueueSubmit.self)
+        createDescriptorSetLayout = try p("vkCreateDescriptorSetLayout", PFN_vkCreateDescriptorSetLayout.self)
+        destroyDescriptorSetLayout = try p("vkDestroyDescriptorSetLayout", PFN_vkDestroyDescriptorSetLayout.self)
+        createDescriptorPool = try p("vkCreateDescriptorPool", PFN_vkCreateDescriptorPool.self)
+        destroyDescriptorPool = try p("vkDestroyDescriptorPool", PFN_vkDestroyDescriptorPool.self)
+        allocateDescriptorSets = try p("vkAllocateDescriptorSets", PFN_vkAllocateDescriptorSets.self)
+        updateDescriptorSets = try p("vkUpdateDescriptorSets", PFN_vkUpdateDescriptorSets.self)
+        cmdBindDescriptorSets = try p("vkCmdBindDescriptorSets", PFN_vkCmdBindDescriptorSets.self)
+        cmdDispatchBase = try p("vkCmdDispatchBase", PFN_vkCmdDispatchBase.self)
     }
 }
