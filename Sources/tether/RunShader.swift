@@ -24,8 +24,8 @@ struct ShaderOptions: ParsableArguments {
 }
 
 /// What `tether run --spirv --json` prints.
-struct ShaderRunReport: Codable {
-    struct BindingReport: Codable {
+struct ShaderRunReport: Encodable {
+    struct BindingReport: Encodable {
         var binding: String
         var kind: String
         var bytes: Int
@@ -41,6 +41,21 @@ struct ShaderRunReport: Codable {
     var bindings: [BindingReport]
     var backend: String
     var device: String
+
+    /// `error` is always present (null when the thread finished), so tools can test for it.
+    func encode(to encoder: any Encoder) throws {
+        enum Key: String, CodingKey { case state, error, seconds, groups, localSize, entryPoint, bindings, backend, device }
+        var c = encoder.container(keyedBy: Key.self)
+        try c.encode(state, forKey: .state)
+        if let error { try c.encode(error, forKey: .error) } else { try c.encodeNil(forKey: .error) }
+        try c.encode(seconds, forKey: .seconds)
+        try c.encode(groups, forKey: .groups)
+        try c.encode(localSize, forKey: .localSize)
+        try c.encode(entryPoint, forKey: .entryPoint)
+        try c.encode(bindings, forKey: .bindings)
+        try c.encode(backend, forKey: .backend)
+        try c.encode(device, forKey: .device)
+    }
 }
 
 /// Runs a user's compute shader through the daemon: loads the module, lays every buffer out in one
