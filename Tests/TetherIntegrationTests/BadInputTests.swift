@@ -61,8 +61,10 @@ import Testing
         bytes[Wire.headerBytes + 1] = 200
         try SeqPacketSocket.send(fd.raw, bytes)
         #expect(errorCode(rawReply(fd.raw)) == .unknownKernel)
-        // Custom SPIR-V on the software backend: a clear "needs Vulkan".
-        #expect(code { _ = try device.spawn(spirv: [0x0723_0203, 0], invocationsPerGroup: 1, args: [], groups: 1) } == .unsupported)
+        // A user module on the software backend: a clear "needs Vulkan"; the pointer-ABI SPIR-V path
+        // is refused before that, without --allow-raw-pointers.
+        #expect(code { _ = try device.loadModule(spirv: [0x0723_0203, 0x0001_0500, 0, 1, 0]) } == .unsupported)
+        #expect(code { _ = try device.spawn(spirv: [0x0723_0203, 0], invocationsPerGroup: 1, args: [], groups: 1) } == .permissionDenied)
     }
 
     @Test("an access that runs past its region faults on the device: an error for the thread, never a crash")
