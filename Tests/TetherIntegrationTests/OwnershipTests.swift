@@ -69,8 +69,10 @@ import Testing
         }
         #expect(now - baseline <= 32 << 10, "Shmem \(now) KiB, baseline \(baseline) KiB, peak \(peak) KiB")
         #expect(kill(w, 0) == 0, "the child lives on")
+        // W is P's child (reparented), not ours: waited for through a pidfd, not waitpid.
+        let wfd = try Pidfd.open(w)
         kill(w, SIGKILL)
-        _ = waitChild(w)
+        #expect(try waitReadable(wfd.raw, timeoutMillis: 10_000))
     }
 
     // MARK: Rule 2 — a holder's shutdown() is not the owner's release
