@@ -13,7 +13,12 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/stat.h>
 #include <unistd.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <linux/sock_diag.h>
+#include <linux/unix_diag.h>
 
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
@@ -64,6 +69,13 @@ void tether_set_thread_name(const char *name) {
 }
 
 #define TETHER_MAX_FDS 8
+// Linux 6.5 (include/uapi/asm-generic/socket.h); glibc 2.36 predates them.
+#ifndef SO_PASSPIDFD
+#define SO_PASSPIDFD 76
+#endif
+#ifndef SCM_PIDFD
+#define SCM_PIDFD 0x04
+#endif
 
 ssize_t tether_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int fd_count) {
     if (fd_count < 0 || fd_count > TETHER_MAX_FDS) { errno = EINVAL; return -1; }
@@ -86,10 +98,10 @@ ssize_t tether_send_with_fds(int sock, const void *buf, size_t len, const int *f
 }
 
 ssize_t tether_recv_with_fds(int sock, void *buf, size_t len, int *fds, int max_fds, int *fd_count,
-                             pid_t *sender_pid, uid_t *sender_uid, bool *truncated) {
+                             pid_t *sender_pid, uid_t *sender_uid, int *sender_pidfd, bool *truncated) {
     struct iovec iov = {.iov_base = buf, .iov_len = len};
     union {
-        char buf[CMSG_SPACE(sizeof(int) * TETHER_MAX_FDS) + CMSG_SPACE(sizeof(struct ucred))];
+        char buf[CMSG_SPACE(sizeof(int) * TETHER_MAX_FDS) + CMSG_SPACE(sizeof(struct ucred)) + CMSG_SPACE(sizeof(int))];
         struct cmsghdr align;
     } control;
     struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
@@ -97,6 +109,7 @@ ssize_t tether_recv_with_fds(int sock, void *buf, size_t len, int *fds, int max_
     *fd_count = 0;
     *sender_pid = -1;
     *sender_uid = (uid_t)-1;
+    *sender_pidfd = -1;
     *truncated = false;
     ssize_t n;
     do { n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC); } while (n < 0 && errno == EINTR);
@@ -118,6 +131,12 @@ ssize_t tether_recv_with_fds(int sock, void *buf, size_t len, int *fds, int max_
             memcpy(&cred, CMSG_DATA(c), sizeof(cred));
             *sender_pid = cred.pid;
             *sender_uid = cred.uid;
+        } else if (c->cmsg_type == SCM_PIDFD) {
+            int pidfd;
+            memcpy(&pidfd, CMSG_DATA(c), sizeof(pidfd));
+            // Negative: the kernel could not make one (the sender is gone): reported as none.
+            if (*sender_pidfd >= 0) close(*sender_pidfd);
+            *sender_pidfd = pidfd >= 0 ? pidfd : -1;
         }
     }
     return n;
@@ -126,6 +145,66 @@ ssize_t tether_recv_with_fds(int sock, void *buf, size_t len, int *fds, int max_
 int tether_enable_passcred(int sock) {
     int one = 1;
     return setsockopt(sock, SOL_SOCKET, SO_PASSCRED, &one, sizeof(one));
+}
+
+int tether_enable_passpidfd(int sock) {
+    int one = 1;
+    return setsockopt(sock, SOL_SOCKET, SO_PASSPIDFD, &one, sizeof(one));
+}
+
+int tether_peer_credentials(int sock, uid_t *uid, pid_t *pid) {
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return -1;
+    *uid = cred.uid;
+    *pid = cred.pid;
+    return 0;
+}
+
+int tether_sock_diag_open(void) {
+    return socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+}
+
+long long tether_unix_peer_inode(int diag, unsigned int ino) {
+    struct { struct nlmsghdr nlh; struct unix_diag_req req; } request;
+    memset(&request, 0, sizeof(request));
+    request.nlh.nlmsg_len = sizeof(request);
+    request.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+    request.nlh.nlmsg_flags = NLM_F_REQUEST;
+    request.req.sdiag_family = AF_UNIX;
+    request.req.udiag_states = ~0U;
+    request.req.udiag_ino = ino;
+    request.req.udiag_show = UDIAG_SHOW_PEER;
+    request.req.udiag_cookie[0] = ~0U;  // INET_DIAG_NOCOOKIE: find by inode alone
+    request.req.udiag_cookie[1] = ~0U;
+    ssize_t n;
+    do { n = send(diag, &request, sizeof(request), 0); } while (n < 0 && errno == EINTR);
+    if (n < 0) return -1;
+    union { char bytes[4096]; struct nlmsghdr align; } reply;
+    do { n = recv(diag, reply.bytes, sizeof(reply.bytes), 0); } while (n < 0 && errno == EINTR);
+    if (n < 0) return -1;
+    struct nlmsghdr *h = &reply.align;
+    if (!NLMSG_OK(h, (unsigned int)n)) { errno = EPROTO; return -1; }
+    if (h->nlmsg_type == NLMSG_ERROR) {
+        struct nlmsgerr *e = NLMSG_DATA(h);
+        errno = e->error < 0 ? -e->error : EPROTO;
+        return -1;
+    }
+    if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY || h->nlmsg_len < NLMSG_LENGTH(sizeof(struct unix_diag_msg))) {
+        errno = EPROTO;
+        return -1;
+    }
+    struct unix_diag_msg *msg = NLMSG_DATA(h);
+    struct rtattr *a = (struct rtattr *)(msg + 1);
+    int left = (int)(h->nlmsg_len - NLMSG_LENGTH(sizeof(*msg)));
+    for (; RTA_OK(a, left); a = RTA_NEXT(a, left)) {
+        if (a->rta_type == UNIX_DIAG_PEER && RTA_PAYLOAD(a) >= sizeof(uint32_t)) {
+            uint32_t peer;
+            memcpy(&peer, RTA_DATA(a), sizeof(peer));
+            return peer;
+        }
+    }
+    return 0;  // no peer attribute: not connected any more
 }
 
 int tether_accept_nonblocking(int listener) {
@@ -184,6 +263,68 @@ void tether_untrack_device_fd(int fd) {
 }
 
 int tether_fds_closed_on_fork(void) { return closed_on_fork; }
+
+int tether_mirror_create(size_t size, int *fd_out, void **base_out) {
+    pthread_once(&atfork_once, register_atfork);
+    pthread_mutex_lock(&tracked_lock);
+    int saved = 0;
+    void *p = MAP_FAILED;
+    int fd = memfd_create("tether-mirror", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0) goto fail;
+    if (tracked_count >= TETHER_MAX_TRACKED) { errno = EMFILE; goto fail; }
+    if (ftruncate(fd, (off_t)size) != 0) goto fail;
+    if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) goto fail;
+    p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) goto fail;
+    if (madvise(p, size, MADV_DONTFORK) != 0) goto fail;
+    tracked_fds[tracked_count] = fd;
+    tracked_close[tracked_count] = true;
+    tracked_count++;
+    pthread_mutex_unlock(&tracked_lock);
+    *fd_out = fd;
+    *base_out = p;
+    return 0;
+fail:
+    saved = errno;
+    if (p != MAP_FAILED) munmap(p, size);
+    if (fd >= 0) close(fd);
+    pthread_mutex_unlock(&tracked_lock);
+    errno = saved;
+    return -1;
+}
+
+void tether_close_tracked_fd(int fd) {
+    pthread_mutex_lock(&tracked_lock);
+    for (int i = 0; i < tracked_count; i++) {
+        if (tracked_fds[i] == fd) {
+            tracked_fds[i] = tracked_fds[tracked_count - 1];
+            tracked_close[i] = tracked_close[tracked_count - 1];
+            tracked_count--;
+            break;
+        }
+    }
+    close(fd);
+    pthread_mutex_unlock(&tracked_lock);
+}
+
+#ifndef SYS_clone3
+#define SYS_clone3 435
+#endif
+
+// struct clone_args of include/uapi/linux/sched.h (CLONE_ARGS_SIZE_VER1 = 80 bytes, Linux 5.5), kept
+// here because that header redefines glibc's CLONE_* macros.
+struct tether_clone_args {
+    uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size;
+};
+
+pid_t tether_fork_with_pid(pid_t pid) {
+    struct tether_clone_args args;
+    memset(&args, 0, sizeof(args));
+    args.exit_signal = SIGCHLD;
+    args.set_tid = (uint64_t)(uintptr_t)&pid;
+    args.set_tid_size = 1;
+    return (pid_t)syscall(SYS_clone3, &args, sizeof(args));
+}
 
 int tether_set_child_subreaper(void) { return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); }
 

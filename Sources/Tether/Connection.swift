@@ -61,6 +61,10 @@ final class Connection: @unchecked Sendable {
         var timed: Set<UInt64> = []
         /// Set once (hang-up, read error, unreadable reply, close); every later call throws it.
         var failure: TetherError?
+        /// The peer end went away under us while we had not closed it: end of file or a broken
+        /// pipe. Either the daemon died or the connection was shut down (by another holder of
+        /// the fd, or severed by the daemon); the owner tells them apart by resuming.
+        var shutDown = false
         var closed = false
         var readerRunning = true
         var readerThread: pthread_t?
@@ -105,6 +109,15 @@ final class Connection: @unchecked Sendable {
         } catch {
             throw connectError(error, path: path)
         }
+        // Not a byte before we know who listens: a daemon of our own uid or root's. Anyone who
+        // could create the socket's directory first could otherwise listen there and be sent
+        // our memory (ownership.md, rule 6).
+        do throws(TetherError) {
+            try checkPeer(fd, path: path)
+        } catch {
+            Glibc.close(fd)
+            throw error
+        }
         // At once: a fork from another thread between connect and here is the one case in
         // which a child would inherit the fd without the atfork handler knowing of it.
         if track { tether_track_device_fd(fd, closeOnFork) }
@@ -137,6 +150,18 @@ final class Connection: @unchecked Sendable {
         close()
     }
 
+    /// Refuses a peer of another uid (root excepted), from `SO_PEERCRED`.
+    static func checkPeer(_ fd: Int32, path: String) throws(TetherError) {
+        let me = geteuid()
+        let peer: (uid: uid_t, pid: pid_t)
+        do throws(SystemError) { peer = try SeqPacketSocket.peerCredentials(fd) } catch {
+            throw TetherError(.permissionDenied, "cannot tell who listens at \(path) (\(error)); refusing to talk to it")
+        }
+        guard peer.uid == me || peer.uid == 0 else {
+            throw TetherError(.permissionDenied, "the socket at \(path) is served by pid \(peer.pid) of uid \(peer.uid), not by you (uid \(me)) or root: refusing to send it anything. Another user may have taken the socket's directory; remove it and start your own daemon")
+        }
+    }
+
     static func connectError(_ e: SystemError, path: String) -> TetherError {
         switch e.errno {
         case ENOENT, ECONNREFUSED, ENOTDIR:
@@ -158,6 +183,10 @@ final class Connection: @unchecked Sendable {
     // MARK: Errors
 
     var goneError: TetherError { TetherError(.deviceLost, "the Tether daemon at \(socketPath) went away") }
+
+    /// Whether the peer end went away while this process had not closed the connection (see
+    /// `State.shutDown`).
+    var wasShutDown: Bool { state.withLock { $0.shutDown } }
 
     static func timeoutError(_ what: String, seconds: Double, path: String) -> TetherError {
         TetherError(.deviceLost, "no answer from the daemon within \(formatSeconds(seconds)) s (\(what), daemon at \(path))")
@@ -241,6 +270,8 @@ final class Connection: @unchecked Sendable {
             }
         }
         guard let e = outcome else { return }
+        if case EPIPE = e.errno { state.withLock { if !$0.closed { $0.shutDown = true } } }
+        if case ECONNRESET = e.errno { state.withLock { if !$0.closed { $0.shutDown = true } } }
         if let failure = state.withLock({ $0.failure }) { throw failure }
         switch e.errno {
         case EPIPE, ECONNRESET, ENOTCONN, EBADF:
@@ -290,6 +321,7 @@ final class Connection: @unchecked Sendable {
                     }
                 case .hangUp:
                     failure = goneError
+                    state.withLock { $0.shutDown = true }
                     break loop
                 case .wouldBlock:
                     continue

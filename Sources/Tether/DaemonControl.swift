@@ -93,8 +93,16 @@ public final class DaemonControl: @unchecked Sendable {
         connection?.close()
     }
 
+    /// One call; asked once more on a new connection if the current one was shut down under
+    /// this process (tool requests bind nothing, so a new connection serves them just as well).
     private func call(_ request: Request) throws(TetherError) -> Reply {
-        try connection().call(request, timeoutSeconds: timeoutSeconds)
+        let c = try connection()
+        do throws(TetherError) {
+            return try c.call(request, timeoutSeconds: timeoutSeconds)
+        } catch {
+            guard c.wasShutDown, c.openerPid == getpid() else { throw error }
+            return try connection().call(request, timeoutSeconds: timeoutSeconds)
+        }
     }
 
     private func connection() throws(TetherError) -> Connection {
@@ -103,16 +111,18 @@ public final class DaemonControl: @unchecked Sendable {
             if s.closed { throw TetherError(.deviceLost, "this DaemonControl was closed; open a new one") }
             return s.pid == pid ? s.connection : nil
         }
-        if let current { return current }
-        // A forked child: a new connection; a race between two threads of the child costs one
-        // extra connection, closed at once.
+        if let current, !current.wasShutDown { return current }
+        // A forked child, or a connection shut down under us: a new connection; a race between
+        // two threads costs one extra connection, closed at once.
         let fresh = try Connection.open(path: socketPath, track: false, closeOnFork: false, sendTimeoutSeconds: timeoutSeconds)
         let winner = state.withLock { s -> Connection? in
-            if s.closed || s.pid == pid { return s.closed ? nil : s.connection }
+            if s.closed { return nil }
+            if s.pid == pid && s.connection !== current { return s.connection }
             s.connection = fresh
             s.pid = pid
             return fresh
         }
+        if let current, winner === fresh { current.close() }
         guard let winner else {
             fresh.close()
             throw TetherError(.deviceLost, "this DaemonControl was closed; open a new one")

@@ -58,18 +58,26 @@ public struct DeviceThreadHandle: Sendable, Hashable {
 /// tears the address space down when this process exits (policy `exit`) or when the last copy of
 /// the connection fd is closed (`release`), killing its device threads and dropping its regions.
 ///
-/// **Fork.** A forked child shares nothing with the parent's connection that it may use: the
-/// daemon answers `notOwner` to requests from another process, and the reader thread did not
+/// **Fork.** A forked child shares nothing with the parent's device that it may use: the daemon
+/// severs a connection on which another process sends anything, and the reader thread did not
 /// survive the fork anyway. So every call first compares `getpid()` with the pid this device
-/// connected from; in a child it transparently opens a connection of its own, says hello with the
-/// same options, and mirrors every region of this device again — same owner addresses (fork
-/// copied the address space) and the same memfds (inherited) — making the child an owner of the
-/// same pages. Handles keep working: `MirroredMemory.region` is translated to the child's region.
-/// The parent's fd is never closed or used in the child: with `closeOnFork` the C atfork handler
-/// already closed it (and the number may have been reused); without, keeping it open is the point.
-/// `getpid()` is checked rather than relying on `pthread_atfork` alone, which raw `clone` skips.
-/// In a child, prefer the blocking calls (`wait`): the async runtime's thread pool is not usable
-/// after a fork of a multithreaded process.
+/// connected from; in a child it transparently opens a connection of its own and says hello with
+/// the same options: the child is a new address space, with no memory and no threads. The
+/// parent's mirrored memory is not inherited (see `MirroredMemory`: unmapped in the child) and its
+/// thread handles name nothing in the child's space. The parent's fd is never closed or used in
+/// the child: with `closeOnFork` the C atfork handler already closed it (and the number may have
+/// been reused); without, keeping it open is the point. `getpid()` is checked rather than relying
+/// on `pthread_atfork` alone, which raw `clone` skips. In a child, prefer the blocking calls
+/// (`wait`): the async runtime's thread pool is not usable after a fork of a multithreaded process.
+///
+/// **Resume.** If the connection is shut down under this process — by a child or another process
+/// holding a copy of its fd, or by the daemon severing a connection another process sent on — the
+/// daemon keeps the address space for its live owner, and the next call (or the pending one)
+/// resumes it on a new connection: same space, same regions and threads. Pending `join`/`wait`,
+/// `status` and `kill` are asked again there; a `spawn`, `run`, `mirror` or `unmirror` in flight at
+/// that moment fails with `.deviceLost` (it may or may not have taken effect). If the daemon no
+/// longer has the space (it restarted), the call fails with `.deviceLost` instead of going on in
+/// a new, empty space.
 ///
 /// All methods are thread-safe. Every blocking call is bounded by `requestTimeoutSeconds`, except
 /// `join`/`wait`, which have their own timeout; all of them fail with `.deviceLost` as soon as the
@@ -79,26 +87,20 @@ public final class Device: @unchecked Sendable {
     /// The resolved socket path.
     public let socketPath: String
 
-    private struct Mirror {
-        let memory: MirroredMemory
-        /// The region in the current process's address space (differs from `memory.region` in a
-        /// forked child).
-        var live: RegionID
-    }
-
     private struct State {
         var connection: Connection
         /// The process `connection` belongs to.
         var pid: pid_t
         var hello: HelloReply
-        var mirrors: [ObjectIdentifier: Mirror] = [:]
+        /// The memory this process mirrored through this device.
+        var mirrors: [ObjectIdentifier: MirroredMemory] = [:]
         var closed = false
     }
 
     /// Brief sections only (never held across I/O), so that a fork in another thread is unlikely
     /// to copy it locked.
     private let state: Locked<State>
-    /// Serialises re-connection in a forked child, which does I/O.
+    /// Serialises re-connection (in a forked child, or to resume), which does I/O.
     private let reconnectLock = Locked(())
 
     var timeout: Double { options.requestTimeoutSeconds }
@@ -158,21 +160,34 @@ public final class Device: @unchecked Sendable {
     // MARK: Memory
 
     /// Creates `bytes` (rounded up to whole pages) of memory shared with the device: a memfd,
-    /// mapped here, mirrored by the daemon at the same owner addresses.
+    /// mapped here, mirrored by the daemon at the same owner addresses. Only this process has it:
+    /// a forked child does not inherit the mapping or the memfd (see `MirroredMemory`).
     public func mirror(bytes: Int) throws(TetherError) -> MirroredMemory {
         guard bytes > 0 else { throw TetherError(.invalidArgument, "mirror needs a positive number of bytes, not \(bytes)") }
-        let c = try connection()
         let size = Memfd.pageRounded(bytes)
-        let memfd = try sys({ () throws(SystemError) in try Memfd.create(name: "tether-mirror", size: size) },
-                            "cannot create \(size) bytes of shared memory")
-        let mapping = try sys({ () throws(SystemError) in try SharedMapping(fd: memfd.raw, size: size) },
-                              "cannot map \(size) bytes of shared memory")
-        let reply = try c.call(.mirror(ownerBase: mapping.address, size: UInt64(size)), fds: [memfd.raw], timeoutSeconds: timeout)
-        guard case .mirrored(let region) = reply else { throw Self.unexpected(reply, to: "mirror") }
-        let memory = MirroredMemory(memfd: memfd, mapping: mapping, region: region)
+        var memfd: Int32 = -1
+        var mapped: UnsafeMutableRawPointer?
+        guard tether_mirror_create(size, &memfd, &mapped) == 0, let base = mapped else {
+            throw TetherError(.resourceExhausted, "cannot create \(size) bytes of shared memory: \(SystemError("memfd_create/mmap"))")
+        }
+        let reply: Reply
+        do throws(TetherError) {
+            reply = try call(.mirror(ownerBase: UInt64(UInt(bitPattern: base)), size: UInt64(size)), fds: [memfd])
+        } catch {
+            tether_close_tracked_fd(memfd)
+            munmap(base, size)
+            throw error
+        }
+        // The daemon has its own copy now: ours would only let a forked child pin the pages.
+        tether_close_tracked_fd(memfd)
+        guard case .mirrored(let region) = reply else {
+            munmap(base, size)
+            throw Self.unexpected(reply, to: "mirror")
+        }
+        let memory = MirroredMemory(base: base, size: size, region: region)
         let registered = state.withLock { s in
             guard !s.closed else { return false }
-            s.mirrors[ObjectIdentifier(memory)] = Mirror(memory: memory, live: region)
+            s.mirrors[ObjectIdentifier(memory)] = memory
             return true
         }
         guard registered else {
@@ -188,14 +203,16 @@ public final class Device: @unchecked Sendable {
     /// daemon, the address space or the region no longer exists); if the daemon refuses for
     /// another reason the memory stays mirrored and the error is thrown.
     public func unmirror(_ memory: MirroredMemory) throws(TetherError) {
-        let c = try connection()
         let key = ObjectIdentifier(memory)
+        guard memory.ownerPid == getpid() else {
+            throw TetherError(.noSuchRegion, "region \(memory.region) was mirrored by process \(memory.ownerPid); a forked child does not inherit mirrored memory (it is not mapped here): mirror memory of its own instead")
+        }
         // Claimed first, so that two concurrent unmirrors do not both ask the daemon.
         guard let mirror = state.withLock({ $0.mirrors.removeValue(forKey: key) }) else {
             throw TetherError(.noSuchRegion, "region \(memory.region) is not mirrored by this device (unmirrored already, or mirrored by another Device)")
         }
         do throws(TetherError) {
-            let reply = try c.call(.unmirror(mirror.live), timeoutSeconds: timeout)
+            let reply = try call(.unmirror(mirror.region))
             guard case .done = reply else { throw Self.unexpected(reply, to: "unmirror") }
         } catch {
             switch error.code {
@@ -250,7 +267,7 @@ public final class Device: @unchecked Sendable {
 
     private func spawn(_ request: SpawnRequest) throws(TetherError) -> DeviceThreadHandle {
         try Self.checkArguments(request)
-        let reply = try connection().call(.spawn(request), timeoutSeconds: timeout)
+        let reply = try call(.spawn(request))
         guard case .spawned(let id) = reply else { throw Self.unexpected(reply, to: "spawn") }
         return DeviceThreadHandle(id: id)
     }
@@ -261,7 +278,7 @@ public final class Device: @unchecked Sendable {
                     timeoutSeconds: Double? = nil) throws(TetherError) -> ThreadReport {
         let request = SpawnRequest(program: .builtin(kernel), args: args, groups: groups, priority: priority)
         try Self.checkArguments(request)
-        let reply = try connection().call(.run(request), timeoutSeconds: timeoutSeconds)
+        let reply = try call(.run(request), timeoutSeconds: timeoutSeconds)
         guard case .joined(let report) = reply else { throw Self.unexpected(reply, to: "run") }
         return report
     }
@@ -270,14 +287,21 @@ public final class Device: @unchecked Sendable {
     /// not an error). `timeoutSeconds`: nil waits as long as the thread runs; the daemon going
     /// away ends the wait with `.deviceLost` either way.
     public func join(_ thread: DeviceThreadHandle, timeoutSeconds: Double? = nil) async throws(TetherError) -> ThreadReport {
-        let reply = try await connection().callAsync(.join(thread.id), timeoutSeconds: timeoutSeconds)
+        let request = Request.join(thread.id)
+        let c = try connection()
+        let reply: Reply
+        do throws(TetherError) {
+            reply = try await c.callAsync(request, timeoutSeconds: timeoutSeconds)
+        } catch {
+            reply = try await resumed(after: c, failing: request, with: error).callAsync(request, timeoutSeconds: timeoutSeconds)
+        }
         guard case .joined(let report) = reply else { throw Self.unexpected(reply, to: "join") }
         return report
     }
 
     /// `join`, blocking the calling thread (for forked children and code without async).
     public func wait(_ thread: DeviceThreadHandle, timeoutSeconds: Double? = nil) throws(TetherError) -> ThreadReport {
-        let reply = try connection().call(.join(thread.id), timeoutSeconds: timeoutSeconds)
+        let reply = try call(.join(thread.id), timeoutSeconds: timeoutSeconds)
         guard case .joined(let report) = reply else { throw Self.unexpected(reply, to: "join") }
         return report
     }
@@ -285,14 +309,14 @@ public final class Device: @unchecked Sendable {
     /// Asks `thread` to stop (through its control word; it ends at its next poll). Returns
     /// whether it was still alive.
     public func kill(_ thread: DeviceThreadHandle) throws(TetherError) -> Bool {
-        let reply = try connection().call(.kill(thread.id), timeoutSeconds: timeout)
+        let reply = try call(.kill(thread.id))
         guard case .killed(let wasAlive) = reply else { throw Self.unexpected(reply, to: "kill") }
         return wasAlive
     }
 
     /// The thread's state now, without waiting.
     public func status(_ thread: DeviceThreadHandle) throws(TetherError) -> ThreadReport {
-        let reply = try connection().call(.status(thread.id), timeoutSeconds: timeout)
+        let reply = try call(.status(thread.id))
         guard case .status(let report) = reply else { throw Self.unexpected(reply, to: "status") }
         return report
     }
@@ -308,7 +332,7 @@ public final class Device: @unchecked Sendable {
         let taken: (Connection, [MirroredMemory])? = state.withLock { s in
             if s.closed { return nil }
             s.closed = true
-            let memories = s.mirrors.values.map(\.memory)
+            let memories = Array(s.mirrors.values)
             s.mirrors.removeAll()
             return (s.connection, memories)
         }
@@ -319,57 +343,99 @@ public final class Device: @unchecked Sendable {
 
     // MARK: Fork
 
-    /// The connection of the calling process: the current one, or a new one in a forked child.
+    /// One call on the current connection; if that connection was shut down under this
+    /// process, resumed on a new one and, where repeating is harmless, asked again there.
+    /// `timeoutSeconds`: left out, `requestTimeoutSeconds`; given (nil included), that.
+    func call(_ request: Request, fds: [Int32] = [], timeoutSeconds: Double?? = .none) throws(TetherError) -> Reply {
+        let limit: Double? = timeoutSeconds ?? timeout
+        let c = try connection()
+        do throws(TetherError) {
+            return try c.call(request, fds: fds, timeoutSeconds: limit)
+        } catch {
+            return try resumed(after: c, failing: request, with: error).call(request, fds: fds, timeoutSeconds: limit)
+        }
+    }
+
+    /// After `request` failed with `error` on `c`: the resumed connection to ask again on, when
+    /// `c` was shut down under this process and the request may be repeated; otherwise throws
+    /// (`error`, or a sentence saying that the request's outcome is unknown).
+    private func resumed(after c: Connection, failing request: Request, with error: TetherError) throws(TetherError) -> Connection {
+        guard c.wasShutDown, c.openerPid == getpid() else { throw error }
+        let fresh = try resume(after: c)
+        switch request {
+        case .join, .status, .kill: return fresh
+        default:
+            throw TetherError(.deviceLost, "the connection to the daemon was shut down while this \(request.op) request was in flight (by another process holding a copy of it, such as a forked child); it may or may not have taken effect, and later calls go on over a new connection")
+        }
+    }
+
+    /// The connection of the calling process: the current one, a resumed one if the current one
+    /// was shut down under it, or a new one in a forked child.
     func connection() throws(TetherError) -> Connection {
         let pid = getpid()
         let current = try state.withLock { (s: inout State) throws(TetherError) -> Connection? in
             if s.closed { throw closedError }
             return s.pid == pid ? s.connection : nil
         }
-        if let current { return current }
-        return try reconnect(in: pid)
+        guard let current else { return try reconnect(in: pid) }
+        return current.wasShutDown ? try resume(after: current) : current
     }
 
-    /// Lifetime rule 2: a forked child gets a connection of its own, becomes the owner of the
-    /// same regions, and carries on. On failure nothing changes, and the next call tries again.
+    /// Ownership rule 2: the live owner whose connection was shut down under it (by a child or
+    /// another holder of the fd, or severed by the daemon because another process sent on it)
+    /// carries on over a new connection, in the same address space. A connection the child does
+    /// not have: it was made after the child got its copy.
+    private func resume(after old: Connection) throws(TetherError) -> Connection {
+        try reconnectLock.withLock { (_: inout Void) throws(TetherError) -> Connection in
+            let (expected, current) = try state.withLock { (s: inout State) throws(TetherError) -> (HelloReply, Connection) in
+                if s.closed { throw closedError }
+                return (s.hello, s.connection)
+            }
+            // Another thread resumed it while we waited for the lock.
+            guard current === old else { return current }
+            let (c, hello) = try Self.connect(path: socketPath, options: options)
+            guard hello.space == expected.space else {
+                c.close()
+                throw TetherError(.deviceLost, "the Tether daemon at \(socketPath) no longer has this process's address space \(expected.space) (it restarted, or the space was torn down): its memory and threads are gone; open a new Device")
+            }
+            try state.withLock { (s: inout State) throws(TetherError) in
+                if s.closed {
+                    c.close()
+                    throw closedError
+                }
+                s.connection = c
+            }
+            old.close()
+            return c
+        }
+    }
+
+    /// Lifetime rule 2: a forked child gets a connection of its own — a new address space, with
+    /// none of the parent's memory (never inherited) or threads. On failure nothing changes, and
+    /// the next call tries again.
     private func reconnect(in pid: pid_t) throws(TetherError) -> Connection {
         try reconnectLock.withLock { (_: inout Void) throws(TetherError) -> Connection in
             // Another thread of this child may have finished it while we waited for the lock.
-            let (done, mirrors) = try state.withLock { (s: inout State) throws(TetherError) -> (Connection?, [Mirror]) in
+            let done = try state.withLock { (s: inout State) throws(TetherError) -> Connection? in
                 if s.closed { throw closedError }
-                return s.pid == pid ? (s.connection, []) : (nil, Array(s.mirrors.values))
+                return s.pid == pid ? s.connection : nil
             }
             if let done { return done }
-
             let (c, hello) = try prefixed(pid) { () throws(TetherError) in try Self.connect(path: socketPath, options: options) }
-            do throws(TetherError) {
-                var renamed: [(ObjectIdentifier, RegionID)] = []
-                for mirror in mirrors {
-                    let memory = mirror.memory
-                    let region = try memory.withMemfd { (memfd: Int32?) throws(TetherError) -> RegionID? in
-                        // Released by a concurrent unmirror/close in this child: nothing to do.
-                        guard let memfd else { return nil }
-                        let reply = try c.call(.mirror(ownerBase: memory.address, size: UInt64(memory.size)), fds: [memfd],
-                                               timeoutSeconds: timeout)
-                        guard case .mirrored(let region) = reply else { throw Self.unexpected(reply, to: "mirror") }
-                        return region
-                    }
-                    if let region { renamed.append((ObjectIdentifier(memory), region)) }
+            try state.withLock { (s: inout State) throws(TetherError) in
+                if s.closed {
+                    c.close()
+                    throw closedError
                 }
-                try state.withLock { (s: inout State) throws(TetherError) in
-                    if s.closed { throw closedError }
-                    // The parent's connection object is abandoned here, not closed: see `close()`
-                    // of `Connection` for why a child never touches it.
-                    s.connection = c
-                    s.pid = pid
-                    s.hello = hello
-                    for (key, region) in renamed { s.mirrors[key]?.live = region }
-                }
-                return c
-            } catch {
-                c.close()
-                throw TetherError(error.code, "in forked child \(pid), re-mirroring the parent's memory failed: \(error.message)")
+                // The parent's connection object is abandoned here, not closed: see `close()`
+                // of `Connection` for why a child never touches it. The parent's mirrors are not
+                // the child's (not mapped here): forgotten, never unmapped.
+                s.connection = c
+                s.pid = pid
+                s.hello = hello
+                s.mirrors.removeAll()
             }
+            return c
         }
     }
 
@@ -387,13 +453,5 @@ public final class Device: @unchecked Sendable {
 
     static func unexpected(_ reply: Reply, to what: String) -> TetherError {
         TetherError(.malformedMessage, "the daemon answered a \(what) request with \(reply); are client and daemon the same build?")
-    }
-
-    private func sys<T: ~Copyable>(_ body: () throws(SystemError) -> T, _ what: String) throws(TetherError) -> T {
-        do throws(SystemError) {
-            return try body()
-        } catch {
-            throw TetherError(.resourceExhausted, "\(what): \(error)")
-        }
     }
 }

@@ -20,29 +20,31 @@ import TetherCore
 /// samplers, and anything its validator rejects, with a sentence saying why. Accesses past a
 /// binding's range read zero and drop writes (robust buffer access).
 ///
-/// In a forked child the module is loaded again on the child's own connection at its first use.
+/// In a forked child (an address space of its own) the module is loaded again at its first use.
 public final class KernelModule: @unchecked Sendable {
     public let spirv: [UInt32]
     public let entryPoint: String
     /// What the daemon reflected: entry point, local size, bindings, push-constant size,
     /// specialization constants, whether it reads `gl_NumWorkGroups`.
     public let description: ModuleDescription
-    /// The module's id on the connection it was last loaded on (compared by identity, so a forked
-    /// child, whose connection differs, loads it again).
-    private let loaded: Locked<(connection: ObjectIdentifier, id: ModuleID)>
+    /// The address space the module was last loaded into, and its id there (a forked child has a
+    /// space of its own, so it loads the module again).
+    private let loaded: Locked<(space: SpaceID, id: ModuleID)>
 
-    init(spirv: [UInt32], entryPoint: String, description: ModuleDescription, connection: Connection, id: ModuleID) {
+    init(spirv: [UInt32], entryPoint: String, description: ModuleDescription, space: SpaceID, id: ModuleID) {
         self.spirv = spirv
         self.entryPoint = entryPoint
         self.description = description
-        loaded = Locked((ObjectIdentifier(connection), id))
+        loaded = Locked((space, id))
     }
 
-    /// The id on `connection`, loading the module there first if needed.
-    func id(on connection: Connection, timeout: Double) throws(TetherError) -> ModuleID {
-        if let id = loaded.withLock({ $0.connection == ObjectIdentifier(connection) ? $0.id : nil }) { return id }
-        let (id, _) = try Device.load(spirv, entryPoint: entryPoint, on: connection, timeout: timeout)
-        loaded.withLock { $0 = (ObjectIdentifier(connection), id) }
+    /// The id in `device`'s address space of the calling process, loading the module there first if needed.
+    func id(in device: Device) throws(TetherError) -> ModuleID {
+        _ = try device.connection()  // a forked child's own space, made now if need be
+        let space = device.hello.space
+        if let id = loaded.withLock({ $0.space == space ? $0.id : nil }) { return id }
+        let (id, _) = try device.load(spirv, entryPoint: entryPoint)
+        loaded.withLock { $0 = (space, id) }
         return id
     }
 }
@@ -74,22 +76,19 @@ extension Device {
         guard entryPoint.utf8.count <= Wire.maxEntryPointBytes else {
             throw TetherError(.invalidArgument, "an entry point name is at most \(Wire.maxEntryPointBytes) bytes")
         }
-        let c = try connection()
-        let (id, description) = try Self.load(spirv, entryPoint: entryPoint, on: c, timeout: timeout)
-        return KernelModule(spirv: spirv, entryPoint: entryPoint, description: description, connection: c, id: id)
+        let (id, description) = try load(spirv, entryPoint: entryPoint)
+        return KernelModule(spirv: spirv, entryPoint: entryPoint, description: description, space: hello.space, id: id)
     }
 
-    static func load(_ spirv: [UInt32], entryPoint: String, on c: Connection, timeout: Double)
-        throws(TetherError) -> (ModuleID, ModuleDescription) {
-        let reply = try c.call(.loadModule(words: spirv, entryPoint: entryPoint), timeoutSeconds: timeout)
-        guard case .module(let id, let description) = reply else { throw unexpected(reply, to: "loadModule") }
+    func load(_ spirv: [UInt32], entryPoint: String) throws(TetherError) -> (ModuleID, ModuleDescription) {
+        let reply = try call(.loadModule(words: spirv, entryPoint: entryPoint))
+        guard case .module(let id, let description) = reply else { throw Self.unexpected(reply, to: "loadModule") }
         return (id, description)
     }
 
     /// Frees the daemon's copy of `module` (threads running it finish first).
     public func unloadModule(_ module: KernelModule) throws(TetherError) {
-        let c = try connection()
-        let reply = try c.call(.unloadModule(try module.id(on: c, timeout: timeout)), timeoutSeconds: timeout)
+        let reply = try call(.unloadModule(try module.id(in: self)))
         guard case .done = reply else { throw Self.unexpected(reply, to: "unloadModule") }
     }
 
@@ -100,9 +99,8 @@ extension Device {
     public func spawn(_ module: KernelModule, bindings: [BufferBinding], pushConstants: [UInt8] = [],
                       specialization: [SpecValue] = [], grid: Grid, priority: PriorityClass = .normal)
         throws(TetherError) -> DeviceThreadHandle {
-        let c = try connection()
-        let request = try moduleRequest(module, on: c, bindings, pushConstants, specialization, grid, priority)
-        let reply = try c.call(.spawn(request), timeoutSeconds: timeout)
+        let request = try moduleRequest(module, bindings, pushConstants, specialization, grid, priority)
+        let reply = try call(.spawn(request))
         guard case .spawned(let id) = reply else { throw Self.unexpected(reply, to: "spawn") }
         return DeviceThreadHandle(id: id)
     }
@@ -111,21 +109,20 @@ extension Device {
     public func run(_ module: KernelModule, bindings: [BufferBinding], pushConstants: [UInt8] = [],
                     specialization: [SpecValue] = [], grid: Grid, priority: PriorityClass = .normal,
                     timeoutSeconds: Double? = nil) throws(TetherError) -> ThreadReport {
-        let c = try connection()
-        let request = try moduleRequest(module, on: c, bindings, pushConstants, specialization, grid, priority)
-        let reply = try c.call(.run(request), timeoutSeconds: timeoutSeconds)
+        let request = try moduleRequest(module, bindings, pushConstants, specialization, grid, priority)
+        let reply = try call(.run(request), timeoutSeconds: .some(timeoutSeconds))
         guard case .joined(let report) = reply else { throw Self.unexpected(reply, to: "run") }
         return report
     }
 
-    private func moduleRequest(_ module: KernelModule, on c: Connection, _ bindings: [BufferBinding], _ push: [UInt8],
+    private func moduleRequest(_ module: KernelModule, _ bindings: [BufferBinding], _ push: [UInt8],
                                _ spec: [SpecValue], _ grid: Grid, _ priority: PriorityClass) throws(TetherError) -> SpawnRequest {
         // What the wire cannot carry is refused here, with a sentence rather than a malformed message.
         guard bindings.count <= ModuleLaunch.maxBindings, push.count <= ModuleLaunch.maxPushConstantBytes,
               spec.count <= ModuleLaunch.maxSpecValues else {
             throw TetherError(.invalidArgument, "at most \(ModuleLaunch.maxBindings) bindings, \(ModuleLaunch.maxPushConstantBytes) push-constant bytes and \(ModuleLaunch.maxSpecValues) specialization constants")
         }
-        let launch = ModuleLaunch(module: try module.id(on: c, timeout: timeout), bindings: bindings, pushConstants: push,
+        let launch = ModuleLaunch(module: try module.id(in: self), bindings: bindings, pushConstants: push,
                                   specialization: spec, grid: grid)
         return SpawnRequest(program: .module(launch), args: [], groups: UInt32(truncatingIfNeeded: grid.total), priority: priority)
     }

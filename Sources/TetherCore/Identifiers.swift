@@ -1,26 +1,27 @@
 /// A device thread, unique for the life of a daemon (never reused, so a stale id cannot name a
-/// newer thread).
+/// newer thread) and carrying the daemon's generation (`DaemonGeneration`), so that an id from
+/// before a daemon restart names nothing after it.
 public struct ThreadID: RawRepresentable, Hashable, Comparable, Sendable, Codable, CustomStringConvertible {
     public let rawValue: UInt64
     public init(rawValue: UInt64) { self.rawValue = rawValue }
     public static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
-    public var description: String { "t\(rawValue)" }
+    public var description: String { DaemonGeneration.describe(rawValue, prefix: "t") }
 }
 
-/// An address space (one running process image), unique for the life of a daemon. Pids are
-/// reused; these ids are not.
+/// An address space (one running process image), unique for the life of a daemon and carrying
+/// its generation. Pids are reused; these ids are not.
 public struct SpaceID: RawRepresentable, Hashable, Comparable, Sendable, Codable, CustomStringConvertible {
     public let rawValue: UInt64
     public init(rawValue: UInt64) { self.rawValue = rawValue }
     public static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
-    public var description: String { "as\(rawValue)" }
+    public var description: String { DaemonGeneration.describe(rawValue, prefix: "as") }
 }
 
 /// A mirrored region of one address space.
 public struct RegionID: RawRepresentable, Hashable, Sendable, Codable, CustomStringConvertible {
     public let rawValue: UInt64
     public init(rawValue: UInt64) { self.rawValue = rawValue }
-    public var description: String { "r\(rawValue)" }
+    public var description: String { DaemonGeneration.describe(rawValue, prefix: "r") }
 }
 
 /// Strict priority classes of device threads; lower classes keep a guaranteed floor.

@@ -23,12 +23,14 @@ final class Connection: @unchecked Sendable {
 
     var rawFD: Int32 { fd.withLock { $0 } }
 
-    func send(_ reply: Reply, id requestID: UInt64) {
+    /// Returns whether the reply went out. A peer that stopped reading, vanished or was shut
+    /// down loses its reply; the hang-up path cleans up.
+    @discardableResult
+    func send(_ reply: Reply, id requestID: UInt64) -> Bool {
         let bytes = MessageCodec.encode(reply, id: requestID)
-        fd.withLock { fd in
-            guard fd >= 0 else { return }
-            // A peer that stopped reading or vanished loses its reply; the hang-up path cleans up.
-            try? SeqPacketSocket.send(fd, bytes)
+        return fd.withLock { fd in
+            guard fd >= 0 else { return false }
+            return (try? SeqPacketSocket.send(fd, bytes)) != nil
         }
     }
 

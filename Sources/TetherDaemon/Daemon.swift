@@ -47,7 +47,7 @@ public final class Daemon: @unchecked Sendable {
     public let configuration: DaemonConfiguration
     public let backend: any ComputeBackend
     let scheduler: Scheduler
-    let registry = Registry()
+    let registry: Registry
     let chain: ExitNotifierChain
     /// nil where BPF is unavailable or not wanted; `notifierNote` says which notifier runs and why.
     let bpfNotifier: BPFExitNotifier?
@@ -65,6 +65,10 @@ public final class Daemon: @unchecked Sendable {
     private let killQueue = WorkQueue(name: "tether-kill")
     private let teardownWaiters = Mutex<[TeardownWaiter]>([])
     private let stopRequested = Atomic<Bool>(false)
+    /// Tells a peer's `shutdown()` from its release (nil without unix_diag: every hang-up is a release).
+    private let peerRelease = PeerRelease()
+    /// Whether messages carry a pidfd of their sender (`SO_PASSPIDFD`, Linux ≥ 6.5).
+    private var sendersCarryPidfds = false
 
     // epoll token kinds, in the top byte; the rest is a never-reused id (fd numbers are reused).
     static let listenerKind: UInt64 = 1
@@ -81,6 +85,11 @@ public final class Daemon: @unchecked Sendable {
     public init(_ configuration: DaemonConfiguration, logger: Logger) throws(TetherError) {
         self.configuration = configuration
         self.logger = logger
+        // Before anything else: a directory someone else prepared is refused (ownership.md, rule 6).
+        try SocketPath.prepareDirectory(for: configuration.socketPath)
+        let (generation, fallback) = GenerationCounter.next(forSocket: configuration.socketPath)
+        if let fallback { logger.warning("daemon generation is random: \(fallback)") }
+        registry = Registry(generation: generation)
         backend = try BackendFactory.open(configuration.backend) { logger.notice("\($0)") }
         scheduler = Scheduler(backend: backend, quantumNanos: configuration.quantumNanos,
                               slicesInFlight: configuration.slicesInFlight)
@@ -93,13 +102,13 @@ public final class Daemon: @unchecked Sendable {
         do {
             epoll = try Epoll()
             wake = try EventFD()
-            try SocketPath.prepareDirectory(for: configuration.socketPath)
             if (try? SeqPacketSocket.connect(path: configuration.socketPath)) != nil {
                 throw TetherError(.invalidArgument, "a Tether daemon already listens at \(configuration.socketPath)")
             }
             unlink(configuration.socketPath)
             listener = try SeqPacketSocket.listen(path: configuration.socketPath).release()
             SeqPacketSocket.setNonBlocking(listener)
+            sendersCarryPidfds = SeqPacketSocket.enableSenderPidfds(listener)
             try epoll.add(listener, token: Self.listenerKind << 56)
             try epoll.add(wake.fd, token: Self.wakeKind << 56)
             if let bpfNotifier { try epoll.add(bpfNotifier.hooks.ringFD, token: Self.bpfKind << 56) }
@@ -117,10 +126,7 @@ public final class Daemon: @unchecked Sendable {
                 waiters.removeAll { $0.pid == space.pid }
                 return due
             }
-            if !due.isEmpty {
-                let list = registry.timelines(pid: space.pid)
-                for w in due { w.connection.send(.timelines(list), id: w.requestID) }
-            }
+            for w in due { w.connection.send(.timelines(registry.timelines(pid: space.pid, uid: w.uid)), id: w.requestID) }
         }
         if let bpfNotifier { chain.subscribe("bpf") { space, _ in bpfNotifier.forget(space) } }
         chain.subscribe("log") { [logger] space, t in
@@ -146,6 +152,9 @@ public final class Daemon: @unchecked Sendable {
             "socket": "\(configuration.socketPath)", "device": "\(backend.device.name)",
             "backend": "\(backend.device.backend.rawValue)", "policy": "\(configuration.policy)",
             "notifier": "\(notifierNote)",
+            "generation": "\(registry.generation.rawValue)",
+            "owner_identity": "\(sendersCarryPidfds && Pidfd.hasUniqueIdentities ? "pidfd" : "pid while alive")",
+            "shutdown_is_release": "\(peerRelease == nil)",
         ])
         while !stopRequested.load(ordering: .acquiring) {
             for (token, events) in epoll.wait(timeoutMillis: expireTeardownWaiters()) {
@@ -237,21 +246,52 @@ public final class Daemon: @unchecked Sendable {
                 return
             case .message(var message):
                 handle(&message, on: connection)
+                if connections[token] == nil { return }  // severed
             }
         }
     }
 
-    /// Every copy of the connection's fd is closed: the `release` of the device file.
+    /// End of file on a connection: every copy of the client's fd was closed (the `release` of
+    /// the device file), or some process holding a copy called `shutdown()` on it.
     private func hangUp(_ connection: Connection) {
+        drop(connection, released: peerRelease?.peerReleased(connection.rawFD) ?? true)
+    }
+
+    /// Forgets a connection. When it was its space's last one, the space is torn down if the
+    /// connection was released, or if it was only shut down but its owner is gone too. A live
+    /// owner whose connection was shut down under it (by a child holding a copy, or by the daemon
+    /// severing a shared connection) keeps its space and resumes it on a new connection; its
+    /// exit still ends the space under both policies (see `ownerExited`).
+    private func drop(_ connection: Connection, released: Bool) {
+        guard connections.removeValue(forKey: connection.id) != nil else { return }
         epoll.remove(connection.rawFD)
         connection.close()
-        connections[connection.id] = nil
         guard let space = connection.space else { return }
         let remaining = registry.connectionClosed(space)
-        if remaining == 0, registry.beginTeardown(space, noticeNanos: monotonicNanos()) {
+        guard remaining == 0 else { return }
+        let ownerGone = !space.ownerAlive || Pidfd.hasExited(space.pidfd)
+        guard released || ownerGone else {
+            logger.debug("last connection shut down, owner alive: kept for the owner to resume",
+                         metadata: ["space": "\(space.id)", "pid": "\(space.pid)"])
+            return
+        }
+        if registry.beginTeardown(space, noticeNanos: monotonicNanos()) {
             logger.debug("last connection released", metadata: ["space": "\(space.id)", "pid": "\(space.pid)"])
             chain.enqueue(space, reason: "release")
         }
+    }
+
+    /// A message from another process on a connection bound to a live owner: proof that the
+    /// connection is shared (a forked child or a process the fd was passed to). It gets one
+    /// `notOwner` error with request id 0 — an id no owner request ever carries, so the owner's
+    /// library can never take it for one of its replies — and the connection is severed for
+    /// every holder. Nothing the sender asked is done or answered; the owner's library resumes
+    /// its space on a new connection that the sender does not have.
+    private func sever(_ connection: Connection, space: AddressSpace, sender: Sender) {
+        connection.send(.error(TetherError(.notOwner, "pid \(sender.pid) does not own this connection (pid \(space.pid) does): it was closed; a forked child or a process the fd was passed to must open its own connection")), id: 0)
+        _ = Glibc.shutdown(connection.rawFD, Int32(SHUT_RDWR))
+        logger.notice("severed a shared connection", metadata: ["space": "\(space.id)", "owner": "\(space.pid)", "sender": "\(sender.pid)"])
+        drop(connection, released: false)
     }
 
     /// The owner's pidfd became readable: its whole thread group exited (`exit_mm`).
@@ -260,7 +300,10 @@ public final class Daemon: @unchecked Sendable {
         epoll.remove(space.pidfd)
         registry.ownerExited(space)
         logger.debug("owner exited", metadata: ["space": "\(space.id)", "pid": "\(space.pid)", "policy": "\(space.policy)"])
-        if space.policy == .exit, registry.beginTeardown(space, noticeNanos: now) {
+        // Under release, a space whose every connection was shut down (none left to release) ends
+        // with its owner: no holder of a shut-down fd can use it any more.
+        let unheld = (try? registry.withLock { space.connections }) == 0
+        if space.policy == .exit || unheld, registry.beginTeardown(space, noticeNanos: now) {
             chain.enqueue(space, reason: "pidfd")
         }
     }
@@ -277,6 +320,12 @@ public final class Daemon: @unchecked Sendable {
     private func handle(_ message: inout ReceivedMessage, on connection: Connection) {
         var fds = message.takeFds()
         defer { for fd in fds { close(fd) } }
+        let sender = Sender(&message)
+        // A live owner's connection carries that owner's messages only (ownership.md, rule 3).
+        if let space = connection.space, space.phase == .live, !space.isOwner(pid: sender.pid, identity: sender.identity) {
+            sever(connection, space: space, sender: sender)
+            return
+        }
         if message.truncated {
             connection.send(.error(TetherError(.malformedMessage, "message exceeds \(Wire.maxMessageBytes) bytes or carries too many fds")), id: 0)
             return
@@ -292,8 +341,7 @@ public final class Daemon: @unchecked Sendable {
             return
         }
         do {
-            if let reply = try respond(request, id: requestID, sender: message.senderPid, uid: message.senderUid,
-                                       fds: &fds, on: connection) {
+            if let reply = try respond(request, id: requestID, sender: sender, fds: &fds, on: connection) {
                 connection.send(reply, id: requestID)
             }
         } catch {
@@ -302,10 +350,10 @@ public final class Daemon: @unchecked Sendable {
     }
 
     /// The reply, or nil when it will be sent later (join, kill).
-    private func respond(_ request: Request, id: UInt64, sender: Int32, uid: UInt32, fds: inout [Int32],
+    private func respond(_ request: Request, id: UInt64, sender: Sender, fds: inout [Int32],
                          on connection: Connection) throws(TetherError) -> Reply? {
-        if !request.isOwnerRequest { return try respondTool(request, id: id, uid: uid, on: connection) }
-        let space = try owner(of: connection, sender: sender, uid: uid, request: request)
+        if !request.isOwnerRequest { return try respondTool(request, id: id, uid: sender.uid, on: connection) }
+        let space = try owner(of: connection, sender: sender, request: request)
         switch request {
         case .hello(_, let backendChoice):
             if backendChoice != .auto, backendChoice.rawValue != backend.device.backend.rawValue {
@@ -345,9 +393,10 @@ public final class Daemon: @unchecked Sendable {
         }
     }
 
-    /// Binds on first use and enforces ownership (lifetime rules 1, 2 and 5).
-    private func owner(of connection: Connection, sender: Int32, uid: UInt32, request: Request) throws(TetherError) -> AddressSpace {
-        guard sender > 0 else {
+    /// Binds on first use and enforces ownership (lifetime rules 1, 2 and 5). The owner is the
+    /// process behind the sender's pidfd, never a bare pid (ownership.md, rule 4).
+    private func owner(of connection: Connection, sender: Sender, request: Request) throws(TetherError) -> AddressSpace {
+        guard sender.pid > 0 else {
             throw TetherError(.permissionDenied, "the kernel did not report the sender of this message (SO_PASSCRED)")
         }
         if let space = connection.space {
@@ -356,8 +405,8 @@ public final class Daemon: @unchecked Sendable {
             case .tearingDown, .gone:
                 throw TetherError(.ownerExited, "the address space of pid \(space.pid) that owned this connection was torn down; open a new connection")
             }
-            guard sender == space.pid else {
-                throw TetherError(.notOwner, "pid \(sender) does not own this connection (pid \(space.pid) does); a forked child or a process the fd was passed to must open its own connection")
+            guard space.isOwner(pid: sender.pid, identity: sender.identity) else {
+                throw TetherError(.notOwner, "pid \(sender.pid) does not own this connection (pid \(space.pid) does); a forked child or a process the fd was passed to must open its own connection")
             }
             return space
         }
@@ -368,18 +417,27 @@ public final class Daemon: @unchecked Sendable {
             }
             policy = wanted
         }
+        let gone = TetherError(.ownerExited, "the sending process \(sender.pid) already exited")
+        // The kernel's pidfd of the sender, taken when it sent; opening one by pid instead (before
+        // Linux 6.5) could name a process that got the pid after the sender died.
         let pidfd: OwnedDescriptor
-        do { pidfd = try Pidfd.open(sender) } catch {
-            throw TetherError(.ownerExited, "the sending process \(sender) already exited")
+        if let taken = sender.takePidfd() {
+            pidfd = taken
+        } else if sendersCarryPidfds {
+            throw gone
+        } else {
+            do { pidfd = try Pidfd.open(sender.pid) } catch { throw gone }
         }
-        let (space, created) = registry.bind(pid: sender, uid: uid, policy: policy, pidfd: pidfd)
+        guard !Pidfd.hasExited(pidfd.raw) else { throw gone }
+        let (space, created) = try registry.bind(pid: sender.pid, uid: sender.uid, policy: policy, pidfd: pidfd,
+                                                 identity: sender.identity)
         connection.space = space
         if created {
             let t = token(Self.pidfdKind)
             pidfdSpaces[t] = space
-            do { try epoll.add(space.pidfd, token: t) } catch { logger.warning("cannot watch pidfd of \(sender): \(error)") }
+            do { try epoll.add(space.pidfd, token: t) } catch { logger.warning("cannot watch pidfd of \(sender.pid): \(error)") }
             if policy == .exit { bpfNotifier?.watch(space) }
-            logger.debug("address space created", metadata: ["space": "\(space.id)", "pid": "\(sender)", "policy": "\(policy)"])
+            logger.debug("address space created", metadata: ["space": "\(space.id)", "pid": "\(sender.pid)", "policy": "\(policy)"])
         }
         return space
     }
@@ -454,8 +512,9 @@ public final class Daemon: @unchecked Sendable {
             groups = UInt32(launch.grid.total)
             guard s.args.isEmpty else { throw TetherError(.invalidArgument, "a module takes push constants, not arguments") }
         }
+        let threadID = try registry.makeThreadID()
         let context = try scheduler.contexts.acquire(program)
-        let thread = DeviceThread(id: registry.makeThreadID(), space: space.id, program: program, args: s.args,
+        let thread = DeviceThread(id: threadID, space: space.id, program: program, args: s.args,
                                   groups: groups, persistentNanos: s.persistentNanos, priority: s.priority,
                                   context: context, regions: space.table)
         try registry.add(thread, to: space)
@@ -482,16 +541,28 @@ public final class Daemon: @unchecked Sendable {
     /// Replies `joined` when the thread ends, then reaps it (like `waitpid`).
     private func answerJoin(_ thread: DeviceThread, space: AddressSpace, id: UInt64, on connection: Connection) {
         scheduler.onCompletion(thread) { [registry] outcome in
-            connection.send(.joined(Self.report(thread, outcome: outcome)), id: id)
-            registry.forget(thread.id, of: space)
+            // Reaped only once the report is out: a connection shut down under its owner loses
+            // the reply, and the owner's library asks again on its resumed connection.
+            if connection.send(.joined(Self.report(thread, outcome: outcome)), id: id) {
+                registry.forget(thread.id, of: space)
+            }
         }
     }
 
     private func ownThread(_ id: ThreadID, of space: AddressSpace) throws(TetherError) -> DeviceThread {
         guard let t = try registry.withLock({ space.threads[id] }) else {
-            throw TetherError(.noSuchThread, "no device thread \(id) in this address space")
+            throw noSuchThread(id, "in this address space")
         }
         return t
+    }
+
+    /// Says when a handle is from another daemon instance (ownership.md, rule 5).
+    private func noSuchThread(_ id: ThreadID, _ place: String) -> TetherError {
+        let g = registry.generation
+        if id.generation != g {
+            return TetherError(.noSuchThread, "no device thread \(id) \(place): it was made by another daemon (\(id.generation); this one is \(g)), and handles do not survive a daemon restart")
+        }
+        return TetherError(.noSuchThread, "no device thread \(id) \(place)")
     }
 
     /// Kills off the event loop (it waits for a slice in flight) and replies when quiesced.
@@ -516,27 +587,25 @@ public final class Daemon: @unchecked Sendable {
     private func respondTool(_ request: Request, id: UInt64, uid: UInt32, on connection: Connection) throws(TetherError) -> Reply? {
         switch request {
         case .ping: return .pong
-        case .ps: return .ps(processTable())
-        case .timelines(let pid): return .timelines(registry.timelines(pid: pid))
+        case .ps: return .ps(processTable(uid: uid))
+        case .timelines(let pid): return .timelines(registry.timelines(pid: pid, uid: uid))
         case .awaitTeardown(let pid, let timeout):
             // The check and the registration happen under the waiters' lock, which the teardown
             // executor also takes after releasing a space: a release in between cannot be missed.
             let immediate: Bool = teardownWaiters.withLock { waiters in
-                if registry.spaces(ofPid: pid).isEmpty { return true }
-                waiters.append(TeardownWaiter(pid: pid, deadline: monotonicNanos() + UInt64(timeout) * 1_000_000,
+                if visibleSpaces(ofPid: pid, uid: uid).isEmpty { return true }
+                waiters.append(TeardownWaiter(pid: pid, uid: uid, deadline: monotonicNanos() + UInt64(timeout) * 1_000_000,
                                               connection: connection, requestID: id))
                 return false
             }
             // Otherwise answered when the space is released, or by the event loop, which
             // recomputes its epoll timeout from the waiters' deadlines before every wait.
-            if immediate { return .timelines(registry.timelines(pid: pid)) }
+            if immediate { return .timelines(registry.timelines(pid: pid, uid: uid)) }
             return nil
         case .killProcess(let pid):
-            let spaces = registry.spaces(ofPid: pid)
-            guard !spaces.isEmpty else { throw TetherError(.invalidArgument, "pid \(pid) has no device work here") }
-            guard uid == 0 || spaces.allSatisfy({ $0.uid == uid }) else {
-                throw TetherError(.permissionDenied, "pid \(pid) belongs to another user; only root may kill it")
-            }
+            // Another user's work is not shown, so it is not found either (ownership.md, rule 7).
+            let spaces = visibleSpaces(ofPid: pid, uid: uid)
+            guard !spaces.isEmpty else { throw TetherError(.invalidArgument, "pid \(pid) has no device work of yours here") }
             let now = monotonicNanos()
             let owned = spaces.filter { registry.beginTeardown($0, noticeNanos: now) }
             guard !owned.isEmpty else { return .killedProcess(threads: 0) }
@@ -548,11 +617,8 @@ public final class Daemon: @unchecked Sendable {
             }
             return nil
         case .killThread(let threadID):
-            guard let (thread, space) = registry.thread(threadID) else {
-                throw TetherError(.noSuchThread, "no device thread \(threadID)")
-            }
-            guard uid == 0 || space.uid == uid else {
-                throw TetherError(.permissionDenied, "device thread \(threadID) belongs to another user; only root may kill it")
+            guard let (thread, space) = registry.thread(threadID), uid == 0 || space.uid == uid else {
+                throw noSuchThread(threadID, "of yours here")
             }
             killLater(thread, id: id, on: connection)
             return nil
@@ -561,9 +627,15 @@ public final class Daemon: @unchecked Sendable {
         }
     }
 
-    func processTable() -> ProcessTable {
+    /// The spaces of `pid` that `uid` may see and touch: its own, all for root.
+    private func visibleSpaces(ofPid pid: Int32, uid: UInt32) -> [AddressSpace] {
+        registry.spaces(ofPid: pid).filter { uid == 0 || $0.uid == uid }
+    }
+
+    /// What `ps` shows `uid` (nil: everything, for the daemon's own use).
+    func processTable(uid: UInt32? = nil) -> ProcessTable {
         let scheduler = self.scheduler
-        let spaces = registry.report { scheduler.deviceNanos(ofSpace: $0) }
+        let spaces = registry.report(uid: uid) { scheduler.deviceNanos(ofSpace: $0) }
         return ProcessTable(backend: backend.device.backend, deviceName: backend.device.name,
                             policy: configuration.policy, spaces: spaces)
     }
@@ -573,6 +645,8 @@ let traceKills = environment("TETHER_TRACE_TEARDOWN") != nil
 
 struct TeardownWaiter {
     var pid: Int32
+    /// Who asked: answered with the timelines that uid may see.
+    var uid: UInt32
     var deadline: UInt64
     var connection: Connection
     var requestID: UInt64

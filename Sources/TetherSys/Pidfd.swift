@@ -16,6 +16,27 @@ public enum Pidfd {
         try retryingInterrupts("pidfd_send_signal") { tether_pidfd_send_signal(pidfd, signal) }
     }
 
+    /// The process's identity for the life of the system: the pidfd's inode. On Linux ≥ 6.9
+    /// pidfds live on pidfs, which gives every process (every `struct pid`) an inode number of its
+    /// own that is never reused, so two pidfds name the same process exactly when their inodes are
+    /// equal — a recycled pid gets a new inode. nil where the kernel lacks pidfs (see
+    /// `hasUniqueIdentities`).
+    public static func identity(_ pidfd: Int32) -> UInt64? {
+        guard hasUniqueIdentities else { return nil }
+        var st = stat()
+        guard fstat(pidfd, &st) == 0 else { return nil }
+        return UInt64(st.st_ino)
+    }
+
+    /// Whether pidfd inodes identify processes (pidfs): probed once, by comparing the inodes of
+    /// pidfds of two different processes (before 6.9 every pidfd shares one anonymous inode).
+    public static let hasUniqueIdentities: Bool = {
+        guard let mine = try? open(getpid()), let init1 = try? open(1) else { return false }
+        var a = stat(), b = stat()
+        guard fstat(mine.raw, &a) == 0, fstat(init1.raw, &b) == 0 else { return false }
+        return a.st_ino != b.st_ino
+    }()
+
     /// True once the process has exited.
     public static func hasExited(_ pidfd: Int32) -> Bool {
         (try? waitReadable(pidfd, timeoutMillis: 0)) ?? true

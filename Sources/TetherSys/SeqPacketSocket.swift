@@ -2,12 +2,16 @@ import CTetherLinux
 import Glibc
 
 /// One received message: its bytes, the fds that came with it (owned by the receiver now), and the
-/// sender the kernel vouches for (`SCM_CREDENTIALS`; pid −1 where the socket lacks `SO_PASSCRED`).
+/// sender the kernel vouches for (`SCM_CREDENTIALS`; pid −1 where the socket lacks `SO_PASSCRED`;
+/// `SCM_PIDFD` where it has `SO_PASSPIDFD`).
 public struct ReceivedMessage: ~Copyable {
     public var bytes: [UInt8]
     public var fds: [Int32]
     public var senderPid: pid_t
     public var senderUid: uid_t
+    /// A pidfd of the sender taken when it sent (owned by this message; −1 when none came: no
+    /// `SO_PASSPIDFD`, or the kernel could not make one).
+    public var senderPidfd: Int32 = -1
     /// The message or its attached fds did not fit the receive buffer.
     public var truncated: Bool
 
@@ -17,7 +21,10 @@ public struct ReceivedMessage: ~Copyable {
         return fds
     }
 
-    deinit { for fd in fds { close(fd) } }
+    deinit {
+        for fd in fds { close(fd) }
+        if senderPidfd >= 0 { close(senderPidfd) }
+    }
 }
 
 public enum ReceiveResult: ~Copyable {
@@ -49,6 +56,21 @@ public enum SeqPacketSocket {
         }
         try retryingInterrupts("listen") { Glibc.listen(fd.raw, backlog) }
         return fd
+    }
+
+    /// Sets `SO_PASSPIDFD` (Linux ≥ 6.5) on a listening socket, so that every message on the
+    /// sockets it accepts carries a pidfd of its sender. Returns false where the kernel lacks it.
+    public static func enableSenderPidfds(_ fd: Int32) -> Bool {
+        tether_enable_passpidfd(fd) == 0
+    }
+
+    /// Who created the other end of a connected socket (`SO_PEERCRED`: its effective uid and
+    /// its pid at `connect`/`listen` time).
+    public static func peerCredentials(_ fd: Int32) throws(SystemError) -> (uid: uid_t, pid: pid_t) {
+        var uid: uid_t = 0
+        var pid: pid_t = 0
+        try retryingInterrupts("getsockopt(SO_PEERCRED)") { tether_peer_credentials(fd, &uid, &pid) }
+        return (uid, pid)
     }
 
     /// Connects to the daemon at `path` (`SOCK_CLOEXEC`: an exec'd image must not inherit the
@@ -98,19 +120,24 @@ public enum SeqPacketSocket {
         var fdCount: Int32 = 0
         var pid: pid_t = -1
         var uid: uid_t = 0
+        var pidfd: Int32 = -1
         var truncated = false
         let n = fds.withUnsafeMutableBufferPointer {
-            tether_recv_with_fds(fd, buffer.storage, capacity, $0.baseAddress, maxFdsPerMessage, &fdCount, &pid, &uid, &truncated)
+            tether_recv_with_fds(fd, buffer.storage, capacity, $0.baseAddress, maxFdsPerMessage, &fdCount, &pid, &uid,
+                                 &pidfd, &truncated)
         }
         if n < 0 {
             if errno == EAGAIN { return .wouldBlock }
             if errno == ECONNRESET { return .hangUp }
             throw SystemError("recvmsg")
         }
-        if n == 0 && fdCount == 0 && !truncated { return .hangUp }
+        if n == 0 && fdCount == 0 && !truncated {
+            if pidfd >= 0 { close(pidfd) }
+            return .hangUp
+        }
         let bytes = Array(UnsafeRawBufferPointer(start: buffer.storage, count: Int(n)))
         return .message(ReceivedMessage(bytes: bytes, fds: Array(fds[0..<Int(fdCount)]), senderPid: pid,
-                                        senderUid: uid, truncated: truncated))
+                                        senderUid: uid, senderPidfd: pidfd, truncated: truncated))
     }
 
     public static func setNonBlocking(_ fd: Int32) {

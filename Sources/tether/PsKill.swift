@@ -4,7 +4,7 @@ import TetherCore
 
 struct Ps: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "List address spaces with device work: pid, policy, regions, mirrored bytes, device threads.")
+        abstract: "List address spaces with device work: pid, policy, regions, mirrored bytes, device threads (your own; root sees all).")
     @OptionGroup var socket: SocketOption
     @Flag(help: "Print one JSON object.") var json = false
 
@@ -32,7 +32,7 @@ struct Kill: ParsableCommand {
         discussion: "Only your own user's work, unless you are root.")
     @OptionGroup var socket: SocketOption
     @Option(help: "Tear down every address space of this process.") var pid: Int32?
-    @Option(help: "Kill one device thread (an id from `tether ps`, with or without the t prefix).") var thread: String?
+    @Option(help: "Kill one device thread (an id from `tether ps`, like t3.17, with or without the t).") var thread: String?
 
     func validate() throws {
         guard (pid == nil) != (thread == nil) else { throw ValidationError("give exactly one of --pid and --thread") }
@@ -45,11 +45,11 @@ struct Kill: ParsableCommand {
                 let n = try control.killProcess(pid: pid)
                 print("pid \(pid): address space torn down, \(n) device thread(s) killed")
             } else if let thread {
-                guard let raw = UInt64(thread.hasPrefix("t") ? String(thread.dropFirst()) : thread) else {
-                    throw TetherError(.invalidArgument, "\(thread) is not a thread id")
+                guard let id = ThreadID(parsing: thread) else {
+                    throw TetherError(.invalidArgument, "\(thread) is not a thread id (like t3.17, as `tether ps` shows them)")
                 }
-                let alive = try control.killThread(ThreadID(rawValue: raw))
-                print(alive ? "t\(raw): killed" : "t\(raw): had already ended")
+                let alive = try control.killThread(id)
+                print(alive ? "\(id): killed" : "\(id): had already ended")
             }
         } catch let error as TetherError {
             throw fail(error.message)

@@ -103,16 +103,28 @@ import Testing
         #expect(h.receive() == "ok")
     }
 
-    @Test("a forked child using its parent's connection is refused with notOwner")
+    @Test("a forked child using its parent's connection is refused with notOwner; the owner resumes its space on a new one")
     func childOnParentConnectionIsRefused() throws {
         let daemon = try TestDaemon()
         let fd = try daemon.rawConnection()
+        guard case .hello(let first)? = rawRequest(fd.raw, .hello(policy: nil, backend: .auto)) else {
+            Issue.record("hello failed")
+            return
+        }
         let child = forkChild {
             errorCode(rawRequest(fd.raw, .status(ThreadID(rawValue: 1)))) == .notOwner ? 0 : 1
         }
         #expect(waitChild(child) == 0)
-        // The parent, the owner, is still served.
-        #expect(errorCode(rawRequest(fd.raw, .status(ThreadID(rawValue: 1)))) == .noSuchThread)
+        // The shared connection was severed for every holder ...
+        #expect(rawRequest(fd.raw, .status(ThreadID(rawValue: 1))) == nil)
+        // ... and the owner, still alive, finds its address space again on a new one.
+        let again = try daemon.rawConnection()
+        guard case .hello(let second)? = rawRequest(again.raw, .hello(policy: nil, backend: .auto)) else {
+            Issue.record("hello on the new connection failed")
+            return
+        }
+        #expect(second.space == first.space)
+        #expect(errorCode(rawRequest(again.raw, .status(ThreadID(rawValue: 1)))) == .noSuchThread)
     }
 
     @Test("the library notices the fork and opens a connection of its own in the child",
@@ -124,11 +136,15 @@ import Testing
         let parentSpace = device.hello.space
         let child = forkChild {
             do {
-                // Regions were mirrored again for the child: saxpy on the inherited pages works.
-                let x = memory.base.bindMemory(to: Float.self, capacity: 512)
+                // The parent's memory is not the child's: not mapped here, not a region of its own.
+                guard msync(memory.base, memory.size, MS_ASYNC) != 0, errno == ENOMEM else { return 4 }
+                guard (try? device.unmirror(memory)) == nil else { return 5 }
+                // Memory of its own works: saxpy in the child's own space.
+                let mine = try device.mirror(bytes: 4096)
+                let x = mine.base.bindMemory(to: Float.self, capacity: 512)
                 for i in 0..<256 { x[i] = Float(i); x[256 + i] = 1 }
                 let a: Float = 2
-                let t = try device.spawn(.saxpy, args: [256, UInt64(a.bitPattern), memory.address, memory.address + 1024], groups: 1)
+                let t = try device.spawn(.saxpy, args: [256, UInt64(a.bitPattern), mine.address, mine.address + 1024], groups: 1)
                 let r = try device.wait(t, timeoutSeconds: 10)
                 guard r.state == .finished, x[256 + 3] == 7 else { return 2 }
                 return device.hello.space != parentSpace ? 0 : 3

@@ -51,10 +51,12 @@ final class TestDaemon {
     let stderrPipe = Pipe()
 
     /// `launcher`: a command that runs the daemon (e.g. `setpriv` with capabilities dropped).
-    init(policy: LifetimePolicy = .exit, backend: String = "software", extra: [String] = [], launcher: [String] = []) throws {
+    /// `socketPath`: a given path (a restart on the same socket), else a fresh one.
+    init(policy: LifetimePolicy = .exit, backend: String = "software", extra: [String] = [], launcher: [String] = [],
+         socketPath given: String? = nil) throws {
         let dir = "/tmp/tether-tests-\(getuid())"
         mkdir(dir, 0o700)
-        socketPath = "\(dir)/d-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
+        socketPath = given ?? "\(dir)/d-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
         let arguments = ["daemon", "--socket", socketPath, "--policy", policy.description, "--backend", backend] + extra
         process.executableURL = URL(fileURLWithPath: launcher.first ?? tetherBinary())
         process.arguments = launcher.isEmpty ? arguments : Array(launcher.dropFirst()) + [tetherBinary()] + arguments
@@ -224,4 +226,43 @@ func rawReply(_ fd: Int32, timeoutSeconds: Double = 10) -> Reply? {
 func errorCode(_ reply: Reply?) -> TetherError.Code? {
     if case .error(let e)? = reply { return e.code }
     return nil
+}
+
+/// Runs the `tether` binary and kills it if it has not ended within `timeoutSeconds` (for runs
+/// that must fail at once, and would otherwise block a test forever if they did not).
+func runTetherBounded(_ args: [String], environment extra: [String: String] = [:], timeoutSeconds: Double = 20) throws -> TetherRun {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: tetherBinary())
+    process.arguments = args
+    process.environment = ProcessInfo.processInfo.environment.merging(extra) { $1 }
+    let err = Pipe()
+    process.standardOutput = FileHandle.nullDevice
+    process.standardError = err
+    try process.run()
+    let pidfd = try Pidfd.open(process.processIdentifier)
+    if (try? waitReadable(pidfd.raw, timeoutMillis: Int32(timeoutSeconds * 1000))) != true {
+        kill(process.processIdentifier, SIGKILL)
+    }
+    let e = err.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return TetherRun(status: process.terminationStatus, stdout: "", stderr: String(decoding: e, as: UTF8.self))
+}
+
+/// `Shmem` of /proc/meminfo, in KiB: shared memory (memfd pages) on the whole machine.
+func shmemKiB() -> Int {
+    let text = (try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8)) ?? ""
+    for line in text.split(separator: "\n") where line.hasPrefix("Shmem:") {
+        return Int(line.split(separator: " ").dropFirst().first ?? "") ?? -1
+    }
+    return -1
+}
+
+/// Whether process `pid` maps or holds an fd of a memfd named `name`.
+func holdsMemfd(_ pid: pid_t, named name: String) -> (mapped: Bool, fd: Bool) {
+    let maps = (try? String(contentsOfFile: "/proc/\(pid)/maps", encoding: .utf8)) ?? ""
+    let dir = "/proc/\(pid)/fd"
+    let fds = ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).compactMap {
+        try? FileManager.default.destinationOfSymbolicLink(atPath: dir + "/" + $0)
+    }
+    return (maps.contains("/memfd:\(name)"), fds.contains { $0.contains("/memfd:\(name)") })
 }

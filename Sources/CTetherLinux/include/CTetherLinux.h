@@ -37,6 +37,16 @@ int tether_pidfd_open(pid_t pid, unsigned int flags);
 int tether_pidfd_send_signal(int pidfd, int sig);
 int tether_memfd_create(const char *name, unsigned int flags);
 
+// --- mirrored memory that a forked child never gets ---
+// Creates a memfd of `size` bytes (sealed against shrinking and growing), maps it shared and
+// read-write, and marks the mapping MADV_DONTFORK — all while holding the fork table's lock, so
+// that no fork() in another thread copies the fd or the mapping before they are protected. The
+// fd is left in the fork table (closed in a forked child) until tether_close_tracked_fd.
+// Returns 0, or -1 with errno (nothing is left behind).
+int tether_mirror_create(size_t size, int *fd_out, void **base_out);
+// Untracks and closes `fd` under the fork table's lock (no fork sees it half-closed).
+void tether_close_tracked_fd(int fd);
+
 // SCHED_IDLE / SCHED_OTHER for one thread (SCHED_IDLE is hidden behind _GNU_SOURCE). Returns 0 or -1.
 int tether_set_thread_idle(pid_t tid, bool idle);
 // SCHED_FIFO at `priority` for one thread (needs CAP_SYS_NICE or RLIMIT_RTPRIO). Returns 0 or -1.
@@ -51,13 +61,28 @@ void tether_set_thread_name(const char *name);
 ssize_t tether_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int fd_count);
 
 // Receives one message. Fills up to `max_fds` received fds (closing any beyond that), and the
-// sender's pid/uid from SCM_CREDENTIALS when the socket has SO_PASSCRED (else -1). `truncated` is
-// set when the message or its control data did not fit. Returns bytes received, 0 on EOF, -1 on error.
+// sender's pid/uid from SCM_CREDENTIALS when the socket has SO_PASSCRED (else -1). `sender_pidfd`
+// receives the SCM_PIDFD the kernel attached (SO_PASSPIDFD, Linux >= 6.5): a pidfd owned by the
+// caller, or -1 when none came. `truncated` is set when the message or its control data did not
+// fit. Returns bytes received, 0 on EOF, -1 on error.
 ssize_t tether_recv_with_fds(int sock, void *buf, size_t len, int *fds, int max_fds, int *fd_count,
-                             pid_t *sender_pid, uid_t *sender_uid, bool *truncated);
+                             pid_t *sender_pid, uid_t *sender_uid, int *sender_pidfd, bool *truncated);
 
 // Enables SO_PASSCRED so every received message carries the sender's credentials.
 int tether_enable_passcred(int sock);
+// Enables SO_PASSPIDFD (Linux >= 6.5; glibc 2.36 has no constant for it): every received message
+// also carries a pidfd of its sender, taken when it was sent. Returns 0 or -1 (ENOPROTOOPT before 6.5).
+int tether_enable_passpidfd(int sock);
+// SO_PEERCRED of a connected Unix socket: the uid and pid of the process that created the peer
+// end (its effective uid at connect/listen time). Returns 0 or -1.
+int tether_peer_credentials(int sock, uid_t *uid, pid_t *pid);
+// The inode of the socket at the other end of `sock` (inode `ino`), asked of the kernel through
+// NETLINK_SOCK_DIAG (unix_diag, UDIAG_SHOW_PEER) on the netlink socket `diag`. 0 once every copy of
+// the peer's file is closed (the socket was released), the peer's inode while some process still
+// holds it (a shutdown() is not a release). Returns -1 with errno on failure.
+long long tether_unix_peer_inode(int diag, unsigned int ino);
+// A NETLINK_SOCK_DIAG socket for tether_unix_peer_inode. Returns the fd or -1.
+int tether_sock_diag_open(void);
 
 // accept4 is a GNU extension the Glibc module does not export.
 int tether_accept_nonblocking(int listener);
@@ -78,6 +103,10 @@ int tether_set_child_subreaper(void);
 // In a freshly forked child: moves `fds` to 3, 4, … (updating the array) and closes every other fd
 // above 2 (close_range), so the child holds no copy of its siblings' pipes or sockets.
 int tether_keep_only_fds(int *fds, int count);
+// clone3 with set_tid = { pid } (needs CAP_SYS_ADMIN; for tests of pid reuse): a new process
+// that has exactly `pid`, which must be free. Like fork(): 0 in the child, the pid in the
+// parent, -1 with errno. No atfork handlers run: call it only from a single-threaded process.
+pid_t tether_fork_with_pid(pid_t pid);
 // Ends a forked child without running atexit handlers (a process that loaded lavapipe hangs in exit()).
 _Noreturn void tether_exit_now(int status);
 

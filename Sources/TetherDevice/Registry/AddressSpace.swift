@@ -24,6 +24,9 @@ public final class AddressSpace: @unchecked Sendable {
     public let policy: LifetimePolicy
     /// Owned; closed when the space is released.
     public let pidfd: Int32
+    /// The owner's pidfs inode (`Pidfd.identity`): equal for every pidfd of the owner, never for
+    /// another process, dead or alive. nil where the kernel lacks pidfs.
+    public let identity: UInt64?
     public let table = RegionTable()
 
     // Protected by the registry lock.
@@ -37,12 +40,21 @@ public final class AddressSpace: @unchecked Sendable {
     /// When the daemon noticed that the space must go (pidfd readable, last hang-up, kill).
     public internal(set) var noticeNanos: UInt64 = 0
 
-    init(id: SpaceID, pid: Int32, uid: UInt32, policy: LifetimePolicy, pidfd: Int32) {
+    init(id: SpaceID, pid: Int32, uid: UInt32, policy: LifetimePolicy, pidfd: Int32, identity: UInt64?) {
         self.id = id
         self.pid = pid
         self.uid = uid
         self.policy = policy
         self.pidfd = pidfd
+        self.identity = identity
+    }
+
+    /// Whether a sender is this space's owner: the same process by pidfs identity where both are
+    /// known; else the same pid while the owner's pidfd says it has not exited (a pid is reused only
+    /// after its process was reaped, and a dead owner's pidfd stays readable for ever).
+    public func isOwner(pid: Int32, identity: UInt64?) -> Bool {
+        if let mine = self.identity, let identity { return mine == identity }
+        return pid == self.pid && !Pidfd.hasExited(pidfd)
     }
 
     public var mirroredBytes: UInt64 { regions.values.reduce(0) { $0 + UInt64($1.size) } }

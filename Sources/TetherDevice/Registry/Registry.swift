@@ -16,31 +16,48 @@ public final class Registry: @unchecked Sendable {
     private var nextRegion: UInt64 = 1
     private var nextThread: UInt64 = 1
     private var nextModule: UInt64 = 1
-    private var timelines: [TeardownTimeline] = []
+    /// Each with the uid of the space it records, so that tools show a user only their own.
+    private var timelines: [(uid: UInt32, timeline: TeardownTimeline)] = []
     public let timelineCapacity = 65_536
+    /// The daemon instance every id made here carries (see `DaemonGeneration`).
+    public let generation: DaemonGeneration
 
-    public init() {}
+    public init(generation: DaemonGeneration = .local) {
+        self.generation = generation
+    }
 
     public func withLock<T>(_ body: () throws(TetherError) -> T) throws(TetherError) -> T {
         try monitor.withLock(body)
     }
 
-    /// The live space of `pid` (a second connection of the same process joins it), or a new one.
-    /// The caller passes a pidfd it opened; it is closed here if an existing space is joined.
-    public func bind(pid: Int32, uid: UInt32, policy: LifetimePolicy, pidfd: consuming OwnedDescriptor) -> (AddressSpace, created: Bool) {
+    /// The live space of this owner (a second connection of the same process joins it, and so
+    /// does the owner's library resuming after its connection was shut down), or a new one. The
+    /// owner is the process `pidfd` refers to: matched by `identity` (its pidfs inode) where the
+    /// kernel gives one, else by pid while the space's owner is still alive — never by a bare pid
+    /// of a dead owner. The pidfd is closed here if an existing space is joined.
+    public func bind(pid: Int32, uid: UInt32, policy: LifetimePolicy, pidfd: consuming OwnedDescriptor,
+                     identity: UInt64?) throws(TetherError) -> (AddressSpace, created: Bool) {
         let raw = pidfd.release()
-        return monitor.withLock {
-            if let existing = spaces.values.first(where: { $0.pid == pid && $0.phase == .live && $0.ownerAlive }) {
+        return try monitor.withLock { () throws(TetherError) -> (AddressSpace, created: Bool) in
+            if let existing = spaces.values.first(where: { $0.phase == .live && $0.ownerAlive && $0.isOwner(pid: pid, identity: identity) }) {
                 existing.connections += 1
                 close(raw)
                 return (existing, false)
             }
-            let space = AddressSpace(id: SpaceID(rawValue: nextSpace), pid: pid, uid: uid, policy: policy, pidfd: raw)
-            nextSpace += 1
+            guard let id = Self.next(&nextSpace, generation) else {
+                close(raw)
+                throw Self.exhausted("address space")
+            }
+            let space = AddressSpace(id: SpaceID(rawValue: id), pid: pid, uid: uid, policy: policy, pidfd: raw, identity: identity)
             space.connections = 1
             spaces[space.id] = space
             return (space, true)
         }
+    }
+
+    /// A connection of a space came back (the owner resumed it): counted again.
+    public func connectionResumed(_ space: AddressSpace) {
+        monitor.withLock { space.connections += 1 }
     }
 
     public var allSpaces: [AddressSpace] { monitor.withLock { spaces.values.sorted { $0.id < $1.id } } }
@@ -48,11 +65,13 @@ public final class Registry: @unchecked Sendable {
         monitor.withLock { spaces.values.filter { $0.pid == pid }.sorted { $0.id < $1.id } }
     }
 
-    public func makeRegionID() -> RegionID {
-        monitor.withLock { defer { nextRegion += 1 }; return RegionID(rawValue: nextRegion) }
+    public func makeRegionID() throws(TetherError) -> RegionID {
+        guard let id = monitor.withLock({ Self.next(&nextRegion, generation) }) else { throw Self.exhausted("region") }
+        return RegionID(rawValue: id)
     }
-    public func makeModuleID() -> ModuleID {
-        monitor.withLock { defer { nextModule += 1 }; return ModuleID(rawValue: nextModule) }
+    public func makeModuleID() throws(TetherError) -> ModuleID {
+        guard let id = monitor.withLock({ Self.next(&nextModule, generation) }) else { throw Self.exhausted("module") }
+        return ModuleID(rawValue: id)
     }
 
     /// Modules one address space may hold at once (each up to `Wire.maxSpirvWords` words).
@@ -84,8 +103,20 @@ public final class Registry: @unchecked Sendable {
         }
     }
 
-    public func makeThreadID() -> ThreadID {
-        monitor.withLock { defer { nextThread += 1 }; return ThreadID(rawValue: nextThread) }
+    public func makeThreadID() throws(TetherError) -> ThreadID {
+        guard let id = monitor.withLock({ Self.next(&nextThread, generation) }) else { throw Self.exhausted("device thread") }
+        return ThreadID(rawValue: id)
+    }
+
+    /// The next id of a counter, or nil once its serials are spent (never reused).
+    private static func next(_ counter: inout UInt64, _ generation: DaemonGeneration) -> UInt64? {
+        guard counter <= DaemonGeneration.maxSerial else { return nil }
+        defer { counter += 1 }
+        return generation.id(serial: counter)
+    }
+
+    private static func exhausted(_ what: String) -> TetherError {
+        TetherError(.resourceExhausted, "this daemon has handed out all 2^\(DaemonGeneration.serialBits) \(what) ids; restart it")
     }
 
     /// Adds a region to a live space. Fails if the space is going away or the range overlaps.
@@ -173,19 +204,23 @@ public final class Registry: @unchecked Sendable {
             spaces[space.id] = nil
             close(space.pidfd)
             if timelines.count >= timelineCapacity { timelines.removeFirst(timelines.count / 2) }
-            timelines.append(timeline)
+            timelines.append((space.uid, timeline))
             monitor.broadcast()
         }
     }
 
-    public func timelines(pid: Int32) -> [TeardownTimeline] {
-        monitor.withLock { pid == 0 ? timelines : timelines.filter { $0.pid == pid } }
+    /// The recorded timelines of `pid` (0: all) that `uid` may see: its own, or all for root (nil:
+    /// all, for the daemon itself).
+    public func timelines(pid: Int32, uid: UInt32? = nil) -> [TeardownTimeline] {
+        monitor.withLock {
+            timelines.filter { (pid == 0 || $0.timeline.pid == pid) && (uid == nil || uid == 0 || $0.uid == uid) }.map(\.timeline)
+        }
     }
 
-    /// What `tether ps` shows, taken under the lock.
-    public func report(deviceNanos: (SpaceID) -> UInt64) -> [SpaceReport] {
+    /// What `tether ps` shows, taken under the lock: the spaces of `uid` (root and nil: all).
+    public func report(uid: UInt32? = nil, deviceNanos: (SpaceID) -> UInt64) -> [SpaceReport] {
         monitor.withLock {
-            spaces.values.sorted { $0.id < $1.id }.map { s in
+            spaces.values.filter { uid == nil || uid == 0 || $0.uid == uid }.sorted { $0.id < $1.id }.map { s in
                 SpaceReport(space: s.id, pid: s.pid, uid: s.uid, policy: s.policy, ownerAlive: s.ownerAlive,
                             connections: UInt32(max(s.connections, 0)), regions: UInt32(s.regions.count),
                             mirroredBytes: s.mirroredBytes, deviceNanos: deviceNanos(s.id),
