@@ -160,7 +160,7 @@ final class Connection: @unchecked Sendable {
     var goneError: TetherError { TetherError(.deviceLost, "the Tether daemon at \(socketPath) went away") }
 
     static func timeoutError(_ what: String, seconds: Double, path: String) -> TetherError {
-        TetherError(.deviceLost, "no answer from the daemon within \(formatSeconds(seconds)) s (\(what), daemon at \(path))")
+        TetherError(.timedOut, "no answer from the daemon within \(formatSeconds(seconds)) s (\(what), daemon at \(path))")
     }
 
     // MARK: Calls
