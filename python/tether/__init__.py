@@ -196,7 +196,8 @@ class Device:
         return Report._from(report)
 
     def join(self, thread, timeout=None):
-        """Waits for the thread to end (raises TimedOut when `timeout` seconds pass first)."""
+        """Waits for the thread to end (raises TimedOut when `timeout` seconds pass first; the
+        abandoned join still reaps the thread when it ends, so poll `status` to wait in steps)."""
         report = _lib.ThreadReport()
         _check(_C.tether_join(self._handle, int(thread), _timeout(timeout), ctypes.byref(report)))
         return Report._from(report)

@@ -233,7 +233,9 @@ tether_status tether_run(tether_device *device, tether_kernel kernel, const uint
                          uint32_t groups, double timeout_seconds, tether_thread_report *report);
 
 /* Waits for the thread to end. `timeout_seconds` < 0: as long as it runs; TETHER_TIMED_OUT when
- * the time passes first (the thread goes on). */
+ * the time passes first. The thread goes on, but the daemon still answers the abandoned join when
+ * it ends, and a join reaps the thread (like waitpid): a later join or status then answers
+ * TETHER_NO_SUCH_THREAD. To wait in steps, poll tether_thread_status instead. */
 tether_status tether_join(tether_device *device, tether_thread thread, double timeout_seconds,
                           tether_thread_report *report);
 
