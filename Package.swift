@@ -1,6 +1,9 @@
 // swift-tools-version: 6.1
 import PackageDescription
 
+/// TETHER_ABI_VERSION in tether.h: the library's soname is libtether.so.<this>.
+let cABIVersion = 1
+
 // Layers point one way: TetherCore ← TetherSys ← TetherDevice ← TetherDaemon / Tether ← tether.
 let package = Package(
     name: "Tether",
@@ -9,6 +12,9 @@ let package = Package(
         .library(name: "Tether", targets: ["Tether"]),
         .library(name: "TetherCore", targets: ["TetherCore"]),
         .executable(name: "tether", targets: ["tether"]),
+        // The C interface (Sources/CTether/include/tether.h): .build/<config>/libTetherC.so, which
+        // tools/install installs as libtether.so.1 (its soname) and libtether.so.
+        .library(name: "TetherC", type: .dynamic, targets: ["TetherC"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -39,6 +45,17 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "Tether", dependencies: ["TetherCore", "TetherSys"]),
+        // The C interface: tether.h, the per-thread last error (C), and the @_cdecl functions over
+        // the Swift library. The Swift runtime is linked statically into libtether.so (no Swift
+        // toolchain needed where it runs) and kept private by the version script, so it cannot
+        // clash with another Swift runtime in the same process.
+        .target(name: "CTether"),
+        .target(name: "TetherC", dependencies: ["CTether", "Tether"], exclude: ["exports.map"],
+                linkerSettings: [.unsafeFlags([
+                    "-static-stdlib",
+                    "-Xlinker", "--version-script=\(Context.packageDirectory)/Sources/TetherC/exports.map",
+                    "-Xlinker", "-soname=libtether.so.\(cABIVersion)",
+                ])]),
         .executableTarget(name: "tether", dependencies: [
             "TetherCore", "TetherSys", "TetherDevice", "TetherDaemon", "Tether",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

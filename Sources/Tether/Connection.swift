@@ -189,7 +189,7 @@ final class Connection: @unchecked Sendable {
     var wasShutDown: Bool { state.withLock { $0.shutDown } }
 
     static func timeoutError(_ what: String, seconds: Double, path: String) -> TetherError {
-        TetherError(.deviceLost, "no answer from the daemon within \(formatSeconds(seconds)) s (\(what), daemon at \(path))")
+        TetherError(.timedOut, "no answer from the daemon within \(formatSeconds(seconds)) s (\(what), daemon at \(path))")
     }
 
     // MARK: Calls

@@ -16,7 +16,7 @@ public struct DeviceOptions: Sendable {
     /// rule 3). Off, a child keeps the parent's connection fd open — which under the `release`
     /// policy keeps the parent's address space alive; the benchmarks measure exactly that.
     public var closeOnFork: Bool
-    /// Every call except `join`/`wait` gives up after this long with `.deviceLost`.
+    /// Every call except `join`/`wait` gives up after this long with `.timedOut`.
     public var requestTimeoutSeconds: Double
 
     public init(socketPath: String? = nil, policy: LifetimePolicy? = nil, backend: BackendChoice = .auto,
@@ -80,8 +80,8 @@ public struct DeviceThreadHandle: Sendable, Hashable {
 /// a new, empty space.
 ///
 /// All methods are thread-safe. Every blocking call is bounded by `requestTimeoutSeconds`, except
-/// `join`/`wait`, which have their own timeout; all of them fail with `.deviceLost` as soon as the
-/// daemon goes away.
+/// `join`/`wait`, which have their own timeout (`.timedOut` when it passes); all of them fail with
+/// `.deviceLost` as soon as the daemon goes away.
 public final class Device: @unchecked Sendable {
     public let options: DeviceOptions
     /// The resolved socket path.

@@ -29,6 +29,9 @@ public struct TetherError: Error, CustomStringConvertible, Equatable, Sendable {
         public static let permissionDenied = Code(rawValue: 15)
         public static let deviceError = Code(rawValue: 16)
         public static let protocolVersion = Code(rawValue: 17)
+        /// A call's own deadline passed before its answer; the connection stays usable. Raised
+        /// by the client library, never sent by the daemon.
+        public static let timedOut = Code(rawValue: 18)
 
         public var description: String {
             switch self {
@@ -49,6 +52,7 @@ public struct TetherError: Error, CustomStringConvertible, Equatable, Sendable {
             case .permissionDenied: "permissionDenied"
             case .deviceError: "deviceError"
             case .protocolVersion: "protocolVersion"
+            case .timedOut: "timedOut"
             default: "error\(rawValue)"
             }
         }

@@ -44,6 +44,8 @@ struct BenchDispatch: ParsableCommand {
     @Option(help: "Use this daemon instead of a private one.") var socket: String?
     @Flag(help: "Print one JSON object.") var json = false
     @Flag(help: "Internal: measure the direct baseline in this process and print its samples.") var direct = false
+    @Flag(help: "Print only the round trips through the daemon, in ns, one per line (tools/bench-languages compares them with C and Python).")
+    var samples = false
 
     func run() throws {
         if direct { return try runDirect() }
@@ -58,6 +60,7 @@ struct BenchDispatch: ParsableCommand {
             guard r.state == .finished else { throw fail("tiny thread ended \(r.state)") }
             if i >= 20 { samples.append(took) }  // the first ones create pipelines and contexts
         }
+        if self.samples { return print(samples.map(String.init).joined(separator: "\n")) }
         let control = try DaemonControl(socketPath: daemon.path)
         var pings: [UInt64] = []
         for _ in 0..<runs {
