@@ -14,6 +14,8 @@ enum Handles {
         case device(Device)
         /// The device it belongs to: closing the device invalidates its memory handles.
         case memory(MirroredMemory, device: UInt)
+        /// Like memory, a module belongs to its device.
+        case module(KernelModule, device: UInt)
         case control(DaemonControl)
         case processTable(ProcessTable)
 
@@ -21,6 +23,7 @@ enum Handles {
             switch self {
             case .device: "device"
             case .memory: "memory"
+            case .module: "module"
             case .control: "control"
             case .processTable: "process table"
             }
@@ -64,12 +67,15 @@ enum Handles {
         table.withLock { $0.objects[id] = object }
     }
 
-    /// Removes the memory handles of device `id` (closing a device unmaps its memory).
+    /// Removes the memory and module handles of device `id` (closing a device unmaps its memory
+    /// and ends its address space).
     static func removeMemory(ofDevice device: UInt) {
         table.withLock { s in
             s.objects = s.objects.filter { _, object in
-                if case .memory(_, let owner) = object { return owner != device }
-                return true
+                switch object {
+                case .memory(_, let owner), .module(_, let owner): return owner != device
+                default: return true
+                }
             }
         }
     }
@@ -92,6 +98,11 @@ enum Handles {
     static func memory(_ handle: OpaquePointer?) throws(TetherError) -> MirroredMemory {
         guard case .memory(let m, _)? = lookup(handle) else { throw badHandle(handle, "memory") }
         return m
+    }
+
+    static func module(_ handle: OpaquePointer?) throws(TetherError) -> (KernelModule, device: UInt) {
+        guard case .module(let m, let d)? = lookup(handle) else { throw badHandle(handle, "module") }
+        return (m, d)
     }
 
     static func control(_ handle: OpaquePointer?) throws(TetherError) -> DaemonControl {

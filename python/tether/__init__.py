@@ -24,7 +24,7 @@ from .errors import (AddressFault, BackendUnavailable, BadHandle, DeviceLost, Gr
                      NoSuchThread, NotOwner, OwnerExited, PermissionDenied, ResourceExhausted, TetherError, TimedOut,
                      UnknownKernel, error_for)
 
-__all__ = ["Device", "Memory", "Control", "Report", "Space", "Timeline", "f32", "library_path", "TetherError", "NotOwner",
+__all__ = ["Device", "Memory", "Module", "ModuleBinding", "SpecConstant", "Control", "Report", "Space", "Timeline", "f32", "library_path", "TetherError", "NotOwner",
            "OwnerExited", "DeviceLost", "InvalidArgument", "AddressFault", "UnknownKernel", "GridTooLarge",
            "BackendUnavailable", "NoSuchThread", "NoSuchRegion", "ResourceExhausted", "PermissionDenied", "TimedOut",
            "BadHandle", "KERNELS"]
@@ -213,6 +213,136 @@ class Device:
         report = _lib.ThreadReport()
         _check(_C.tether_thread_status(self._handle, int(thread), ctypes.byref(report)))
         return Report._from(report)
+
+    def load_module(self, spirv, entry_point=""):
+        """Loads your own SPIR-V compute module (bytes, or a sequence of 32-bit words) and returns a
+        `Module`. The daemon validates and reflects it; a refusal raises with its sentence."""
+        if isinstance(spirv, (bytes, bytearray, memoryview)):
+            data = bytes(spirv)
+            if len(data) % 4:
+                raise InvalidArgument("SPIR-V is a whole number of 32-bit words", 4, "TETHER_INVALID_ARGUMENT")
+            words = struct.unpack(f"<{len(data) // 4}I", data)
+        else:
+            words = [int(w) for w in spirv]
+        array = (ctypes.c_uint32 * max(len(words), 1))(*words)
+        handle = ctypes.c_void_p()
+        _check(_C.tether_module_load(self._handle, array, len(words), entry_point.encode(), ctypes.byref(handle)))
+        return Module(self, handle)
+
+    def spawn_module(self, module, bindings, grid, push=b"", spec=None, priority="normal"):
+        """Starts `module` over `grid` (x, (x, y) or (x, y, z) workgroups). `bindings`: a list of
+        (set, binding, memory[, offset[, nbytes]]); `push`: the push-constant bytes; `spec`:
+        {constant_id: value}, converted by each constant's reflected type. Returns the thread id."""
+        if priority not in _PRIORITIES:
+            raise InvalidArgument(f"priority {priority!r} is none of 'low', 'normal', 'high'", 4, "TETHER_INVALID_ARGUMENT")
+        thread = ctypes.c_uint64()
+        _check(_C.tether_spawn_module(self._handle, module._handle, *module._launch(bindings, push, spec, grid),
+                                      _PRIORITIES[priority], ctypes.byref(thread)))
+        return thread.value
+
+    def run_module(self, module, bindings, grid, push=b"", spec=None, timeout=None):
+        """`spawn_module` and `join` in one round trip; returns the `Report`."""
+        report = _lib.ThreadReport()
+        _check(_C.tether_run_module(self._handle, module._handle, *module._launch(bindings, push, spec, grid),
+                                    _timeout(timeout), ctypes.byref(report)))
+        return Report._from(report)
+
+
+_SCALARS = ("bool", "int", "uint", "float", "int64", "uint64", "double")
+
+
+def _spec_bits(kind, value):
+    """The bit pattern of `value` for a specialization constant of type `kind`."""
+    if kind == "bool":
+        return 1 if value else 0
+    if kind == "float":
+        return struct.unpack("<I", struct.pack("<f", float(value)))[0]
+    if kind == "double":
+        return struct.unpack("<Q", struct.pack("<d", float(value)))[0]
+    bits = {"int": 32, "uint": 32, "int64": 64, "uint64": 64}[kind]
+    v = int(value)
+    lo, hi = (-(1 << (bits - 1)), 1 << (bits - 1)) if kind.startswith("int") else (0, 1 << bits)
+    if not lo <= v < hi:
+        raise InvalidArgument(f"{v} does not fit a {kind}", 4, "TETHER_INVALID_ARGUMENT")
+    return v & ((1 << bits) - 1)
+
+
+@dataclass
+class ModuleBinding:
+    """A buffer the module uses: layout(set, binding); `kind` is "storage" or "uniform"."""
+    set: int
+    binding: int
+    kind: str
+    min_bytes: int
+    name: str
+
+
+@dataclass
+class SpecConstant:
+    """A specialization constant: layout(constant_id = id) const <type> name = default."""
+    id: int
+    type: str
+    name: str
+
+
+class Module:
+    """Your own SPIR-V compute module, validated and reflected by the daemon (see `Device.load_module`).
+    `bindings`, `spec_constants`, `local_size`, `push_constant_bytes` and `entry_point` are what
+    the daemon reflected."""
+
+    def __init__(self, device, handle):
+        self._device, self._handle = device, handle
+        info = _lib.ModuleInfo()
+        _check(_C.tether_module_get_info(handle, ctypes.byref(info)))
+        self.local_size = tuple(info.local_size)
+        self.push_constant_bytes = info.push_constant_bytes
+        self.uses_num_workgroups = bool(info.uses_num_workgroups)
+        self.entry_point = info.entry_point.decode("utf-8", "replace")
+        self.bindings = []
+        for i in range(info.binding_count):
+            b = _lib.ModuleBindingInfo()
+            _check(_C.tether_module_binding(handle, i, ctypes.byref(b)))
+            self.bindings.append(ModuleBinding(b.set, b.binding, ("storage", "uniform")[b.kind], b.min_bytes,
+                                               b.name.decode("utf-8", "replace")))
+        self.spec_constants = []
+        for i in range(info.spec_constant_count):
+            c = _lib.ModuleSpecInfo()
+            _check(_C.tether_module_spec_constant(handle, i, ctypes.byref(c)))
+            self.spec_constants.append(SpecConstant(c.constant_id, _SCALARS[c.type], c.name.decode("utf-8", "replace")))
+
+    def unload(self):
+        """Frees the daemon's copy (threads running it finish first)."""
+        handle, self._handle = self._handle, None
+        if handle is None:
+            raise BadHandle("this module was unloaded already", 100, "TETHER_BAD_HANDLE")
+        _check(_C.tether_module_unload(handle))
+
+    def _launch(self, bindings, push, spec, grid):
+        """The C arguments of a spawn: bindings are (set, binding, memory[, offset[, nbytes]])."""
+        entries = []
+        for b in bindings:
+            set_, binding, memory = b[0], b[1], b[2]
+            offset = b[3] if len(b) > 3 else 0
+            nbytes = b[4] if len(b) > 4 else memory.size - offset
+            entries.append(_lib.Binding(int(set_), int(binding), memory._handle, int(offset), int(nbytes)))
+        c_bindings = (_lib.Binding * max(len(entries), 1))(*entries)
+        push = bytes(push)
+        c_push = ctypes.create_string_buffer(push, max(len(push), 1))
+        types = {c.id: c.type for c in self.spec_constants}
+        values = []
+        for constant_id, value in (spec or {}).items():
+            if constant_id not in types:
+                raise InvalidArgument(f"the module has no specialization constant {constant_id} "
+                                      f"(it has: {sorted(types) or 'none'})", 4, "TETHER_INVALID_ARGUMENT")
+            values.append(_lib.Specialization(int(constant_id), 0, _spec_bits(types[constant_id], value)))
+        c_spec = (_lib.Specialization * max(len(values), 1))(*values)
+        g = tuple(grid) if isinstance(grid, (tuple, list)) else (int(grid),)
+        g = (g + (1, 1))[:3]
+        c_grid = (ctypes.c_uint32 * 3)(*[int(v) for v in g])
+        return (c_bindings, len(entries), ctypes.cast(c_push, ctypes.c_void_p), len(push), c_spec, len(values), c_grid)
+
+    def __repr__(self):
+        return f"<tether.Module {self.entry_point} local size {self.local_size}, {len(self.bindings)} bindings>"
 
 
 @dataclass

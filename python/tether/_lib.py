@@ -82,7 +82,34 @@ class Timeline(ctypes.Structure):
                 ("regions_freed", ctypes.c_uint32), ("reason", ctypes.c_char * 16)]
 
 
+class ModuleInfo(ctypes.Structure):
+    _fields_ = [("local_size", ctypes.c_uint32 * 3), ("push_constant_bytes", ctypes.c_uint32),
+                ("binding_count", ctypes.c_uint32), ("spec_constant_count", ctypes.c_uint32),
+                ("uses_num_workgroups", ctypes.c_int32), ("entry_point", ctypes.c_char * 64)]
+
+
+class ModuleBindingInfo(ctypes.Structure):
+    _fields_ = [("set", ctypes.c_uint32), ("binding", ctypes.c_uint32), ("kind", ctypes.c_int32),
+                ("reserved", ctypes.c_uint32), ("min_bytes", ctypes.c_uint64), ("name", ctypes.c_char * 64)]
+
+
+class ModuleSpecInfo(ctypes.Structure):
+    _fields_ = [("constant_id", ctypes.c_uint32), ("type", ctypes.c_int32), ("default_bits", ctypes.c_uint64),
+                ("name", ctypes.c_char * 64)]
+
+
+class Binding(ctypes.Structure):
+    _fields_ = [("set", ctypes.c_uint32), ("binding", ctypes.c_uint32), ("memory", ctypes.c_void_p),
+                ("offset", ctypes.c_size_t), ("bytes", ctypes.c_size_t)]
+
+
+class Specialization(ctypes.Structure):
+    _fields_ = [("constant_id", ctypes.c_uint32), ("reserved", ctypes.c_uint32), ("bits", ctypes.c_uint64)]
+
+
 assert ctypes.sizeof(ThreadReport) == 320 and ctypes.sizeof(Timeline) == 72
+assert ctypes.sizeof(ModuleInfo) == 92 and ctypes.sizeof(Binding) == 32 and ctypes.sizeof(Specialization) == 16
+assert ctypes.sizeof(ModuleBindingInfo) == 88 and ctypes.sizeof(ModuleSpecInfo) == 80
 
 
 def _declare(lib):
@@ -114,6 +141,13 @@ def _declare(lib):
         "tether_kill_thread": [P, U64, ref(ctypes.c_int)],
         "tether_timelines": [P, I32, ref(Timeline), SZ, ref(SZ)],
         "tether_await_teardown": [P, I32, D, ref(Timeline), SZ, ref(SZ)],
+        "tether_module_load": [P, ref(U32), SZ, ctypes.c_char_p, ref(P)],
+        "tether_module_unload": [P],
+        "tether_module_get_info": [P, ref(ModuleInfo)],
+        "tether_module_binding": [P, SZ, ref(ModuleBindingInfo)],
+        "tether_module_spec_constant": [P, SZ, ref(ModuleSpecInfo)],
+        "tether_spawn_module": [P, P, ref(Binding), SZ, P, SZ, ref(Specialization), SZ, ref(U32), U32, ref(U64)],
+        "tether_run_module": [P, P, ref(Binding), SZ, P, SZ, ref(Specialization), SZ, ref(U32), D, ref(ThreadReport)],
     }
     for name, args in signatures.items():
         f = getattr(lib, name)

@@ -16,11 +16,9 @@
  *   are never reused, so a stale one cannot name a newer object.
  * - Every call is thread-safe. Every blocking call is bounded: by the device's request timeout, or
  *   by the timeout it takes; all of them fail with TETHER_DEVICE_LOST once the daemon is gone.
- * - Fork: a forked child that uses a device handle it inherited gets a connection of its own and
- *   becomes the owner of the inherited mirrored memory, transparently (see docs/lifetime.md).
- *
- * Reserved for user SPIR-V kernels with descriptor bindings (a later version of this header adds
- * them without changing anything below): the names tether_module_* and tether_spawn_module.
+ * - Fork: a forked child that uses a device handle it inherited gets a connection and an address
+ *   space of its own, transparently. The parent's mirrored memory is not inherited (it is unmapped
+ *   in the child); a module is loaded again at its first use there (see docs/ownership.md).
  */
 #ifndef TETHER_H
 #define TETHER_H
@@ -172,7 +170,7 @@ typedef struct tether_timeline {
     uint64_t released_nanos;  /* every mapping, import, fd and registry entry is gone */
     uint64_t bytes_freed;
     uint32_t regions_freed;
-    char reason[16];          /* "ownerExit", "release", "kill" or "shutdown" */
+    char reason[16];          /* "pidfd", "bpf-sigkill", "bpf-exit", "bpf-exec", "release", "kill", "shutdown" */
 } tether_timeline;
 
 /* ---- devices ----------------------------------------------------------------------------- */
@@ -285,10 +283,97 @@ tether_status tether_timelines(tether_control *control, int32_t pid, tether_time
 tether_status tether_await_teardown(tether_control *control, int32_t pid, double timeout_seconds,
                                     tether_timeline *timelines, size_t capacity, size_t *count);
 
-/* ---- reserved: user SPIR-V kernels ----------------------------------------------------------- */
-/* tether_module_* (a validated module built once, spawned many times) and tether_spawn_module
- * (bindings (set, binding) -> mirrored byte ranges, push-constant bytes, specialization
- * constants, a 3-D grid) are reserved for the next version of this header. */
+/* ---- user kernels: your own SPIR-V compute modules ------------------------------------------ */
+/* A module reaches memory only through its descriptor bindings, each a byte range of this
+ * process's mirrored memory; push constants and specialization constants carry values. The daemon
+ * validates (SPIRV-Tools) and reflects (SPIRV-Cross) it before any driver sees it, refuses raw
+ * pointers (PhysicalStorageBufferAddresses), images and samplers with a sentence saying why, and
+ * binds buffers with robust buffer access (an index past a binding reads zero and drops the write).
+ * Needs a daemon on a Vulkan backend (TETHER_UNSUPPORTED otherwise). See docs/user-kernels.md. */
+
+typedef struct tether_module tether_module;
+
+/* What the daemon reflected. */
+typedef struct tether_module_info {
+    uint32_t local_size[3];         /* the module's default local size */
+    uint32_t push_constant_bytes;   /* a spawn passes exactly this many bytes (0: none) */
+    uint32_t binding_count;         /* read them with tether_module_binding */
+    uint32_t spec_constant_count;   /* read them with tether_module_spec_constant */
+    int32_t uses_num_workgroups;    /* 1: it reads gl_NumWorkGroups and runs as one slice */
+    char entry_point[64];           /* NUL-terminated */
+} tether_module_info;
+
+typedef enum tether_buffer_kind {
+    TETHER_BUFFER_STORAGE = 0,
+    TETHER_BUFFER_UNIFORM = 1
+} tether_buffer_kind;
+
+/* One buffer the module uses: layout(set = S, binding = B). */
+typedef struct tether_module_binding_info {
+    uint32_t set;
+    uint32_t binding;
+    int32_t kind;                   /* tether_buffer_kind */
+    uint32_t reserved;
+    uint64_t min_bytes;             /* a bound range holds at least this much */
+    char name[64];                  /* the block's name, if the module kept one */
+} tether_module_binding_info;
+
+typedef enum tether_scalar_type {
+    TETHER_SCALAR_BOOL = 0, TETHER_SCALAR_INT32 = 1, TETHER_SCALAR_UINT32 = 2, TETHER_SCALAR_FLOAT32 = 3,
+    TETHER_SCALAR_INT64 = 4, TETHER_SCALAR_UINT64 = 5, TETHER_SCALAR_FLOAT64 = 6
+} tether_scalar_type;
+
+/* One specialization constant: layout(constant_id = N) const T name = default. */
+typedef struct tether_module_spec_info {
+    uint32_t constant_id;
+    int32_t type;                   /* tether_scalar_type */
+    uint64_t default_bits;          /* the default's bit pattern (low 32 bits for 32-bit types) */
+    char name[64];
+} tether_module_spec_info;
+
+/* A binding of a spawn: `bytes` bytes at `offset` into `memory` back layout(set, binding).
+ * Offsets must be multiples of the device's minimum buffer offset alignment (16 on lavapipe, at
+ * most 256 anywhere). */
+typedef struct tether_binding {
+    uint32_t set;
+    uint32_t binding;
+    tether_memory *memory;
+    size_t offset;
+    size_t bytes;
+} tether_binding;
+
+/* A specialization constant's value: its bit pattern (a float's bits in the low 32 bits; a bool
+ * is 0 or 1). */
+typedef struct tether_specialization {
+    uint32_t constant_id;
+    uint32_t reserved;
+    uint64_t bits;
+} tether_specialization;
+
+/* Loads `word_count` SPIR-V words. `entry_point` NULL or "": the module's one compute entry point.
+ * TETHER_INVALID_ARGUMENT carries the validator's or the reflection's sentence. */
+tether_status tether_module_load(tether_device *device, const uint32_t *words, size_t word_count,
+                                 const char *entry_point, tether_module **module);
+/* Frees the daemon's copy (threads running it finish first); the handle becomes invalid. */
+tether_status tether_module_unload(tether_module *module);
+tether_status tether_module_get_info(tether_module *module, tether_module_info *info);
+tether_status tether_module_binding(tether_module *module, size_t index, tether_module_binding_info *info);
+tether_status tether_module_spec_constant(tether_module *module, size_t index, tether_module_spec_info *info);
+
+/* Starts a device thread running `module` over a grid[0] x grid[1] x grid[2] grid of workgroups.
+ * Every binding of the module must be bound once; `push_bytes` must equal the module's
+ * push-constant size. `bindings`, `push_constants` and `specialization` may be NULL when their
+ * counts are 0. */
+tether_status tether_spawn_module(tether_device *device, tether_module *module, const tether_binding *bindings,
+                                  size_t binding_count, const void *push_constants, size_t push_bytes,
+                                  const tether_specialization *specialization, size_t specialization_count,
+                                  const uint32_t grid[3], tether_priority priority, tether_thread *thread);
+
+/* tether_spawn_module and tether_join in one round trip; `timeout_seconds` < 0 waits for ever. */
+tether_status tether_run_module(tether_device *device, tether_module *module, const tether_binding *bindings,
+                                size_t binding_count, const void *push_constants, size_t push_bytes,
+                                const tether_specialization *specialization, size_t specialization_count,
+                                const uint32_t grid[3], double timeout_seconds, tether_thread_report *report);
 
 #ifdef __cplusplus
 }
