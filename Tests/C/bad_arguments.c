@@ -174,6 +174,28 @@ int main(void) {
         printf("ok   a forked child ran saxpy through the inherited device handle, on memory of its own\n");
     }
 
+    /* User kernels: bad counts, NULLs and handles are refused here; a module on this daemon's
+     * software backend is refused by the daemon (user kernels need Vulkan). */
+    {
+        static const uint32_t header[5] = { 0x07230203u, 0x00010500u, 0, 1, 0 };
+        tether_module *module = NULL;
+        tether_module_info module_info;
+        tether_binding binding = { 0, 0, memory, 0, 256 };
+        uint32_t grid[3] = { 1, 1, 1 };
+        EXPECT(tether_module_load(device, NULL, 5, NULL, &module), TETHER_INVALID_ARGUMENT, "1 to");
+        EXPECT(tether_module_load(device, header, 0, NULL, &module), TETHER_INVALID_ARGUMENT, "1 to");
+        EXPECT(tether_module_load(device, header, 5, NULL, NULL), TETHER_INVALID_ARGUMENT, "module is NULL");
+        EXPECT(tether_module_load(NULL, header, 5, NULL, &module), TETHER_BAD_HANDLE, NULL);
+        EXPECT(tether_module_load(device, header, 5, "main", &module), TETHER_UNSUPPORTED, "Vulkan");
+        EXPECT(tether_module_get_info(NULL, &module_info), TETHER_BAD_HANDLE, NULL);
+        EXPECT(tether_module_get_info((tether_module *)memory, &module_info), TETHER_BAD_HANDLE, "memory handle");
+        EXPECT(tether_module_unload(NULL), TETHER_BAD_HANDLE, NULL);
+        EXPECT(tether_spawn_module(device, NULL, &binding, 1, NULL, 0, NULL, 0, grid, TETHER_PRIORITY_NORMAL, &thread),
+               TETHER_BAD_HANDLE, "module");
+        EXPECT(tether_run_module(device, (tether_module *)device, NULL, 0, NULL, 0, NULL, 0, grid, 1, &report),
+               TETHER_BAD_HANDLE, "device handle");
+    }
+
     /* Unmirror twice, close twice, use after close. */
     EXPECT(tether_unmirror(memory), TETHER_OK, NULL);
     EXPECT(tether_unmirror(memory), TETHER_BAD_HANDLE, "closed already");
