@@ -57,7 +57,12 @@ public final class Daemon: @unchecked Sendable {
     let wake: EventFD
     private let listener: Int32
     private var connections: [UInt64: Connection] = [:]
+    /// Event-loop state: the watched pidfd of each live space, by epoll token and by space.
     private var pidfdSpaces: [UInt64: AddressSpace] = [:]
+    private var pidfdTokens: [SpaceID: UInt64] = [:]
+    /// Spaces the exit notifier chain released (from its thread): the event loop stops watching
+    /// their pidfds and closes them (`closeReleasedPidfds`).
+    private let releasedSpaces = Mutex<[AddressSpace]>([])
     private var nextToken: UInt64 = 1
     /// One more byte than the largest message, so an oversized one shows as truncated.
     private let receiveBuffer = ReceiveBuffer(capacity: Wire.maxMessageBytes + 1)
@@ -129,6 +134,11 @@ public final class Daemon: @unchecked Sendable {
             for w in due { w.connection.send(.timelines(registry.timelines(pid: space.pid, uid: w.uid)), id: w.requestID) }
         }
         if let bpfNotifier { chain.subscribe("bpf") { space, _ in bpfNotifier.forget(space) } }
+        chain.subscribe("pidfd") { [weak self] space, _ in
+            guard let self else { return }
+            releasedSpaces.withLock { $0.append(space) }
+            wake.signal()
+        }
         chain.subscribe("log") { [logger] space, t in
             logger.info("address space released", metadata: [
                 "space": "\(space.id)", "pid": "\(space.pid)", "reason": "\(t.reason)",
@@ -160,7 +170,9 @@ public final class Daemon: @unchecked Sendable {
             for (token, events) in epoll.wait(timeoutMillis: expireTeardownWaiters()) {
                 switch token >> 56 {
                 case Self.listenerKind: acceptAll()
-                case Self.wakeKind: wake.drain()
+                case Self.wakeKind:
+                    wake.drain()
+                    closeReleasedPidfds()
                 case Self.connectionKind: readable(token, events: events)
                 case Self.pidfdKind: ownerExited(token, at: monotonicNanos())
                 case Self.bpfKind: earlyNotice(at: monotonicNanos())
@@ -194,6 +206,7 @@ public final class Daemon: @unchecked Sendable {
             chain.enqueue(space, reason: "shutdown")
         }
         chain.stop()
+        closeReleasedPidfds()
         scheduler.shutdown()
         for c in connections.values { c.close() }
         connections = [:]
@@ -294,9 +307,21 @@ public final class Daemon: @unchecked Sendable {
         drop(connection, released: false)
     }
 
+    /// Stops watching the pidfds of released spaces and closes them (event loop only).
+    private func closeReleasedPidfds() {
+        for space in releasedSpaces.withLock({ list in defer { list = [] }; return list }) {
+            if let token = pidfdTokens.removeValue(forKey: space.id) {
+                pidfdSpaces[token] = nil
+                epoll.remove(space.pidfd)
+            }
+            close(space.pidfd)
+        }
+    }
+
     /// The owner's pidfd became readable: its whole thread group exited (`exit_mm`).
     private func ownerExited(_ token: UInt64, at now: UInt64) {
         guard let space = pidfdSpaces.removeValue(forKey: token) else { return }
+        pidfdTokens[space.id] = nil
         epoll.remove(space.pidfd)
         registry.ownerExited(space)
         logger.debug("owner exited", metadata: ["space": "\(space.id)", "pid": "\(space.pid)", "policy": "\(space.policy)"])
@@ -435,6 +460,7 @@ public final class Daemon: @unchecked Sendable {
         if created {
             let t = token(Self.pidfdKind)
             pidfdSpaces[t] = space
+            pidfdTokens[space.id] = t
             do { try epoll.add(space.pidfd, token: t) } catch { logger.warning("cannot watch pidfd of \(sender.pid): \(error)") }
             if policy == .exit { bpfNotifier?.watch(space) }
             logger.debug("address space created", metadata: ["space": "\(space.id)", "pid": "\(sender.pid)", "policy": "\(policy)"])

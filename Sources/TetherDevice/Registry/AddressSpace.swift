@@ -22,7 +22,7 @@ public final class AddressSpace: @unchecked Sendable {
     public let pid: Int32
     public let uid: UInt32
     public let policy: LifetimePolicy
-    /// Owned; closed when the space is released.
+    /// Owned; closed by whoever watches it once the space is released (see `Registry.finishTeardown`).
     public let pidfd: Int32
     /// The owner's pidfs inode (`Pidfd.identity`): equal for every pidfd of the owner, never for
     /// another process, dead or alive. nil where the kernel lacks pidfs.

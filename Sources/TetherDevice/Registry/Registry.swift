@@ -197,12 +197,13 @@ public final class Registry: @unchecked Sendable {
         }
     }
 
-    /// Last step: the space leaves the registry and its timeline is recorded.
+    /// Last step: the space leaves the registry and its timeline is recorded. The pidfd stays open:
+    /// whoever watches it (the daemon's event loop) closes it once it no longer does, so that its
+    /// number cannot be reused under a watch that still names it.
     public func finishTeardown(_ space: AddressSpace, timeline: TeardownTimeline) {
         monitor.withLock {
             space.phase = .gone
             spaces[space.id] = nil
-            close(space.pidfd)
             if timelines.count >= timelineCapacity { timelines.removeFirst(timelines.count / 2) }
             timelines.append((space.uid, timeline))
             monitor.broadcast()
