@@ -32,11 +32,12 @@ let package = Package(
         // Vulkan and libdrm headers with VK_NO_PROTOTYPES; both libraries are dlopen()ed at run time.
         .target(name: "CVulkan", cSettings: [.unsafeFlags(["-I/usr/include/libdrm"])],
                 linkerSettings: [.linkedLibrary("dl")]),
-        // SPIRV-Tools' validator and SPIRV-Cross's reflection, linked statically (Debian ships archives).
+        // SPIRV-Tools' validator and optimizer (specialization) and SPIRV-Cross's reflection, linked
+        // statically (Debian ships archives).
         .target(name: "CSPIRV", linkerSettings: [
             .linkedLibrary("spirv-cross-c"), .linkedLibrary("spirv-cross-cpp"), .linkedLibrary("spirv-cross-reflect"),
             .linkedLibrary("spirv-cross-msl"), .linkedLibrary("spirv-cross-hlsl"), .linkedLibrary("spirv-cross-glsl"),
-            .linkedLibrary("spirv-cross-util"), .linkedLibrary("spirv-cross-core"), .linkedLibrary("SPIRV-Tools"),
+            .linkedLibrary("spirv-cross-util"), .linkedLibrary("spirv-cross-core"), .linkedLibrary("SPIRV-Tools-opt"), .linkedLibrary("SPIRV-Tools"),
             .linkedLibrary("stdc++"),
         ]),
         .target(name: "TetherDevice", dependencies: ["TetherCore", "TetherSys", "CVulkan", "CSPIRV"]),

@@ -139,6 +139,11 @@ int tether_spirv_reflect(const uint32_t *words, size_t count, const char *entry,
     spvc_specialization_constant dims[3] = {x, y, z};
     for (unsigned d = 0; d < 3; d++) {
         if (dims[d].id == 0) continue;
+        if (!spvc_compiler_has_decoration(compiler, dims[d].id, SpvDecorationSpecId)) {
+            // An expression of specialization constants (OpSpecConstantOp): known once specialized.
+            out->local_size[d] = 0;
+            continue;
+        }
         out->local_size_spec_id[d] = dims[d].constant_id;
         spvc_constant c = spvc_compiler_get_constant_handle(compiler, dims[d].id);
         if (c) out->local_size[d] = spvc_constant_get_scalar_u32(c, 0, 0);

@@ -2,7 +2,7 @@
 public struct ModuleID: RawRepresentable, Hashable, Sendable, Codable, CustomStringConvertible {
     public let rawValue: UInt64
     public init(rawValue: UInt64) { self.rawValue = rawValue }
-    public var description: String { "m\(rawValue)" }
+    public var description: String { DaemonGeneration.describe(rawValue, prefix: "m") }
 }
 
 /// What the daemon learnt by reflecting a user's SPIR-V compute module (SPIRV-Cross), after the
@@ -87,7 +87,9 @@ public struct ModuleDescription: Sendable, Equatable, Codable {
 
     /// The compute entry point the module runs.
     public var entryPoint: String
-    /// The default local size (x, y, z), as the module declares it.
+    /// The default local size (x, y, z), as the module declares it; 0 in a dimension that is an
+    /// expression of specialization constants (the daemon computes it when it specializes the
+    /// module for a spawn, and checks it there).
     public var localSize: [UInt32]
     /// The specialization constant ids that override each dimension of the local size
     /// (`local_size_x_id`), nil where the size is fixed.
@@ -118,7 +120,8 @@ public struct ModuleDescription: Sendable, Equatable, Codable {
 
     public func specConstant(id: UInt32) -> SpecConstant? { specConstants.first { $0.id == id } }
 
-    /// The local size once `spec` overrides apply (what the pipeline will run).
+    /// The local size once `spec` overrides apply (0 where it is an expression of specialization
+    /// constants, which only the daemon's specialization computes).
     public func localSize(with spec: [SpecValue]) -> [UInt32] {
         (0..<3).map { d in
             if let id = localSizeSpecIDs[d], let v = spec.first(where: { $0.id == id }) { return UInt32(truncatingIfNeeded: v.bits) }

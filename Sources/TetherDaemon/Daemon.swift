@@ -531,6 +531,8 @@ public final class Daemon: @unchecked Sendable {
         case .module(let launch):
             let module = try registry.module(launch.module, of: space)
             let limits = backend.userKernelLimits!  // a module loaded, so the backend runs them
+            // Specializing runs the optimizer and the validator: not under the registry lock.
+            _ = try module.specialized(try UserLaunch.specialization(of: launch, module: module))
             let checked = try registry.withLock { () throws(TetherError) -> UserLaunch in
                 try UserLaunch(launch, module: module, limits: limits) { space.region(containing: $0, bytes: $1) }
             }

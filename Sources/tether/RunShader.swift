@@ -84,7 +84,7 @@ struct ShaderRun {
             try printJSON(report)
         } else {
             print("\(options.spirv!) (\(report.entryPoint), \(report.groups.map(String.init).joined(separator: "×")) groups of "
-                + "\(report.localSize.map(String.init).joined(separator: "×"))) on \(report.device): \(report.state)"
+                + "\(report.localSize.map { $0 == 0 ? "?" : String($0) }.joined(separator: "×"))) on \(report.device): \(report.state)"
                 + (report.error.map { " — \($0)" } ?? "") + ", \(formatDouble(report.seconds * 1000, 3)) ms")
             for b in report.bindings where b.output != nil { print("  \(b.binding) → \(b.output!)") }
         }
@@ -178,8 +178,15 @@ struct ShaderRun {
 
     /// GLSL through glslc, into a temporary file.
     static func compile(glsl path: String) throws(TetherError) -> [UInt32] {
-        let output = FileManager.default.temporaryDirectory.appendingPathComponent("tether-run-\(getpid()).spv").path
-        defer { try? FileManager.default.removeItem(atPath: output) }
+        // A directory of our own (mkdtemp, mode 0700): a fixed name in a shared /tmp could be a
+        // symlink another user planted.
+        var template = Array((FileManager.default.temporaryDirectory.path + "/tether-run-XXXXXX").utf8CString)
+        guard let dir = mkdtemp(&template) else {
+            throw TetherError(.resourceExhausted, "cannot make a temporary directory for glslc's output")
+        }
+        let directory = String(cString: dir)
+        let output = directory + "/shader.spv"
+        defer { try? FileManager.default.removeItem(atPath: directory) }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = ["glslc", "-fshader-stage=compute", "--target-env=vulkan1.2", "-o", output, path]

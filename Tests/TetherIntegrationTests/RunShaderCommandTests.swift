@@ -6,13 +6,15 @@ import Testing
 
 /// `tether run --spirv` as a user meets it: a GLSL or SPIR-V file, buffers from files, outputs
 /// written back, one JSON object, and one clear line for every mistake.
-@Suite(.serialized) struct RunShaderCommandTests {
+@Suite(.serialized) final class RunShaderCommandTests {
     let dir: String
 
     init() throws {
         dir = FileManager.default.temporaryDirectory.appendingPathComponent("tether-run-spirv-\(getpid())").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     }
+
+    deinit { try? FileManager.default.removeItem(atPath: dir) }
 
     func tether(_ args: [String]) throws -> TetherRun {
         // A private daemon on lavapipe for each run (no user daemon is ever touched).

@@ -10,6 +10,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 enum {
     TETHER_SPV_MAX_BINDINGS = 64,
     TETHER_SPV_MAX_SPECS = 64,
@@ -53,7 +57,7 @@ typedef struct {
 typedef struct {
     char entry[TETHER_SPV_NAME_BYTES];
     uint32_t spirv_version;         // 0x00MMmm00, from the header
-    uint32_t local_size[3];         // the default local size
+    uint32_t local_size[3];         // the default local size (0: an expression of spec constants)
     uint32_t local_size_spec_id[3]; // the spec constant id that overrides it, or UINT32_MAX
     uint32_t push_constant_bytes;   // declared size of the push-constant block, 0 if none
     uint32_t push_constant_blocks;  // how many push-constant blocks the entry point uses
@@ -74,8 +78,33 @@ typedef struct {
 // with the validator's diagnostic in `error`.
 int tether_spirv_validate(const uint32_t *words, size_t count, int vulkan_minor, char *error, size_t error_len);
 
+// One specialization constant's value for `tether_spirv_specialize`: its SpecId and bit pattern
+// (`words` 1 for 32-bit types and bools, 2 for 64-bit ones, low word first).
+typedef struct {
+    uint32_t constant_id;
+    uint32_t words;
+    uint32_t bits[2];
+} tether_spv_value;
+
+// Specializes a validated module the way a driver would (SPIRV-Tools' optimizer: set the given
+// values, freeze every specialization constant, fold the expressions that use them), so that what
+// is checked afterwards — the local size, shared memory, block sizes — is what will run. On
+// success returns 0 and a malloc'ed module in *out (free it with tether_spirv_free); else 1 with
+// a sentence in `error`.
+int tether_spirv_specialize(const uint32_t *words, size_t count, int vulkan_minor, const tether_spv_value *values,
+                            size_t value_count, uint32_t **out, size_t *out_count, char *error, size_t error_len);
+void tether_spirv_free(uint32_t *words);
+
+// The workgroup (shared) memory a specialized module declares, in bytes, laid out with the
+// natural (std430-like) alignment drivers use. Returns 0 on success; 1 with a sentence in `error`
+// when a size still depends on a specialization constant or a type has no size.
+int tether_spirv_workgroup_bytes(const uint32_t *words, size_t count, uint64_t *bytes, char *error, size_t error_len);
+
 // Reflects a module that passed validation. `entry` NULL or "" picks the one GLCompute entry
 // point. Returns 0 on success; else 1 with a sentence in `error`.
 int tether_spirv_reflect(const uint32_t *words, size_t count, const char *entry, tether_spv_module *out,
                          char *error, size_t error_len);
+#ifdef __cplusplus
+}
+#endif
 #endif

@@ -13,25 +13,27 @@ public struct ResolvedBinding: @unchecked Sendable {
 /// the owner's own regions: what the backend may run without looking at the client's bytes again.
 public struct UserLaunch: @unchecked Sendable {
     public let module: UserModule
+    /// The SPIR-V that runs, and its reflection (`UserModule.specialized`).
+    public let specialized: SpecializedModule
     public let bindings: [ResolvedBinding]
     public let pushConstants: [UInt8]
     /// Sorted by id; every id is one the module declares, every value fits its type.
     public let specialization: [SpecValue]
     public let grid: Grid
-    public let localSize: [UInt32]
 
     /// Checks `launch`. `region` finds the owner's region holding a byte range (the registry lock
     /// is held by the caller). Errors are `invalidArgument` (or `addressFault` for a range outside
     /// every region, `gridTooLarge` for a grid over the device's limits), naming the binding,
     /// constant or dimension at fault.
-    public init(_ launch: ModuleLaunch, module: UserModule, limits: UserKernelLimits,
-                region: (_ address: UInt64, _ bytes: UInt64) -> DeviceRegion?) throws(TetherError) {
-        let d = module.description
-        // Specialization constants first: the local size may depend on them.
+    /// The launch's specialization constants, sorted by id, each one the module declares, given
+    /// once and fitting its type. Then `module.specialized(_:)` of them is what will run: the
+    /// daemon makes it before it takes the registry lock (it runs the optimizer and validator),
+    /// and `init` finds it made.
+    public static func specialization(of launch: ModuleLaunch, module: UserModule) throws(TetherError) -> [SpecValue] {
         var spec: [SpecValue] = []
         for v in launch.specialization {
-            guard let c = d.specConstant(id: v.id) else {
-                let known = d.specConstants.map { String($0.id) }.joined(separator: ", ")
+            guard let c = module.description.specConstant(id: v.id) else {
+                let known = module.description.specConstants.map { String($0.id) }.joined(separator: ", ")
                 throw TetherError(.invalidArgument, "the module has no specialization constant \(v.id) (it has: \(known.isEmpty ? "none" : known))")
             }
             guard !spec.contains(where: { $0.id == v.id }) else {
@@ -47,17 +49,15 @@ public struct UserLaunch: @unchecked Sendable {
             }
             spec.append(v)
         }
-        spec.sort { $0.id < $1.id }
-        let local = d.localSize(with: spec)
-        for (axis, n) in zip(["x", "y", "z"], zip(local, limits.maxWorkGroupSize)) where n.0 == 0 || n.0 > n.1 {
-            throw TetherError(.invalidArgument, "local size \(axis) = \(n.0) is outside 1…\(n.1) on this device")
-        }
-        // A hostile module may declare sizes whose product overflows 64 bits.
-        let (xy, o1) = UInt64(local[0]).multipliedReportingOverflow(by: UInt64(local[1]))
-        let (invocations, o2) = xy.multipliedReportingOverflow(by: UInt64(local[2]))
-        guard !o1, !o2, invocations <= UInt64(limits.maxWorkGroupInvocations) else {
-            throw TetherError(.invalidArgument, "a workgroup of \(local[0])×\(local[1])×\(local[2]) invocations exceeds this device's \(limits.maxWorkGroupInvocations)")
-        }
+        return spec.sorted { $0.id < $1.id }
+    }
+
+    public init(_ launch: ModuleLaunch, module: UserModule, limits: UserKernelLimits,
+                region: (_ address: UInt64, _ bytes: UInt64) -> DeviceRegion?) throws(TetherError) {
+        // Specialization constants first: everything else depends on them.
+        let spec = try Self.specialization(of: launch, module: module)
+        let specialized = try module.specialized(spec)
+        let d = specialized.description
         let grid = launch.grid
         for (axis, n) in zip(["x", "y", "z"], zip([grid.x, grid.y, grid.z], limits.maxWorkGroupCount)) where n.0 == 0 || n.0 > n.1 {
             throw TetherError(.gridTooLarge, "grid \(axis) = \(n.0) workgroups is outside 1…\(n.1) on this device")
@@ -102,10 +102,10 @@ public struct UserLaunch: @unchecked Sendable {
             throw TetherError(.invalidArgument, "binding \(missing)\(missing.name.isEmpty ? "" : " (\(missing.name))") of the module is not bound")
         }
         self.module = module
+        self.specialized = specialized
         self.bindings = resolved
         self.pushConstants = launch.pushConstants
         self.specialization = spec
         self.grid = grid
-        self.localSize = local
     }
 }

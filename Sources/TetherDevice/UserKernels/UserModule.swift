@@ -20,6 +20,18 @@ public struct UserKernelLimits: Sendable {
     public var maxWorkGroupInvocations: UInt32
     public var maxWorkGroupSize: [UInt32]
     public var maxWorkGroupCount: [UInt32]
+    /// `maxComputeSharedMemorySize`: workgroup (shared) memory one workgroup may declare.
+    public var maxSharedMemoryBytes: UInt64
+}
+
+/// A module with its specialization constants applied and folded: the SPIR-V that the backend
+/// compiles, and what it really uses.
+public struct SpecializedModule: Sendable {
+    public let words: [UInt32]
+    /// Reflected after specialization: the local size, block and push-constant sizes that will run.
+    public let description: ModuleDescription
+    /// Workgroup (shared) memory, laid out as drivers do (`tether_spirv_workgroup_bytes`).
+    public let sharedBytes: UInt64
 }
 
 /// SPIR-V capabilities that give a module raw pointers (`OpConvertUToPtr`, buffer references):
@@ -43,9 +55,15 @@ public enum RawPointerCapability {
 public final class UserModule: Sendable {
     public let id: ModuleID
     public let words: [UInt32]
+    /// What the module declares, specialization constants at their defaults.
     public let description: ModuleDescription
-    /// The backend's compiled form (a Vulkan shader module, layouts and pipelines).
+    let limits: UserKernelLimits
+    let allowRawPointers: Bool
+    /// The backend's compiled form (descriptor set layouts, pipelines per specialization).
     public let compiled = Mutex<AnyObject?>(nil)
+    /// Specializations made so far, by their sorted values (at most `maxSpecializations`).
+    private let specializations = Mutex<[[SpecValue]: SpecializedModule]>([:])
+    public static let maxSpecializations = 64
 
     public init(id: ModuleID, words: [UInt32], entryPoint: String, limits: UserKernelLimits,
                 allowRawPointers: Bool) throws(TetherError) {
@@ -55,13 +73,27 @@ public final class UserModule: Sendable {
         guard entryPoint.utf8.count <= Wire.maxEntryPointBytes else {  // the reflection keeps 63 bytes
             throw TetherError(.invalidArgument, "an entry point name is at most \(Wire.maxEntryPointBytes) bytes")
         }
+        self.id = id
+        self.words = words
+        self.limits = limits
+        self.allowRawPointers = allowRawPointers
+        self.description = try Self.reflect(words, entryPoint: entryPoint, limits: limits, allowRawPointers: allowRawPointers,
+                                            what: "the module")
+        // With its defaults, as a spawn without specialization constants would run it.
+        _ = try specialized([])
+    }
+
+    /// Validates (SPIRV-Tools), reflects (SPIRV-Cross) and checks `words` against the containment
+    /// rules. `what` names the module in errors ("the module", "the module specialized with …").
+    private static func reflect(_ words: [UInt32], entryPoint: String, limits: UserKernelLimits, allowRawPointers: Bool,
+                                what: String) throws(TetherError) -> ModuleDescription {
         var error = [CChar](repeating: 0, count: 1024)
         // The validator first: SPIRV-Cross and the drivers assume valid SPIR-V.
         let invalid = words.withUnsafeBufferPointer { w in
             tether_spirv_validate(w.baseAddress, w.count, Int32(limits.vulkanMinor), &error, error.count)
         }
         guard invalid == 0 else {
-            throw TetherError(.invalidArgument, "the module is not valid SPIR-V for Vulkan 1.\(limits.vulkanMinor): \(Self.string(error))")
+            throw TetherError(.invalidArgument, "\(what) is not valid SPIR-V for Vulkan 1.\(limits.vulkanMinor): \(Self.string(error))")
         }
         let reflected = UnsafeMutablePointer<tether_spv_module>.allocate(capacity: 1)
         defer { reflected.deallocate() }
@@ -69,10 +101,66 @@ public final class UserModule: Sendable {
             tether_spirv_reflect(w.baseAddress, w.count, entryPoint, reflected, &error, error.count)
         }
         guard failed == 0 else { throw TetherError(.invalidArgument, Self.string(error)) }
-        let m = reflected.pointee
-        self.id = id
-        self.words = words
-        self.description = try Self.check(m, limits: limits, allowRawPointers: allowRawPointers)
+        return try Self.check(reflected.pointee, limits: limits, allowRawPointers: allowRawPointers)
+    }
+
+    /// The module with `spec` (sorted by id, each checked against `description`) applied the way a
+    /// driver applies it — every specialization constant frozen and every expression of them
+    /// folded (SPIRV-Tools' optimizer) — then validated and reflected again, so that the local
+    /// size, the block sizes and the workgroup memory checked are those that will run. A module
+    /// whose `WorkgroupSize` is an expression of spec constants, or whose shared array is sized by
+    /// one, is measured after folding, never from the defaults. Made once per set of values.
+    ///
+    /// Errors (`invalidArgument`): invalid once specialized, a local size or workgroup memory over
+    /// the device's limits, more than `maxSpecializations` sets of values (`resourceExhausted`).
+    public func specialized(_ spec: [SpecValue]) throws(TetherError) -> SpecializedModule {
+        if let done = specializations.withLock({ $0[spec] }) { return done }
+        var values: [tether_spv_value] = []
+        for v in spec {
+            let wide = description.specConstant(id: v.id)?.type.bytes == 8
+            values.append(tether_spv_value(constant_id: v.id, words: wide ? 2 : 1,
+                                           bits: (UInt32(truncatingIfNeeded: v.bits), UInt32(truncatingIfNeeded: v.bits >> 32))))
+        }
+        var error = [CChar](repeating: 0, count: 1024)
+        var out: UnsafeMutablePointer<UInt32>?
+        var count = 0
+        let failed = words.withUnsafeBufferPointer { w in
+            values.withUnsafeBufferPointer { v in
+                tether_spirv_specialize(w.baseAddress, w.count, Int32(limits.vulkanMinor), v.baseAddress, v.count, &out, &count,
+                                        &error, error.count)
+            }
+        }
+        guard failed == 0, let out else { throw TetherError(.invalidArgument, Self.string(error)) }
+        let frozen = Array(UnsafeBufferPointer(start: out, count: count))
+        tether_spirv_free(out)
+        let what = spec.isEmpty ? "the module" : "the module specialized with \(spec.map { "\($0.id)=0x\(String($0.bits, radix: 16))" }.joined(separator: ", "))"
+        let d = try Self.reflect(frozen, entryPoint: description.entryPoint, limits: limits, allowRawPointers: allowRawPointers,
+                                 what: what)
+        for (axis, n) in zip(["x", "y", "z"], zip(d.localSize, limits.maxWorkGroupSize)) where n.0 == 0 || n.0 > n.1 {
+            throw TetherError(.invalidArgument, "\(what) has local size \(axis) = \(n.0), outside 1…\(n.1) on this device")
+        }
+        // A hostile module may declare sizes whose product overflows 64 bits.
+        let (xy, o1) = UInt64(d.localSize[0]).multipliedReportingOverflow(by: UInt64(d.localSize[1]))
+        let (invocations, o2) = xy.multipliedReportingOverflow(by: UInt64(d.localSize[2]))
+        guard !o1, !o2, invocations <= UInt64(limits.maxWorkGroupInvocations) else {
+            throw TetherError(.invalidArgument, "\(what) has a workgroup of \(d.localSize.map(String.init).joined(separator: "×")) invocations, over this device's \(limits.maxWorkGroupInvocations)")
+        }
+        var shared: UInt64 = 0
+        guard frozen.withUnsafeBufferPointer({ tether_spirv_workgroup_bytes($0.baseAddress, $0.count, &shared, &error, error.count) }) == 0 else {
+            throw TetherError(.invalidArgument, "\(what): \(Self.string(error))")
+        }
+        guard shared <= limits.maxSharedMemoryBytes else {
+            throw TetherError(.invalidArgument, "\(what) declares \(shared) bytes of workgroup (shared) memory; this device allows \(limits.maxSharedMemoryBytes)")
+        }
+        let made = SpecializedModule(words: frozen, description: d, sharedBytes: shared)
+        return try specializations.withLock { (cache) throws(TetherError) -> SpecializedModule in
+            if let done = cache[spec] { return done }
+            guard cache.count < Self.maxSpecializations else {
+                throw TetherError(.resourceExhausted, "a module keeps at most \(Self.maxSpecializations) specializations; load it again for more")
+            }
+            cache[spec] = made
+            return made
+        }
     }
 
     private static func string(_ chars: [CChar]) -> String {

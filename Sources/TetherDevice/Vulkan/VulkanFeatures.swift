@@ -124,6 +124,7 @@ struct VulkanFeatures {
             minUniformBufferOffsetAlignment: l.minUniformBufferOffsetAlignment,
             maxWorkGroupInvocations: l.maxComputeWorkGroupInvocations,
             maxWorkGroupSize: [l.maxComputeWorkGroupSize.0, l.maxComputeWorkGroupSize.1, l.maxComputeWorkGroupSize.2],
-            maxWorkGroupCount: [l.maxComputeWorkGroupCount.0, l.maxComputeWorkGroupCount.1, l.maxComputeWorkGroupCount.2])
+            maxWorkGroupCount: [l.maxComputeWorkGroupCount.0, l.maxComputeWorkGroupCount.1, l.maxComputeWorkGroupCount.2],
+            maxSharedMemoryBytes: UInt64(l.maxComputeSharedMemorySize))
     }
 }

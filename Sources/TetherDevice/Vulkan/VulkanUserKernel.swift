@@ -2,40 +2,28 @@ import CVulkan
 import Synchronization
 import TetherCore
 
-/// A user module compiled for one Vulkan device: its shader module, one descriptor set layout per
-/// set index up to the highest it uses (empty ones fill the gaps), the pipeline layout, and one
-/// pipeline per set of specialization values (created on first use, at most `maxPipelines`).
+/// A user module compiled for one Vulkan device: one descriptor set layout per set index up to the
+/// highest it uses (empty ones fill the gaps), and per specialization the pipeline and its layout,
+/// compiled from the specialized SPIR-V — the module that was checked is the module that runs, with
+/// no `VkSpecializationInfo` left for the driver to apply (at most `UserModule.maxSpecializations`).
 final class VulkanModule: @unchecked Sendable {
-    static let maxPipelines = 64
+    struct Compiled {
+        var pipeline: VkPipeline
+        var layout: VkPipelineLayout
+    }
+
     let backend: VulkanBackend
-    let shader: VkShaderModule
     let setLayouts: [VkDescriptorSetLayout]
-    let layout: VkPipelineLayout
-    let description: ModuleDescription
-    private let pipelines = Mutex<[[SpecValue]: VkPipeline]>([:])
+    let entryPoint: String
+    private let pipelines = Mutex<[[SpecValue]: Compiled]>([:])
 
     init(backend: VulkanBackend, module: UserModule) throws(TetherError) {
         self.backend = backend
         let description = module.description
-        self.description = description
+        entryPoint = description.entryPoint
         let fn = backend.fn
         let device = backend.handle
-        var shader: VkShaderModule?
-        let created = module.words.withUnsafeBufferPointer { w -> VkResult in
-            var info = VkShaderModuleCreateInfo()
-            info.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO
-            info.codeSize = w.count * 4
-            info.pCode = w.baseAddress
-            return fn.createShaderModule(device, &info, nil, &shader)
-        }
-        guard created == VK_SUCCESS, let shader else {
-            throw TetherError(.invalidArgument, "the device rejected the SPIR-V module (VkResult \(created.rawValue))")
-        }
         var layouts: [VkDescriptorSetLayout] = []
-        func destroyAll() {
-            for l in layouts { fn.destroyDescriptorSetLayout(device, l, nil) }
-            fn.destroyShaderModule(device, shader, nil)
-        }
         let sets = (description.bindings.map(\.set).max()).map { Int($0) + 1 } ?? 0
         for set in 0..<sets {
             let entries = description.bindings.filter { $0.set == UInt32(set) }.map { b in
@@ -52,98 +40,91 @@ final class VulkanModule: @unchecked Sendable {
                 return fn.createDescriptorSetLayout(device, &info, nil, &layout)
             }
             guard r == VK_SUCCESS, let layout else {
-                destroyAll()
+                for l in layouts { fn.destroyDescriptorSetLayout(device, l, nil) }
                 throw TetherError(.resourceExhausted, "vkCreateDescriptorSetLayout failed (VkResult \(r.rawValue))")
             }
             layouts.append(layout)
         }
-        var range = VkPushConstantRange(stageFlags: VK_SHADER_STAGE_COMPUTE_BIT.rawValue, offset: 0,
-                                        size: description.pushConstantBytes)
-        var pipelineLayout: VkPipelineLayout?
-        let r = layouts.map { Optional($0) }.withUnsafeBufferPointer { l -> VkResult in
-            withUnsafePointer(to: &range) { rp in
-                var info = VkPipelineLayoutCreateInfo()
-                info.sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO
-                info.setLayoutCount = UInt32(l.count)
-                info.pSetLayouts = l.baseAddress
-                info.pushConstantRangeCount = description.pushConstantBytes > 0 ? 1 : 0
-                info.pPushConstantRanges = description.pushConstantBytes > 0 ? rp : nil
-                return fn.createPipelineLayout(device, &info, nil, &pipelineLayout)
-            }
-        }
-        guard r == VK_SUCCESS, let pipelineLayout else {
-            destroyAll()
-            throw TetherError(.resourceExhausted, "vkCreatePipelineLayout failed (VkResult \(r.rawValue))")
-        }
-        self.shader = shader
         self.setLayouts = layouts
-        self.layout = pipelineLayout
     }
 
     deinit {
         let fn = backend.fn
         let device = backend.handle
-        for p in pipelines.withLock({ Array($0.values) }) { fn.destroyPipeline(device, p, nil) }
-        fn.destroyPipelineLayout(device, layout, nil)
+        for c in pipelines.withLock({ Array($0.values) }) {
+            fn.destroyPipeline(device, c.pipeline, nil)
+            fn.destroyPipelineLayout(device, c.layout, nil)
+        }
         for l in setLayouts { fn.destroyDescriptorSetLayout(device, l, nil) }
-        fn.destroyShaderModule(device, shader, nil)
     }
 
     static func descriptorType(_ kind: ModuleDescription.BufferKind) -> VkDescriptorType {
         kind == .uniform ? VK_DESCRIPTOR_TYPE_UNIFORM_BUFFER : VK_DESCRIPTOR_TYPE_STORAGE_BUFFER
     }
 
-    /// The pipeline for `spec` (sorted by id, each checked against the module's constants).
-    func pipeline(_ spec: [SpecValue]) throws(TetherError) -> VkPipeline {
-        try pipelines.withLock { (cache) throws(TetherError) -> VkPipeline in
-            if let p = cache[spec] { return p }
-            guard cache.count < Self.maxPipelines else {
-                throw TetherError(.resourceExhausted, "a module keeps at most \(Self.maxPipelines) specializations; load it again for more")
-            }
-            let p = try makePipeline(spec)
-            cache[spec] = p
-            return p
+    /// The pipeline of a launch's specialization, compiled on first use.
+    func compiled(_ launch: UserLaunch) throws(TetherError) -> Compiled {
+        try pipelines.withLock { (cache) throws(TetherError) -> Compiled in
+            if let c = cache[launch.specialization] { return c }
+            let c = try compile(launch.specialized)
+            cache[launch.specialization] = c
+            return c
         }
     }
 
-    private func makePipeline(_ spec: [SpecValue]) throws(TetherError) -> VkPipeline {
-        // Each value at its own offset, as wide as its type (a bool is a 32-bit VkBool32).
-        var entries: [VkSpecializationMapEntry] = []
-        var data: [UInt8] = []
-        for v in spec {
-            let bytes = description.specConstant(id: v.id)?.type.bytes ?? 4
-            entries.append(VkSpecializationMapEntry(constantID: v.id, offset: UInt32(data.count), size: bytes))
-            withUnsafeBytes(of: v.bits.littleEndian) { data.append(contentsOf: $0.prefix(bytes)) }
-        }
+    private func compile(_ specialized: SpecializedModule) throws(TetherError) -> Compiled {
         let fn = backend.fn
-        var pipeline: VkPipeline?
-        let result = description.entryPoint.withCString { entry -> VkResult in
-            entries.withUnsafeBufferPointer { e in
-                data.withUnsafeBytes { d in
-                    var info = VkSpecializationInfo(mapEntryCount: UInt32(e.count), pMapEntries: e.baseAddress,
-                                                    dataSize: d.count, pData: d.baseAddress)
-                    return withUnsafePointer(to: &info) { specInfo in
-                        var stage = VkPipelineShaderStageCreateInfo()
-                        stage.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO
-                        stage.stage = VK_SHADER_STAGE_COMPUTE_BIT
-                        stage.module = shader
-                        stage.pName = entry
-                        stage.pSpecializationInfo = spec.isEmpty ? nil : specInfo
-                        var pipelineInfo = VkComputePipelineCreateInfo()
-                        pipelineInfo.sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO
-                        // Slices are vkCmdDispatchBase over a range of workgroups.
-                        pipelineInfo.flags = VK_PIPELINE_CREATE_DISPATCH_BASE_BIT.rawValue
-                        pipelineInfo.stage = stage
-                        pipelineInfo.layout = layout
-                        return fn.createComputePipelines(backend.handle, nil, 1, &pipelineInfo, nil, &pipeline)
-                    }
-                }
+        let device = backend.handle
+        let push = specialized.description.pushConstantBytes
+        var range = VkPushConstantRange(stageFlags: VK_SHADER_STAGE_COMPUTE_BIT.rawValue, offset: 0, size: push)
+        var layout: VkPipelineLayout?
+        let r = setLayouts.map { Optional($0) }.withUnsafeBufferPointer { l -> VkResult in
+            withUnsafePointer(to: &range) { rp in
+                var info = VkPipelineLayoutCreateInfo()
+                info.sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO
+                info.setLayoutCount = UInt32(l.count)
+                info.pSetLayouts = l.baseAddress
+                info.pushConstantRangeCount = push > 0 ? 1 : 0
+                info.pPushConstantRanges = push > 0 ? rp : nil
+                return fn.createPipelineLayout(device, &info, nil, &layout)
             }
         }
+        guard r == VK_SUCCESS, let layout else {
+            throw TetherError(.resourceExhausted, "vkCreatePipelineLayout failed (VkResult \(r.rawValue))")
+        }
+        var shader: VkShaderModule?
+        let created = specialized.words.withUnsafeBufferPointer { w -> VkResult in
+            var info = VkShaderModuleCreateInfo()
+            info.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO
+            info.codeSize = w.count * 4
+            info.pCode = w.baseAddress
+            return fn.createShaderModule(device, &info, nil, &shader)
+        }
+        guard created == VK_SUCCESS, let shader else {
+            fn.destroyPipelineLayout(device, layout, nil)
+            throw TetherError(.invalidArgument, "the device rejected the SPIR-V module (VkResult \(created.rawValue))")
+        }
+        defer { fn.destroyShaderModule(device, shader, nil) }
+        var pipeline: VkPipeline?
+        let result = entryPoint.withCString { entry -> VkResult in
+            var stage = VkPipelineShaderStageCreateInfo()
+            stage.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO
+            stage.stage = VK_SHADER_STAGE_COMPUTE_BIT
+            stage.module = shader
+            stage.pName = entry
+            var info = VkComputePipelineCreateInfo()
+            info.sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO
+            // Slices are vkCmdDispatchBase over a range of workgroups.
+            info.flags = VK_PIPELINE_CREATE_DISPATCH_BASE_BIT.rawValue
+            info.stage = stage
+            info.layout = layout
+            return fn.createComputePipelines(device, nil, 1, &info, nil, &pipeline)
+        }
         guard result == VK_SUCCESS, let pipeline else {
+            fn.destroyPipelineLayout(device, layout, nil)
             throw TetherError(.invalidArgument, "the device could not compile the module (vkCreateComputePipelines: VkResult \(result.rawValue))")
         }
-        return pipeline
+        return Compiled(pipeline: pipeline, layout: layout)
     }
 }
 
@@ -158,6 +139,7 @@ final class VulkanUserContext: ThreadContext, @unchecked Sendable {
     let module: VulkanModule
     let launch: UserLaunch
     let pipeline: VkPipeline
+    let layout: VkPipelineLayout
     let slots: VulkanSlots
     let pool: VkDescriptorPool
     let sets: [VkDescriptorSet]
@@ -168,7 +150,9 @@ final class VulkanUserContext: ThreadContext, @unchecked Sendable {
         self.backend = backend
         self.module = module
         self.launch = launch
-        pipeline = try module.pipeline(launch.specialization)
+        let compiled = try module.compiled(launch)
+        pipeline = compiled.pipeline
+        layout = compiled.layout
         slots = try VulkanSlots(backend: backend)
         let fn = backend.fn
         let device = backend.handle
@@ -239,13 +223,13 @@ final class VulkanUserContext: ThreadContext, @unchecked Sendable {
             fn.cmdBindPipeline(commandBuffer, VK_PIPELINE_BIND_POINT_COMPUTE, pipeline)
             if !sets.isEmpty {
                 sets.map { Optional($0) }.withUnsafeBufferPointer { s in
-                    fn.cmdBindDescriptorSets(commandBuffer, VK_PIPELINE_BIND_POINT_COMPUTE, module.layout, 0,
+                    fn.cmdBindDescriptorSets(commandBuffer, VK_PIPELINE_BIND_POINT_COMPUTE, layout, 0,
                                              UInt32(s.count), s.baseAddress, 0, nil)
                 }
             }
             if !launch.pushConstants.isEmpty {
                 launch.pushConstants.withUnsafeBytes { p in
-                    fn.cmdPushConstants(commandBuffer, module.layout, VK_SHADER_STAGE_COMPUTE_BIT.rawValue, 0,
+                    fn.cmdPushConstants(commandBuffer, layout, VK_SHADER_STAGE_COMPUTE_BIT.rawValue, 0,
                                         UInt32(p.count), p.baseAddress)
                 }
             }
