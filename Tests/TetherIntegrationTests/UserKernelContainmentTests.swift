@@ -101,6 +101,38 @@ import Testing
         #expect(rig.finish().isEmpty)
     }
 
+    @Test("what a spawn runs is checked after specialization: a WorkgroupSize expression, and shared memory sized by a spec constant")
+    func checkedAfterSpecialization() throws {
+        let rig = try UserKernelRig()
+        // x = 4 × spec 0: reflection alone cannot know it; the specialized module runs 4 × 64.
+        let expr = try rig.device.loadModule(spirv: try assembleTestShader("workgroup_size_expr"))
+        #expect(expr.description.localSize == [0, 1, 1])
+        let memory = try rig.device.mirror(bytes: 2 * 256 * 4)
+        let report = try rig.device.run(expr, bindings: [BufferBinding(set: 0, binding: 0, memory: memory)],
+                                        specialization: [.uint(0, 64)], grid: Grid(2))
+        #expect(report.state == .finished)
+        let local = memory.uints(512)
+        #expect(Array(local) == (0..<512).map { UInt32($0 % 256) })
+        func refusal(_ module: KernelModule, _ spec: [SpecValue]) -> String {
+            do {
+                _ = try rig.device.run(module, bindings: [BufferBinding(set: 0, binding: 0, memory: memory)], specialization: spec,
+                                       grid: Grid(1))
+                return "accepted"
+            } catch let error as TetherError { return error.message } catch { return "\(error)" }
+        }
+        // 4 × 512 = 2,048 invocations: over lavapipe's 1,024 although spec 0 itself is small.
+        #expect(refusal(expr, [.uint(0, 512)]).contains("local size x = 2048"))
+
+        let shared = try rig.load("shared_spec")
+        #expect(refusal(shared, [.uint(0, 8)]) == "accepted")
+        // 2 × 0x10000001 uvec4s: 8 GiB + 32 bytes, which wraps to 32 bytes in 32 bits.
+        #expect(refusal(shared, [.uint(0, 0x1000_0001)]).contains("workgroup (shared) memory"))
+        // Without wrapping: 2 × 4,096 uvec4s = 128 KiB, over lavapipe's 32 KiB.
+        #expect(refusal(shared, [.uint(0, 4096)]).contains("workgroup (shared) memory"))
+        #expect(rig.daemon.process.isRunning)
+        #expect(rig.finish().isEmpty)
+    }
+
     @Test("malformed launches are refused naming what is wrong")
     func badLaunches() throws {
         let rig = try UserKernelRig()
