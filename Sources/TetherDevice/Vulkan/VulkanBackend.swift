@@ -122,7 +122,10 @@ public final class VulkanBackend: ComputeBackend, @unchecked Sendable {
 
     // MARK: Pipelines
 
-    func makePipeline(words: [UInt32]) throws(TetherError) -> VkPipeline {
+    /// A compute pipeline of `words` (SPIR-V) at `entryPoint`, with `layout`. `flags`: e.g.
+    /// `VK_PIPELINE_CREATE_DISPATCH_BASE_BIT` for pipelines dispatched with a base.
+    func makePipeline(words: [UInt32], entryPoint: String = "main", layout: VkPipelineLayout? = nil,
+                      flags: VkPipelineCreateFlags = 0) throws(TetherError) -> VkPipeline {
         guard !words.isEmpty, words[0] == 0x0723_0203 else {
             throw TetherError(.invalidArgument, "the kernel is not SPIR-V (bad magic number)")
         }
@@ -139,7 +142,7 @@ public final class VulkanBackend: ComputeBackend, @unchecked Sendable {
         }
         defer { fn.destroyShaderModule(handle, module, nil) }
         var pipeline: VkPipeline?
-        let result = "main".withCString { entry -> VkResult in
+        let result = entryPoint.withCString { entry -> VkResult in
             var stage = VkPipelineShaderStageCreateInfo()
             stage.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO
             stage.stage = VK_SHADER_STAGE_COMPUTE_BIT
@@ -147,12 +150,13 @@ public final class VulkanBackend: ComputeBackend, @unchecked Sendable {
             stage.pName = entry
             var info = VkComputePipelineCreateInfo()
             info.sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO
+            info.flags = flags
             info.stage = stage
-            info.layout = pipelineLayout
+            info.layout = layout ?? pipelineLayout
             return fn.createComputePipelines(handle, nil, 1, &info, nil, &pipeline)
         }
         guard result == VK_SUCCESS, let pipeline else {
-            throw TetherError(.invalidArgument, "vkCreateComputePipelines failed (VkResult \(result.rawValue))")
+            throw TetherError(.invalidArgument, "the device could not compile the module (vkCreateComputePipelines: VkResult \(result.rawValue))")
         }
         return pipeline
     }

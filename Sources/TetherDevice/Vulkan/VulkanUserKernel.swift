@@ -92,39 +92,15 @@ final class VulkanModule: @unchecked Sendable {
         guard r == VK_SUCCESS, let layout else {
             throw TetherError(.resourceExhausted, "vkCreatePipelineLayout failed (VkResult \(r.rawValue))")
         }
-        var shader: VkShaderModule?
-        let created = specialized.words.withUnsafeBufferPointer { w -> VkResult in
-            var info = VkShaderModuleCreateInfo()
-            info.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO
-            info.codeSize = w.count * 4
-            info.pCode = w.baseAddress
-            return fn.createShaderModule(device, &info, nil, &shader)
-        }
-        guard created == VK_SUCCESS, let shader else {
-            fn.destroyPipelineLayout(device, layout, nil)
-            throw TetherError(.invalidArgument, "the device rejected the SPIR-V module (VkResult \(created.rawValue))")
-        }
-        defer { fn.destroyShaderModule(device, shader, nil) }
-        var pipeline: VkPipeline?
-        let result = entryPoint.withCString { entry -> VkResult in
-            var stage = VkPipelineShaderStageCreateInfo()
-            stage.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO
-            stage.stage = VK_SHADER_STAGE_COMPUTE_BIT
-            stage.module = shader
-            stage.pName = entry
-            var info = VkComputePipelineCreateInfo()
-            info.sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO
+        do {
             // Slices are vkCmdDispatchBase over a range of workgroups.
-            info.flags = VK_PIPELINE_CREATE_DISPATCH_BASE_BIT.rawValue
-            info.stage = stage
-            info.layout = layout
-            return fn.createComputePipelines(device, nil, 1, &info, nil, &pipeline)
-        }
-        guard result == VK_SUCCESS, let pipeline else {
+            let pipeline = try backend.makePipeline(words: specialized.words, entryPoint: entryPoint, layout: layout,
+                                                    flags: VK_PIPELINE_CREATE_DISPATCH_BASE_BIT.rawValue)
+            return Compiled(pipeline: pipeline, layout: layout)
+        } catch {
             fn.destroyPipelineLayout(device, layout, nil)
-            throw TetherError(.invalidArgument, "the device could not compile the module (vkCreateComputePipelines: VkResult \(result.rawValue))")
+            throw error
         }
-        return Compiled(pipeline: pipeline, layout: layout)
     }
 }
 
