@@ -24,7 +24,8 @@ public func assembleTestShader(_ name: String) throws -> [UInt32] {
 
 /// Runs the tool `command(output)` and reads the SPIR-V words it wrote.
 private func build(_ name: String, _ command: (String) -> [String]) throws -> [UInt32] {
-    let output = FileManager.default.temporaryDirectory.appendingPathComponent("tether-\(getpid())-\(name).spv").path
+    // Unique per call: suites run in parallel and may build the same shader at once.
+    let output = FileManager.default.temporaryDirectory.appendingPathComponent("tether-\(UUID().uuidString)-\(name).spv").path
     defer { try? FileManager.default.removeItem(atPath: output) }
     let process = Process()
     process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
