@@ -74,11 +74,20 @@ public enum SeqPacketSocket {
     }
 
     /// Connects to the daemon at `path` (`SOCK_CLOEXEC`: an exec'd image must not inherit the
-    /// device, see the lifetime rules).
-    public static func connect(path: String) throws(SystemError) -> OwnedDescriptor {
+    /// device, see the lifetime rules). A listener whose backlog is full (a daemon that stopped
+    /// accepting) makes `connect` wait; with `timeoutSeconds` it gives up with `EAGAIN` after
+    /// that long (Linux bounds a Unix `connect` by `SO_SNDTIMEO`, which stays set on the socket).
+    public static func connect(path: String, timeoutSeconds: Double? = nil) throws(SystemError) -> OwnedDescriptor {
         let fd = OwnedDescriptor(adopting: try retryingInterrupts("socket") {
             socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         })
+        if let timeoutSeconds {
+            let clamped = max(0.000_001, min(timeoutSeconds, 1e9))
+            var tv = timeval(tv_sec: Int(clamped), tv_usec: Int((clamped - clamped.rounded(.down)) * 1e6))
+            try retryingInterrupts("setsockopt(SO_SNDTIMEO)") {
+                setsockopt(fd.raw, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            }
+        }
         var addr = try address(path)
         try retryingInterrupts("connect(\(path))") {
             withUnsafePointer(to: &addr) {
