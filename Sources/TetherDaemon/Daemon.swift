@@ -505,8 +505,9 @@ public final class Daemon: @unchecked Sendable {
         }
         // Pages the owner never allocated would be allocated by the daemon's first touch and
         // charged to the daemon, not to the client (docs/lifetime.md, "Memory accounting").
-        if let hole = Memfd.firstHole(memfd.raw, within: Int(size)) {
-            throw TetherError(.invalidArgument, "the memfd's pages are not all allocated (the first hole is at byte \(hole)): allocate them before mirroring (fallocate, or MAP_POPULATE / touching every page), so that they are charged to your process and not to the daemon; the Tether library does this")
+        let unallocated = Memfd.unallocatedBytes(memfd.raw)
+        if unallocated > 0 {
+            throw TetherError(.invalidArgument, "the memfd's pages are not all allocated (\(unallocated) of its \(inspected.size) bytes are not): allocate them before mirroring (fallocate, or MAP_POPULATE / touching every page), so that they are charged to your process and not to the daemon; the Tether library does this")
         }
         let region = try DeviceRegion(id: registry.makeRegionID(), memfd: memfd, ownerBase: base,
                                       size: Int(size), backend: backend)

@@ -131,9 +131,17 @@ public enum SeqPacketSocket {
         var uid: uid_t = 0
         var pidfd: Int32 = -1
         var truncated = false
-        let n = fds.withUnsafeMutableBufferPointer {
-            tether_recv_with_fds(fd, buffer.storage, capacity, $0.baseAddress, maxFdsPerMessage, &fdCount, &pid, &uid,
-                                 &pidfd, &truncated)
+        var n = -1
+        // ECONNRESET: the peer closed while our last message to it was unread. The kernel reports
+        // that once, before the messages it had sent us: read on, so that its last words (a
+        // daemon turning a connection away says why) are not lost.
+        for _ in 0..<2 {
+            n = fds.withUnsafeMutableBufferPointer {
+                tether_recv_with_fds(fd, buffer.storage, capacity, $0.baseAddress, maxFdsPerMessage, &fdCount, &pid, &uid,
+                                     &pidfd, &truncated)
+            }
+            if n < 0 && errno == ECONNRESET { continue }
+            break
         }
         if n < 0 {
             if errno == EAGAIN { return .wouldBlock }

@@ -47,13 +47,13 @@ public enum Memfd {
         return fd
     }
 
-    /// The first byte below `size` that no allocated page backs (a hole, `SEEK_HOLE`), or nil
-    /// when every page is allocated. The corresponding C call is `lseek(fd, 0, SEEK_HOLE)`.
-    public static func firstHole(_ fd: Int32, within size: Int) -> Int? {
-        let seekHole: Int32 = 4  // SEEK_HOLE (linux/fs.h); not exported by Glibc's module
-        let hole = lseek(fd, 0, seekHole)
-        guard hole >= 0 else { return 0 }  // no SEEK_HOLE: treat as unknown, refuse
-        return hole < size ? Int(hole) : nil
+    /// How many bytes of a memfd no allocated page backs (0: every page is allocated), from
+    /// `fstat`'s block count. (Not `SEEK_HOLE`: shmem reports pages that `fallocate` allocated
+    /// but nobody wrote yet as holes, although they are allocated and charged.)
+    public static func unallocatedBytes(_ fd: Int32) -> Int {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { return Int.max }
+        return max(0, Int(st.st_size) - Int(st.st_blocks) * 512)
     }
 
     /// Allocates every page of a memfd (`fallocate`): charged to the caller.
