@@ -566,7 +566,13 @@ public final class Daemon: @unchecked Sendable {
         let thread = DeviceThread(id: threadID, space: space.id, program: program, args: s.args,
                                   groups: groups, persistentNanos: s.persistentNanos, priority: s.priority,
                                   context: context, regions: space.table)
-        try registry.add(thread, to: space)
+        do {
+            try registry.add(thread, to: space)
+        } catch {
+            // Refused (a limit, a teardown): nothing ran on the context; it goes back to the pool.
+            scheduler.contexts.recycle(context, program: program)
+            throw error
+        }
         try scheduler.submit(thread)
         return thread
     }
