@@ -264,6 +264,10 @@ void tether_untrack_device_fd(int fd) {
 
 int tether_fds_closed_on_fork(void) { return closed_on_fork; }
 
+int tether_fallocate(int fd, long long size) {
+    return fallocate(fd, 0, 0, (off_t)size);
+}
+
 int tether_mirror_create(size_t size, int *fd_out, void **base_out) {
     pthread_once(&atfork_once, register_atfork);
     pthread_mutex_lock(&tracked_lock);
@@ -273,8 +277,13 @@ int tether_mirror_create(size_t size, int *fd_out, void **base_out) {
     if (fd < 0) goto fail;
     if (tracked_count >= TETHER_MAX_TRACKED) { errno = EMFILE; goto fail; }
     if (ftruncate(fd, (off_t)size) != 0) goto fail;
+    // Allocate every page now, in this process: they are charged to it (its memory cgroup, and
+    // with MAP_POPULATE its RSS, which the OOM killer reads), never first faulted in by the
+    // daemon; the daemon refuses a memfd with holes (docs/lifetime.md, memory accounting).
+    // fallocate fails with ENOSPC/ENOMEM at once instead of a SIGBUS on first touch.
+    if (fallocate(fd, 0, 0, (off_t)size) != 0) goto fail;
     if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) goto fail;
-    p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
     if (p == MAP_FAILED) goto fail;
     if (madvise(p, size, MADV_DONTFORK) != 0) goto fail;
     tracked_fds[tracked_count] = fd;

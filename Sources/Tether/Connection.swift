@@ -105,7 +105,8 @@ final class Connection: @unchecked Sendable {
     static func open(path: String, track: Bool, closeOnFork: Bool, sendTimeoutSeconds: Double) throws(TetherError) -> Connection {
         let fd: Int32
         do throws(SystemError) {
-            fd = try SeqPacketSocket.connect(path: path).release()
+            // Bounded like every call: a daemon that stopped accepting cannot hold us in connect.
+            fd = try SeqPacketSocket.connect(path: path, timeoutSeconds: sendTimeoutSeconds).release()
         } catch {
             throw connectError(error, path: path)
         }
@@ -173,8 +174,8 @@ final class Connection: @unchecked Sendable {
             return TetherError(.invalidArgument, "socket path \(path) is too long for a Unix socket; choose a shorter --socket or TETHER_SOCKET")
         case EMFILE, ENFILE, ENOBUFS, ENOMEM:
             return TetherError(.resourceExhausted, "cannot connect to the Tether daemon at \(path): \(e)")
-        case EAGAIN:
-            return TetherError(.deviceLost, "the Tether daemon at \(path) is not accepting connections (its backlog is full); try again")
+        case EAGAIN, ETIMEDOUT:
+            return TetherError(.timedOut, "the Tether daemon at \(path) did not accept the connection in time (its backlog stayed full: it is overloaded or stuck); try again later")
         default:
             return TetherError(.deviceLost, "cannot connect to the Tether daemon at \(path): \(e)")
         }
@@ -272,6 +273,11 @@ final class Connection: @unchecked Sendable {
         guard let e = outcome else { return }
         if case EPIPE = e.errno { state.withLock { if !$0.closed { $0.shutDown = true } } }
         if case ECONNRESET = e.errno { state.withLock { if !$0.closed { $0.shutDown = true } } }
+        if e.errno == EPIPE || e.errno == ECONNRESET {
+            // The daemon may have said why before it closed (a refused connection): the reader
+            // reads that sentence and then end of file, at once; give it a moment to.
+            _ = readerExit.wait(untilNanos: monotonicNanos() + 1_000_000_000)
+        }
         if let failure = state.withLock({ $0.failure }) { throw failure }
         switch e.errno {
         case EPIPE, ECONNRESET, ENOTCONN, EBADF:
@@ -399,6 +405,9 @@ final class Connection: @unchecked Sendable {
             id = (try? r.u64()) ?? 0
             result = .failure(error)
         }
+        // Id 0 with resourceExhausted: the daemon turned this connection away (out of fds, or a
+        // connection limit); every call on it fails with that sentence.
+        if id == 0, case .failure(let e) = result, e.code == .resourceExhausted { return e }
         // Unknown ids (a call that timed out, a reply we never asked for) are dropped.
         state.withLock { $0.take(id) }?.waiter.resolve(result)
         return nil
@@ -500,6 +509,16 @@ final class Completion: @unchecked Sendable {
     func wait() {
         monitor.withLock {
             while !done { monitor.wait() }
+        }
+    }
+
+    /// Waits at most until `deadline` (CLOCK_MONOTONIC ns); returns whether it completed.
+    func wait(untilNanos deadline: UInt64) -> Bool {
+        monitor.withLock {
+            while !done {
+                if !monitor.wait(untilNanos: deadline) { break }
+            }
+            return done
         }
     }
 }

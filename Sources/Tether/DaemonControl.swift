@@ -35,11 +35,34 @@ public final class DaemonControl: @unchecked Sendable {
 
     deinit { close() }
 
-    /// Every address space the daemon serves, with its threads.
+    /// Every address space the daemon serves, with its threads: read page by page (`psPage`,
+    /// ~1,200 entries each, every page bounded by `timeoutSeconds`), so a table of any size
+    /// arrives. Pages are read one after another while the daemon goes on, so the table is not
+    /// one instant's snapshot: a thread that ends between two pages may be missing.
     public func ps() throws(TetherError) -> ProcessTable {
-        let reply = try call(.ps)
-        guard case .ps(let table) = reply else { throw Device.unexpected(reply, to: "ps") }
-        return table
+        var cursor = PsCursor(space: 0, thread: 0)
+        var table: ProcessTable?
+        while true {
+            let reply = try call(.psPage(afterSpace: cursor.space, afterThread: cursor.thread))
+            guard case .psPage(let page, let next) = reply else { throw Device.unexpected(reply, to: "ps") }
+            if table == nil {
+                table = page
+            } else {
+                for space in page.spaces {
+                    // A space cut by the previous page's end continues here.
+                    if let last = table!.spaces.last, last.space == space.space {
+                        table!.spaces[table!.spaces.count - 1].threads += space.threads
+                    } else {
+                        table!.spaces.append(space)
+                    }
+                }
+            }
+            guard let next else { return table! }
+            guard next.space > cursor.space || (next.space == cursor.space && next.thread > cursor.thread) else {
+                throw TetherError(.malformedMessage, "the daemon's ps pages do not advance")
+            }
+            cursor = next
+        }
     }
 
     /// Tears down the address space of `pid` (reason `kill` in its timeline). Returns how many
@@ -58,10 +81,18 @@ public final class DaemonControl: @unchecked Sendable {
     }
 
     /// Teardown timelines the daemon recorded, for one pid (0: all).
+    /// Read page by page (`timelinesPage`), so any number of them arrives.
     public func timelines(pid: Int32 = 0) throws(TetherError) -> [TeardownTimeline] {
-        let reply = try call(.timelines(pid: pid))
-        guard case .timelines(let list) = reply else { throw Device.unexpected(reply, to: "timelines") }
-        return list
+        var all: [TeardownTimeline] = []
+        var after: UInt64 = 0
+        while true {
+            let reply = try call(.timelinesPage(pid: pid, after: after))
+            guard case .timelinesPage(let list, let next) = reply else { throw Device.unexpected(reply, to: "timelines") }
+            all += list
+            guard let next else { return all }
+            guard next > after else { throw TetherError(.malformedMessage, "the daemon's timeline pages do not advance") }
+            after = next
+        }
     }
 
     /// Waits until the address space of `pid` has been released and returns its timelines (at

@@ -37,7 +37,12 @@
 /// - A thread that is not persistent and has completed its grid is not picked again; it stays
 ///   queued until `remove`.
 ///
-/// - Complexity: `pick` is O(spaces in the class); fine for hundreds of address spaces.
+/// - Complexity: `add`, `remove` and `account` are O(1) in the threads (turns are a linked list,
+///   `TurnList`), `removeSpace` is O(its threads), so tearing down n threads costs O(n).
+///   `pick` and `account` are O(address spaces) — they look for the least virtual time — plus,
+///   in `pick`, the space's threads passed over as not runnable (those with a full set of slices
+///   in flight: at most `slicesPerThread` slots' worth). Spaces are bounded by the daemon's
+///   connection limits.
 public struct RunQueue: Sendable {
     public struct Pick: Sendable, Equatable {
         public var thread: ThreadID
@@ -83,8 +88,8 @@ public struct RunQueue: Sendable {
         var priority: PriorityClass
         var virtualNanos: UInt64
         var arrival: UInt64
-        /// Runnable threads in turn order.
-        var turns: [ThreadID] = []
+        /// Its threads in turn order.
+        var turns = TurnList()
         var deviceNanos: UInt64 = 0
         /// Estimated cost of its slices in flight.
         var pendingNanos: UInt64 = 0
@@ -141,15 +146,15 @@ public struct RunQueue: Sendable {
     @discardableResult
     public mutating func remove(_ id: ThreadID) -> Bool {
         guard let t = threads.removeValue(forKey: id) else { return false }
-        spaces[t.space]?.turns.removeAll { $0 == id }
+        spaces[t.space]?.turns.remove(id)
         return true
     }
 
     /// Removes every thread of an address space and forgets the space; returns the removed ids.
     public mutating func removeSpace(_ space: SpaceID) -> [ThreadID] {
-        let ids = threads.filter { $0.value.space == space }.map(\.key).sorted()
+        guard let removed = spaces.removeValue(forKey: space) else { return [] }
+        let ids = removed.turns.all.sorted()
         for id in ids { threads[id] = nil }
-        spaces[space] = nil
         return ids
     }
 
@@ -165,14 +170,20 @@ public struct RunQueue: Sendable {
     }
 
     private func runnable(_ space: Space) -> Bool {
-        space.turns.contains { runnable($0) }
+        space.turns.first { runnable($0) } != nil
     }
 
     /// The next slice to run, or nil when nothing is runnable. The slice is in flight until
     /// `account`.
     public mutating func pick() -> Pick? {
-        let ready = spaces.filter { runnable($0.value) }
-        let classes = Set(ready.values.map(\.priority))
+        // One pass, keeping only ids and keys: a copy of a space held across the mutation below
+        // would make that mutation copy the space's whole turn list.
+        var best: [PriorityClass: (id: SpaceID, key: (UInt64, UInt64))] = [:]
+        for (sid, space) in spaces where runnable(space) {
+            if let b = best[space.priority], b.key <= space.key { continue }
+            best[space.priority] = (sid, space.key)
+        }
+        let classes = Set(best.keys)
         guard let top = classes.max() else { return nil }
         var chosen = top
         // The floor: the most-passed-over lower class that reached the interval runs now.
@@ -184,12 +195,10 @@ public struct RunQueue: Sendable {
         for c in classes where c != chosen { passedOver[c, default: 0] += 1 }
         passedOver[chosen] = 0
 
-        let (spaceID, space) = ready.filter { $0.value.priority == chosen }.min { $0.value.key < $1.value.key }!
-        let index = space.turns.firstIndex { runnable($0) }!
-        let id = space.turns[index]
+        let spaceID = best[chosen]!.id
+        let id = spaces[spaceID]!.turns.first { runnable($0) }!
         // Round-robin: the chosen thread goes to the back of its space's turns.
-        spaces[spaceID]!.turns.remove(at: index)
-        spaces[spaceID]!.turns.append(id)
+        spaces[spaceID]!.turns.moveToBack(id)
 
         var t = threads[id]!
         let remaining = t.groupTotal - t.nextGroup
@@ -248,12 +257,14 @@ public struct RunQueue: Sendable {
     public func checkInvariants() {
         for (id, t) in threads {
             precondition(spaces[t.space] != nil, "thread \(id) has no space")
-            precondition(spaces[t.space]!.turns.filter { $0 == id }.count == 1, "thread \(id) not exactly once in its turns")
+            precondition(spaces[t.space]!.turns.contains(id), "thread \(id) not in its turns")
             precondition(t.nextGroup <= t.groupTotal, "thread \(id) past its grid")
             precondition(t.inFlight >= 0 && t.inFlight <= slicesPerThread, "thread \(id) has \(t.inFlight) slices in flight")
         }
         for (sid, s) in spaces {
-            for id in s.turns { precondition(threads[id]?.space == sid, "space \(sid) lists a foreign or dead thread") }
+            let all = s.turns.all
+            precondition(all.count == s.turns.count && Set(all).count == all.count, "space \(sid)'s turns are not a list")
+            for id in all { precondition(threads[id]?.space == sid, "space \(sid) lists a foreign or dead thread") }
             precondition(s.turns.isEmpty || s.virtualNanos >= classFloor[s.priority, default: 0],
                          "space \(sid) is behind its class's minimum virtual time")
         }

@@ -1,3 +1,4 @@
+import CTetherLinux
 import Glibc
 import Synchronization
 import TetherCore
@@ -7,38 +8,144 @@ import TetherSys
 /// One accepted client connection — the user-space twin of an open device file.
 ///
 /// Replies may be sent from any thread (a `join` is answered by the scheduler's worker when the
-/// thread ends), so the fd lives behind a lock and is closed under it: a late reply can never
-/// reach a reused fd number.
+/// thread ends, a kill by the kill queue), so the fd, the outgoing queue and the epoll interest
+/// live behind one lock, and the fd is closed under it: a late reply can never reach a reused fd
+/// number. A reply the socket cannot take now waits in the `OutgoingQueue` (never dropped, never
+/// blocking the sender); when that queue is full the connection stops reading requests until
+/// the client has read enough of its replies — back-pressure, as a kernel socket applies it.
 final class Connection: @unchecked Sendable {
     let id: UInt64
-    private let fd: Mutex<Int32>
+    /// The uid that connected (`SO_PEERCRED`), for the per-uid connection limit.
+    let uid: UInt32
+    private let epoll: Epoll
+
+    private struct State {
+        var fd: Int32
+        var queue = OutgoingQueue()
+        /// Requests are not read while the client leaves too many replies unread.
+        var readPaused = false
+        /// What epoll watches now, so that it is changed only when it must be.
+        var interest: UInt32
+    }
+
+    private let state: Mutex<State>
     /// The owner this connection is bound to, from its first request on. Touched by the event
     /// loop only.
     var space: AddressSpace?
+    /// Joins (and runs) waiting for their thread, and teardown waiters, of this connection.
+    /// Touched by the event loop and by completion callbacks: atomic.
+    let pendingJoins = Atomic<Int>(0)
+    /// Teardown waiters this connection registered (their ids); the event loop only.
+    var waiters: Set<UInt64> = []
 
-    init(id: UInt64, fd: consuming OwnedDescriptor) {
+    static let readInterest = UInt32(EPOLLIN.rawValue | EPOLLRDHUP.rawValue)
+    static let writeInterest = UInt32(EPOLLOUT.rawValue)
+
+    init(id: UInt64, fd: consuming OwnedDescriptor, uid: UInt32, epoll: Epoll) {
         self.id = id
-        self.fd = Mutex(fd.release())
+        self.uid = uid
+        self.epoll = epoll
+        self.state = Mutex(State(fd: fd.release(), interest: Self.readInterest))
     }
 
-    var rawFD: Int32 { fd.withLock { $0 } }
+    var rawFD: Int32 { state.withLock { $0.fd } }
+    var isReadPaused: Bool { state.withLock { $0.readPaused } }
+    /// Replies waiting for the client to read (for tests and `ps`-style reporting).
+    var queuedReplies: Int { state.withLock { $0.queue.count } }
 
-    /// Returns whether the reply went out. A peer that stopped reading, vanished or was shut
-    /// down loses its reply; the hang-up path cleans up.
+    /// Sends a reply now, or queues it behind earlier ones. Returns false only when the
+    /// connection is closed (the reply is lost with it; the hang-up path cleans up). `onSent` runs
+    /// once the reply has left — at once, or later on the event loop when the queue drains — and
+    /// never when it is lost.
     @discardableResult
-    func send(_ reply: Reply, id requestID: UInt64) -> Bool {
+    func send(_ reply: Reply, id requestID: UInt64, onSent: (@Sendable () -> Void)? = nil) -> Bool {
         let bytes = MessageCodec.encode(reply, id: requestID)
-        return fd.withLock { fd in
-            guard fd >= 0 else { return false }
-            return (try? SeqPacketSocket.send(fd, bytes)) != nil
+        let (accepted, sentNow) = state.withLock { s -> (Bool, Bool) in
+            guard s.fd >= 0 else { return (false, false) }
+            if s.queue.isEmpty {
+                switch Self.trySend(s.fd, bytes) {
+                case .sent: return (true, true)
+                case .lost: return (false, false)
+                case .wouldBlock: break
+                }
+            }
+            s.queue.append(.init(bytes: bytes, onSent: onSent))
+            updateInterest(&s)
+            return (true, false)
+        }
+        if sentNow { onSent?() }
+        return accepted
+    }
+
+    /// Sends what the socket takes now (the event loop, on `EPOLLOUT`), and resumes reading once
+    /// the queue has drained.
+    func flush() {
+        var done: [@Sendable () -> Void] = []
+        state.withLock { s in
+            guard s.fd >= 0 else { return }
+            while let item = s.queue.first {
+                switch Self.trySend(s.fd, item.bytes) {
+                case .wouldBlock:
+                    updateInterest(&s)
+                    return
+                case .sent:
+                    if let f = s.queue.removeFirst().onSent { done.append(f) }
+                case .lost:
+                    // The peer is gone or the reply can never fit: the hang-up path cleans up.
+                    _ = s.queue.removeFirst()
+                }
+            }
+            if s.readPaused && s.queue.hasDrained { s.readPaused = false }
+            updateInterest(&s)
+        }
+        for f in done { f() }
+    }
+
+    /// After each request: whether the loop may read another one now. A connection whose client
+    /// leaves its replies unread stops being read (its requests wait in its socket, so its client
+    /// blocks in `sendmsg`) until `flush` has drained the queue.
+    func mayReadMore() -> Bool {
+        state.withLock { s in
+            guard s.fd >= 0 else { return false }
+            if !s.readPaused && s.queue.isFull {
+                s.readPaused = true
+                updateInterest(&s)
+            }
+            return !s.readPaused
         }
     }
 
     func close() {
-        fd.withLock { fd in
-            if fd >= 0 { _ = Glibc.close(fd) }
-            fd = -1
+        state.withLock { s in
+            if s.fd >= 0 {
+                epoll.remove(s.fd)
+                _ = Glibc.close(s.fd)
+            }
+            s.fd = -1
+            s.queue.removeAll()
         }
     }
 
+    /// Watches for input unless paused, and for output while replies wait (lock held).
+    private func updateInterest(_ s: inout State) {
+        var want: UInt32 = s.readPaused ? 0 : Self.readInterest
+        if !s.queue.isEmpty { want |= Self.writeInterest }
+        guard want != s.interest else { return }
+        // EPOLLHUP and EPOLLERR are always reported, so a paused client that goes away is seen.
+        if (try? epoll.modify(s.fd, token: id, events: want)) != nil { s.interest = want }
+    }
+
+    private enum SendOutcome { case sent, wouldBlock, lost }
+
+    private static func trySend(_ fd: Int32, _ bytes: [UInt8]) -> SendOutcome {
+        do throws(SystemError) {
+            try SeqPacketSocket.send(fd, bytes)
+            return .sent
+        } catch {
+            switch error.errno {
+            case EAGAIN, ENOBUFS, ENOMEM: return .wouldBlock
+            default: return .lost
+            }
+        }
+    }
 }

@@ -22,6 +22,8 @@ public struct DaemonConfiguration: Sendable {
     /// kernel can reach any memory the device reaches — other clients', and the daemon's own on a
     /// CPU device — so it is off by default and never granted to another uid.
     public var allowRawPointers: Bool
+    /// Caps per address space, connection and user (`DaemonLimits`).
+    public var limits = DaemonLimits()
 
     public init(socketPath: String, backend: BackendChoice = .auto, policy: LifetimePolicy = .exit,
                 allowPolicyOverride: Bool = true, quantumNanos: UInt64 = 2_000_000, slicesInFlight: Int? = nil,
@@ -57,6 +59,10 @@ public final class Daemon: @unchecked Sendable {
     let wake: EventFD
     private let listener: Int32
     private var connections: [UInt64: Connection] = [:]
+    /// Open connections per uid (the event loop only).
+    private var connectionsOfUid: [UInt32: UInt64] = [:]
+    /// Accepts and turns away a connection when the daemon is out of fds (see `acceptAll`).
+    private let listenerGuard = ListenerGuard()
     /// Event-loop state: the watched pidfd of each live space, by epoll token and by space.
     private var pidfdSpaces: [UInt64: AddressSpace] = [:]
     private var pidfdTokens: [SpaceID: UInt64] = [:]
@@ -68,7 +74,7 @@ public final class Daemon: @unchecked Sendable {
     private let receiveBuffer = ReceiveBuffer(capacity: Wire.maxMessageBytes + 1)
     /// Explicit kills wait for a slice in flight, so they run here, never on the event loop.
     private let killQueue = WorkQueue(name: "tether-kill")
-    private let teardownWaiters = Mutex<[TeardownWaiter]>([])
+    private let teardownWaiters = TeardownWaiters()
     private let stopRequested = Atomic<Bool>(false)
     /// Tells a peer's `shutdown()` from its release (nil without unix_diag: every hang-up is a release).
     private let peerRelease = PeerRelease()
@@ -90,11 +96,12 @@ public final class Daemon: @unchecked Sendable {
     public init(_ configuration: DaemonConfiguration, logger: Logger) throws(TetherError) {
         self.configuration = configuration
         self.logger = logger
+        ServiceProcess.prepare(logger: logger)
         // Before anything else: a directory someone else prepared is refused (ownership.md, rule 6).
         try SocketPath.prepareDirectory(for: configuration.socketPath)
         let (generation, fallback) = GenerationCounter.next(forSocket: configuration.socketPath)
         if let fallback { logger.warning("daemon generation is random: \(fallback)") }
-        registry = Registry(generation: generation)
+        registry = Registry(generation: generation, quota: configuration.limits.quota)
         backend = try BackendFactory.open(configuration.backend) { logger.notice("\($0)") }
         scheduler = Scheduler(backend: backend, quantumNanos: configuration.quantumNanos,
                               slicesInFlight: configuration.slicesInFlight)
@@ -107,10 +114,7 @@ public final class Daemon: @unchecked Sendable {
         do {
             epoll = try Epoll()
             wake = try EventFD()
-            if (try? SeqPacketSocket.connect(path: configuration.socketPath)) != nil {
-                throw TetherError(.invalidArgument, "a Tether daemon already listens at \(configuration.socketPath)")
-            }
-            unlink(configuration.socketPath)
+            try StaleSocket.removeIfStale(configuration.socketPath)
             listener = try SeqPacketSocket.listen(path: configuration.socketPath).release()
             SeqPacketSocket.setNonBlocking(listener)
             sendersCarryPidfds = SeqPacketSocket.enableSenderPidfds(listener)
@@ -125,12 +129,8 @@ public final class Daemon: @unchecked Sendable {
             throw TetherError(.invalidArgument, "cannot listen at \(configuration.socketPath): \(error)")
         }
         chain.subscribe("waiters") { [weak self] space, _ in
-            guard let self, registry.spaces(ofPid: space.pid).isEmpty else { return }
-            let due = teardownWaiters.withLock { waiters in
-                let due = waiters.filter { $0.pid == space.pid }
-                waiters.removeAll { $0.pid == space.pid }
-                return due
-            }
+            guard let self else { return }
+            let due = teardownWaiters.take(pid: space.pid) { registry.spaces(ofPid: space.pid).isEmpty }
             for w in due { w.connection.send(.timelines(registry.timelines(pid: space.pid, uid: w.uid)), id: w.requestID) }
         }
         if let bpfNotifier { chain.subscribe("bpf") { space, _ in bpfNotifier.forget(space) } }
@@ -167,13 +167,14 @@ public final class Daemon: @unchecked Sendable {
             "shutdown_is_release": "\(peerRelease == nil)",
         ])
         while !stopRequested.load(ordering: .acquiring) {
-            for (token, events) in epoll.wait(timeoutMillis: expireTeardownWaiters()) {
+            let timeout = min(expireTeardownWaiters(), listenerGuard.resume(listener, in: epoll, token: Self.listenerKind << 56))
+            for (token, events) in epoll.wait(timeoutMillis: timeout) {
                 switch token >> 56 {
                 case Self.listenerKind: acceptAll()
                 case Self.wakeKind:
                     wake.drain()
                     closeReleasedPidfds()
-                case Self.connectionKind: readable(token, events: events)
+                case Self.connectionKind: connectionEvent(token, events: events)
                 case Self.pidfdKind: ownerExited(token, at: monotonicNanos())
                 case Self.bpfKind: earlyNotice(at: monotonicNanos())
                 default: break
@@ -186,11 +187,7 @@ public final class Daemon: @unchecked Sendable {
     /// Answers waiters whose time is up with an empty list; returns how long epoll may sleep.
     private func expireTeardownWaiters() -> Int32 {
         let now = monotonicNanos()
-        let (due, next) = teardownWaiters.withLock { waiters in
-            let due = waiters.filter { $0.deadline <= now }
-            waiters.removeAll { $0.deadline <= now }
-            return (due, waiters.map(\.deadline).min())
-        }
+        let (due, next) = teardownWaiters.expire(now: now)
         for w in due { w.connection.send(.timelines([]), id: w.requestID) }
         guard let next else { return 1000 }
         return Int32(min(1000, (next - now) / 1_000_000 + 1))
@@ -220,14 +217,33 @@ public final class Daemon: @unchecked Sendable {
 
     // MARK: Connections
 
+    /// Accepts what is pending (at most a batch per wake-up, so a connection flood shares the
+    /// loop with everyone else). Out of fds, `accept` would fail again at once and the
+    /// level-triggered listener would spin the loop: `ListenerGuard` accepts the connection on a
+    /// reserved fd and turns it away with a sentence, or pauses the listener for a moment.
     private func acceptAll() {
-        while true {
-            guard let accepted = try? SeqPacketSocket.accept(listener), let fd = Optional(accepted) else { return }
+        for _ in 0..<64 {
+            let fd: OwnedDescriptor
+            do throws(SystemError) {
+                guard let accepted = try SeqPacketSocket.accept(listener) else { return }
+                fd = accepted
+            } catch {
+                listenerGuard.acceptFailed(error, listener: listener, epoll: epoll, logger: logger)
+                return
+            }
+            let uid = (try? SeqPacketSocket.peerCredentials(fd.raw).uid) ?? UInt32.max
             let t = token(Self.connectionKind)
-            let connection = Connection(id: t, fd: fd)
+            let connection = Connection(id: t, fd: fd, uid: uid, epoll: epoll)
+            let limit = configuration.limits.connections
+            guard connectionsOfUid[uid, default: 0] < limit.value else {
+                connection.send(.error(limit.exceeded(have: connectionsOfUid[uid, default: 0], hint: "close some first")), id: 0)
+                connection.close()
+                continue
+            }
             do {
-                try epoll.add(connection.rawFD, token: t, events: UInt32(EPOLLIN.rawValue | EPOLLRDHUP.rawValue))
+                try epoll.add(connection.rawFD, token: t, events: Connection.readInterest)
                 connections[t] = connection
+                connectionsOfUid[uid, default: 0] += 1
             } catch {
                 logger.warning("cannot watch a new connection: \(error)")
                 connection.close()
@@ -235,10 +251,31 @@ public final class Daemon: @unchecked Sendable {
         }
     }
 
+    /// Replies may go out (`EPOLLOUT`), requests may come in, or the peer went away.
+    private func connectionEvent(_ token: UInt64, events: UInt32) {
+        guard let connection = connections[token] else { return }
+        if events & UInt32(EPOLLOUT.rawValue) != 0 { connection.flush() }
+        if connection.isReadPaused {
+            // Not reading: only a peer that is gone for good (both directions) ends it now; its
+            // unread replies go with it.
+            if events & UInt32(EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 { hangUp(connection) }
+            return
+        }
+        if events & UInt32(EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 {
+            readable(token, events: events)
+        }
+    }
+
+    /// Requests taken from one connection per event-loop round.
+    static let messagesPerTurn = 8
+
     private func readable(_ token: UInt64, events: UInt32) {
         guard let connection = connections[token] else { return }
-        // Drain every queued message; a hang-up is seen as EOF after the last one.
-        for _ in 0..<64 {
+        // A few messages per wake-up (fair admission: a flooding connection waits its turn like
+        // everyone else; epoll is level-triggered, so the rest come at the next round). A hang-up
+        // is seen as EOF after the last message.
+        for _ in 0..<Self.messagesPerTurn {
+            guard connection.mayReadMore() else { return }
             let result: ReceiveResult
             do {
                 result = try SeqPacketSocket.receive(connection.rawFD, into: receiveBuffer)
@@ -277,8 +314,9 @@ public final class Daemon: @unchecked Sendable {
     /// exit still ends the space under both policies (see `ownerExited`).
     private func drop(_ connection: Connection, released: Bool) {
         guard connections.removeValue(forKey: connection.id) != nil else { return }
-        epoll.remove(connection.rawFD)
         connection.close()
+        if let n = connectionsOfUid[connection.uid] { connectionsOfUid[connection.uid] = n > 1 ? n - 1 : nil }
+        teardownWaiters.drop(connection)
         guard let space = connection.space else { return }
         let remaining = registry.connectionClosed(space)
         guard remaining == 0 else { return }
@@ -352,7 +390,7 @@ public final class Daemon: @unchecked Sendable {
             return
         }
         if message.truncated {
-            connection.send(.error(TetherError(.malformedMessage, "message exceeds \(Wire.maxMessageBytes) bytes or carries too many fds")), id: 0)
+            connection.send(.error(Self.truncationError(message.bytes.count)), id: 0)
             return
         }
         let requestID: UInt64
@@ -401,10 +439,15 @@ public final class Daemon: @unchecked Sendable {
         case .spawn(let s):
             return .spawned(try spawn(s, space: space).id)
         case .join(let threadID):
-            answerJoin(try ownThread(threadID, of: space), space: space, id: id, on: connection)
+            try answerJoin(try ownThread(threadID, of: space), space: space, id: id, on: connection)
             return nil
         case .run(let s):
-            answerJoin(try spawn(s, space: space), space: space, id: id, on: connection)
+            // Admitted before the thread exists: a refused run leaves nothing behind.
+            guard UInt64(connection.pendingJoins.load(ordering: .relaxed)) < configuration.limits.pendingJoinsPerConnection else {
+                let limit = configuration.limits.pendingJoins
+                throw limit.exceeded(have: limit.value, hint: "wait for some to be answered first")
+            }
+            try answerJoin(try spawn(s, space: space), space: space, id: id, on: connection)
             return nil
         case .kill(let threadID):
             let thread = try ownThread(threadID, of: space)
@@ -486,6 +529,12 @@ public final class Daemon: @unchecked Sendable {
         guard inspected.shrinkSealed, UInt64(inspected.size) >= size else {
             throw TetherError(.invalidArgument, "the memfd must be sealed against shrinking (F_SEAL_SHRINK) and hold at least \(size) bytes")
         }
+        // Pages the owner never allocated would be allocated by the daemon's first touch and
+        // charged to the daemon, not to the client (docs/lifetime.md, "Memory accounting").
+        let unallocated = Memfd.unallocatedBytes(memfd.raw)
+        if unallocated > 0 {
+            throw TetherError(.invalidArgument, "the memfd's pages are not all allocated (\(unallocated) of its \(inspected.size) bytes are not): allocate them before mirroring (fallocate, or MAP_POPULATE / touching every page), so that they are charged to your process and not to the daemon; the Tether library does this")
+        }
         let region = try DeviceRegion(id: registry.makeRegionID(), memfd: memfd, ownerBase: base,
                                       size: Int(size), backend: backend)
         do {
@@ -545,7 +594,13 @@ public final class Daemon: @unchecked Sendable {
         let thread = DeviceThread(id: threadID, space: space.id, program: program, args: s.args,
                                   groups: groups, persistentNanos: s.persistentNanos, priority: s.priority,
                                   context: context, regions: space.table)
-        try registry.add(thread, to: space)
+        do {
+            try registry.add(thread, to: space)
+        } catch {
+            // Refused (a limit, a teardown): nothing ran on the context; it goes back to the pool.
+            scheduler.contexts.recycle(context, program: program)
+            throw error
+        }
         try scheduler.submit(thread)
         return thread
     }
@@ -566,12 +621,21 @@ public final class Daemon: @unchecked Sendable {
         return module
     }
 
-    /// Replies `joined` when the thread ends, then reaps it (like `waitpid`).
-    private func answerJoin(_ thread: DeviceThread, space: AddressSpace, id: UInt64, on connection: Connection) {
+    /// Replies `joined` when the thread ends, then reaps it (like `waitpid`). Counted against the
+    /// connection's pending joins until then.
+    private func answerJoin(_ thread: DeviceThread, space: AddressSpace, id: UInt64, on connection: Connection) throws(TetherError) {
+        let limit = configuration.limits.pendingJoins
+        let had = connection.pendingJoins.add(1, ordering: .relaxed).oldValue
+        guard UInt64(had) < limit.value else {
+            connection.pendingJoins.subtract(1, ordering: .relaxed)
+            throw limit.exceeded(have: UInt64(had), hint: "wait for some to be answered first")
+        }
         scheduler.onCompletion(thread) { [registry] outcome in
-            // Reaped only once the report is out: a connection shut down under its owner loses
-            // the reply, and the owner's library asks again on its resumed connection.
-            if connection.send(.joined(Self.report(thread, outcome: outcome)), id: id) {
+            connection.pendingJoins.subtract(1, ordering: .relaxed)
+            // Reaped only once the report is out (it may wait in the connection's queue): a
+            // connection shut down under its owner loses the reply, and the owner's library asks
+            // again on its resumed connection.
+            connection.send(.joined(Self.report(thread, outcome: outcome)), id: id) {
                 registry.forget(thread.id, of: space)
             }
         }
@@ -615,16 +679,27 @@ public final class Daemon: @unchecked Sendable {
     private func respondTool(_ request: Request, id: UInt64, uid: UInt32, on connection: Connection) throws(TetherError) -> Reply? {
         switch request {
         case .ping: return .pong
-        case .ps: return .ps(processTable(uid: uid))
-        case .timelines(let pid): return .timelines(registry.timelines(pid: pid, uid: uid))
+        case .ps:
+            return try Self.fitting(.ps(processTable(uid: uid)), "the process table", instead: "psPage")
+        case .timelines(let pid):
+            return try Self.fitting(.timelines(registry.timelines(pid: pid, uid: uid)), "the timelines", instead: "timelinesPage")
+        case .psPage(let afterSpace, let afterThread):
+            let scheduler = self.scheduler
+            let (spaces, next) = registry.reportPage(uid: uid, afterSpace: afterSpace, afterThread: afterThread,
+                                                     limit: Self.psPageEntries) { scheduler.deviceNanos(ofSpace: $0) }
+            return .psPage(ProcessTable(backend: backend.device.backend, deviceName: backend.device.name,
+                                        policy: configuration.policy, spaces: spaces),
+                           next: next.map { PsCursor(space: $0.space, thread: $0.thread) })
+        case .timelinesPage(let pid, let after):
+            let (list, next) = registry.timelines(pid: pid, uid: uid, after: after, limit: Self.timelinesPageEntries)
+            return .timelinesPage(list, next: next)
         case .awaitTeardown(let pid, let timeout):
             // The check and the registration happen under the waiters' lock, which the teardown
             // executor also takes after releasing a space: a release in between cannot be missed.
-            let immediate: Bool = teardownWaiters.withLock { waiters in
-                if visibleSpaces(ofPid: pid, uid: uid).isEmpty { return true }
-                waiters.append(TeardownWaiter(pid: pid, uid: uid, deadline: monotonicNanos() + UInt64(timeout) * 1_000_000,
-                                              connection: connection, requestID: id))
-                return false
+            let waiter = TeardownWaiters.Waiter(pid: pid, uid: uid, deadline: monotonicNanos() + UInt64(timeout) * 1_000_000,
+                                                connection: connection, requestID: id)
+            let immediate = try !teardownWaiters.add(waiter, limits: configuration.limits) {
+                visibleSpaces(ofPid: pid, uid: uid).isEmpty
             }
             // Otherwise answered when the space is released, or by the event loop, which
             // recomputes its epoll timeout from the waiters' deadlines before every wait.
@@ -655,6 +730,36 @@ public final class Daemon: @unchecked Sendable {
         }
     }
 
+    /// Entries (a space or a thread) in one `psPage` reply: a thread report is at most ~100 bytes
+    /// (a 63-byte kernel name), a space ~60, so a page stays under 128 KiB — inside
+    /// `Wire.maxMessageBytes` and the socket's default send buffer (208 KiB).
+    static let psPageEntries = 1_200
+    /// Timelines in one `timelinesPage` reply (~80 bytes each).
+    static let timelinesPageEntries = 1_500
+
+    /// A reply of the unpaged `ps` or `timelines`, or a sentence saying it does not fit one message.
+    static func fitting(_ reply: Reply, _ what: String, instead: String) throws(TetherError) -> Reply {
+        let size = MessageCodec.encode(reply, id: 0).count
+        guard size <= Wire.maxMessageBytes else {
+            throw TetherError(.resourceExhausted, "\(what) (\(size) bytes) does not fit one message of \(Wire.maxMessageBytes) bytes; a client of this version asks for it page by page (\(instead)): update the tool")
+        }
+        return reply
+    }
+
+    /// Why a message did not fit: too many bytes, or fds the kernel could not install — too many
+    /// of them, or none left in the daemon (`MSG_CTRUNC` says only that some were dropped).
+    static func truncationError(_ received: Int) -> TetherError {
+        if received > Wire.maxMessageBytes {
+            return TetherError(.malformedMessage, "message exceeds \(Wire.maxMessageBytes) bytes")
+        }
+        let probe = dup(0)
+        if probe < 0 && (errno == EMFILE || errno == ENFILE) {
+            return TetherError(.resourceExhausted, "the daemon is out of file descriptors and could not receive the fds attached to this message; try again later (its operator can raise its RLIMIT_NOFILE or lower --max-connections-per-user)")
+        }
+        if probe >= 0 { close(probe) }
+        return TetherError(.malformedMessage, "message carries more than \(SeqPacketSocket.maxFdsPerMessage) fds")
+    }
+
     /// The spaces of `pid` that `uid` may see and touch: its own, all for root.
     private func visibleSpaces(ofPid pid: Int32, uid: UInt32) -> [AddressSpace] {
         registry.spaces(ofPid: pid).filter { uid == 0 || $0.uid == uid }
@@ -670,15 +775,6 @@ public final class Daemon: @unchecked Sendable {
 }
 
 let traceKills = environment("TETHER_TRACE_TEARDOWN") != nil
-
-struct TeardownWaiter {
-    var pid: Int32
-    /// Who asked: answered with the timelines that uid may see.
-    var uid: UInt32
-    var deadline: UInt64
-    var connection: Connection
-    var requestID: UInt64
-}
 
 /// Counts down kill completions across spaces; the last one gets the total.
 final class KillCounter: @unchecked Sendable {

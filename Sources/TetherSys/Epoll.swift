@@ -17,6 +17,13 @@ public final class Epoll: @unchecked Sendable {
         try retryingInterrupts("epoll_ctl(ADD)") { epoll_ctl(fd, EPOLL_CTL_ADD, target, &event) }
     }
 
+    /// Changes what a registered fd is watched for (safe from any thread, like every `epoll_ctl`).
+    /// Fails with `ENOENT` once the fd was removed.
+    public func modify(_ target: Int32, token: UInt64, events: UInt32) throws(SystemError) {
+        var event = epoll_event(events: events, data: epoll_data_t(u64: token))
+        try retryingInterrupts("epoll_ctl(MOD)") { epoll_ctl(fd, EPOLL_CTL_MOD, target, &event) }
+    }
+
     public func remove(_ target: Int32) {
         _ = epoll_ctl(fd, EPOLL_CTL_DEL, target, nil)
     }

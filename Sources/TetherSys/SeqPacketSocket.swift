@@ -74,11 +74,20 @@ public enum SeqPacketSocket {
     }
 
     /// Connects to the daemon at `path` (`SOCK_CLOEXEC`: an exec'd image must not inherit the
-    /// device, see the lifetime rules).
-    public static func connect(path: String) throws(SystemError) -> OwnedDescriptor {
+    /// device, see the lifetime rules). A listener whose backlog is full (a daemon that stopped
+    /// accepting) makes `connect` wait; with `timeoutSeconds` it gives up with `EAGAIN` after
+    /// that long (Linux bounds a Unix `connect` by `SO_SNDTIMEO`, which stays set on the socket).
+    public static func connect(path: String, timeoutSeconds: Double? = nil) throws(SystemError) -> OwnedDescriptor {
         let fd = OwnedDescriptor(adopting: try retryingInterrupts("socket") {
             socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         })
+        if let timeoutSeconds {
+            let clamped = max(0.000_001, min(timeoutSeconds, 1e9))
+            var tv = timeval(tv_sec: Int(clamped), tv_usec: Int((clamped - clamped.rounded(.down)) * 1e6))
+            try retryingInterrupts("setsockopt(SO_SNDTIMEO)") {
+                setsockopt(fd.raw, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            }
+        }
         var addr = try address(path)
         try retryingInterrupts("connect(\(path))") {
             withUnsafePointer(to: &addr) {
@@ -122,9 +131,17 @@ public enum SeqPacketSocket {
         var uid: uid_t = 0
         var pidfd: Int32 = -1
         var truncated = false
-        let n = fds.withUnsafeMutableBufferPointer {
-            tether_recv_with_fds(fd, buffer.storage, capacity, $0.baseAddress, maxFdsPerMessage, &fdCount, &pid, &uid,
-                                 &pidfd, &truncated)
+        var n = -1
+        // ECONNRESET: the peer closed while our last message to it was unread. The kernel reports
+        // that once, before the messages it had sent us: read on, so that its last words (a
+        // daemon turning a connection away says why) are not lost.
+        for _ in 0..<2 {
+            n = fds.withUnsafeMutableBufferPointer {
+                tether_recv_with_fds(fd, buffer.storage, capacity, $0.baseAddress, maxFdsPerMessage, &fdCount, &pid, &uid,
+                                     &pidfd, &truncated)
+            }
+            if n < 0 && errno == ECONNRESET { continue }
+            break
         }
         if n < 0 {
             if errno == EAGAIN { return .wouldBlock }

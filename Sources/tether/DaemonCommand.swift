@@ -10,6 +10,9 @@ extension ExitNotifierChoice: ExpressibleByArgument {}
 
 extension LifetimePolicy: ExpressibleByArgument {
     public init?(argument: String) { self.init(name: argument) }
+    /// The names people type (the default would offer the raw values 0 and 1, which are refused).
+    public static var allValueStrings: [String] { allCases.map(\.description) }
+    public var defaultValueDescription: String { description }
 }
 
 struct SocketOption: ParsableArguments {
@@ -22,7 +25,12 @@ struct SocketOption: ParsableArguments {
 struct DaemonCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "daemon",
-        abstract: "Run the device emulator in the foreground until SIGTERM or SIGINT.")
+        abstract: "Run the device emulator in the foreground until SIGTERM or SIGINT.",
+        discussion: """
+            SIGHUP and SIGPIPE are ignored (nothing to reload; logs go to standard error). The daemon \
+            sets its oom_score_adj to \(ServiceProcess.oomScoreAdjust) where it may, raises its fd soft limit \
+            to the hard limit, and removes a socket at --socket only when it is provably stale.
+            """)
 
     @OptionGroup var socket: SocketOption
     @OptionGroup var backendOptions: BackendOptions
@@ -36,6 +44,8 @@ struct DaemonCommand: ParsableCommand {
     @Option(help: "Early exit notices: auto (BPF where this daemon may load it, else the pidfd), bpf (or refuse to start), pidfd.")
     var notifier: ExitNotifierChoice = .auto
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel: String = "notice"
+    @OptionGroup(title: "Limits (a client that reaches one gets a resourceExhausted error naming it)")
+    var limits: LimitOptions
     @Flag(help: "Let clients of this daemon's own uid run kernels with raw device pointers (the pointer-ABI SPIR-V path, modules with PhysicalStorageBufferAddresses). Such kernels can reach any memory the device reaches; other uids are always refused.")
     var allowRawPointers = false
 
@@ -85,6 +95,7 @@ struct DaemonCommand: ParsableCommand {
                 allowPolicyOverride: !noPolicyOverride, quantumNanos: quantumMicros * 1000,
                 slicesInFlight: slicesInFlight, allowRawPointers: allowRawPointers)
             configuration.notifier = notifier
+            configuration.limits = limits.daemonLimits
             return try Daemon(configuration, logger: logger)
         } catch {
             throw fail(error.message)

@@ -34,8 +34,13 @@ struct Run: ParsableCommand {
     @Argument(help: "The workload to run (omit with --spirv).") var workload: String?
     @OptionGroup var shader: ShaderOptions
     @OptionGroup var backendOptions: BackendOptions
-    @Option(help: "Problem size (elements, matrix order, image width, list nodes or spin iterations).") var size: Int?
-    @Option(help: "spin only: run for this many seconds unless killed.") var seconds: Double = 1
+    // `.unconditional`: `--size -1` is a value to refuse with a sentence, not a missing one.
+    @Option(parsing: .unconditional, help: "Problem size (elements, matrix order, image width, list nodes or spin iterations).") var size: Int?
+    @Option(parsing: .unconditional, help: "spin only: run for this many seconds unless killed.") var seconds: Double = 1
+
+    func validate() throws {
+        if let size, size < 1 { throw ValidationError("--size must be a positive whole number, not \(size)") }
+    }
     @Flag(help: "Print one JSON object.") var json = false
     @Flag(help: "Open the device in this process instead of going through a daemon.") var local = false
     @OptionGroup var socket: SocketOption

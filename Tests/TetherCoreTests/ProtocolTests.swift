@@ -38,6 +38,10 @@ struct ProtocolTests {
             .ping,
             .awaitTeardown(pid: 55, timeoutMillis: 2_500),
             .awaitTeardown(pid: 0, timeoutMillis: .max),
+            .psPage(afterSpace: 0, afterThread: 0),
+            .psPage(afterSpace: .max, afterThread: 7),
+            .timelinesPage(pid: 0, after: 0),
+            .timelinesPage(pid: -3, after: .max),
         ]
         for kernel in BuiltinKernel.allCases {
             for priority in PriorityClass.allCases {
@@ -97,6 +101,11 @@ struct ProtocolTests {
             .status(report),
             .status(ThreadReport(thread: ThreadID(rawValue: 2), kernel: "", state: .queued, deviceNanos: 0, priority: .normal)),
             .ps(ProcessTable(backend: .vulkan, deviceName: "NVIDIA H100", policy: .release, spaces: [])),
+            .psPage(ProcessTable(backend: .vulkan, deviceName: "gpu", policy: .exit, spaces: []), next: nil),
+            .psPage(ProcessTable(backend: .software, deviceName: "software", policy: .exit, spaces: [
+                SpaceReport(space: SpaceID(rawValue: 1), pid: 10, uid: 1000, policy: .exit, ownerAlive: true, connections: 1,
+                            regions: 0, mirroredBytes: 0, deviceNanos: 5, threads: [report]),
+            ]), next: PsCursor(space: 1, thread: 9)),
             .ps(ProcessTable(backend: .software, deviceName: "software", policy: .exit, spaces: [
                 SpaceReport(space: SpaceID(rawValue: 1), pid: 10, uid: 1000, policy: .exit, ownerAlive: true, connections: 2,
                             regions: 3, mirroredBytes: 1 << 24, deviceNanos: 5, threads: [report, faulted]),
@@ -105,6 +114,8 @@ struct ProtocolTests {
             ])),
             .killedProcess(threads: 4),
             .timelines([]),
+            .timelinesPage([], next: nil),
+            .timelinesPage([timeline], next: 42),
             .timelines([timeline, TeardownTimeline(space: SpaceID(rawValue: 4), pid: 1, reason: "kill", noticeNanos: .max,
                                                    quiescedNanos: 0, releasedNanos: 0, threadsKilled: 0, regionsFreed: 0, bytesFreed: 0)]),
             .pong,

@@ -94,8 +94,9 @@ import Testing
         let sealed = try Memfd.create(name: "t", size: 8192)
         #expect(errorCode(rawRequest(fd.raw, .mirror(ownerBase: 0x10001, size: 4096), fds: [sealed.raw])) == .invalidArgument)
         #expect(errorCode(rawRequest(fd.raw, .mirror(ownerBase: 0x10000, size: 1 << 20), fds: [sealed.raw])) == .invalidArgument)
-        if case .mirrored? = rawRequest(fd.raw, .mirror(ownerBase: 0x10000, size: 8192), fds: [sealed.raw]) {} else {
-            Issue.record("a good mirror was refused")
+        let good = rawRequest(fd.raw, .mirror(ownerBase: 0x10000, size: 8192), fds: [sealed.raw])
+        if case .mirrored? = good {} else {
+            Issue.record("a good mirror was refused: \(String(describing: good))")
         }
         #expect(errorCode(rawRequest(fd.raw, .mirror(ownerBase: 0x11000, size: 4096), fds: [sealed.raw])) == .invalidArgument,
                 "overlapping regions")

@@ -43,6 +43,9 @@ int tether_memfd_create(const char *name, unsigned int flags);
 // that no fork() in another thread copies the fd or the mapping before they are protected. The
 // fd is left in the fork table (closed in a forked child) until tether_close_tracked_fd.
 // Returns 0, or -1 with errno (nothing is left behind).
+/// fallocate(2) over [0, size): Glibc's module does not export it (it needs _GNU_SOURCE).
+int tether_fallocate(int fd, long long size);
+
 int tether_mirror_create(size_t size, int *fd_out, void **base_out);
 // Untracks and closes `fd` under the fork table's lock (no fork sees it half-closed).
 void tether_close_tracked_fd(int fd);

@@ -64,6 +64,12 @@ public enum MessageCodec {
         case .awaitTeardown(let pid, let timeout):
             w.u32(UInt32(bitPattern: pid))
             w.u32(timeout)
+        case .psPage(let space, let thread):
+            w.u64(space)
+            w.u64(thread)
+        case .timelinesPage(let pid, let after):
+            w.u32(UInt32(bitPattern: pid))
+            w.u64(after)
         }
         return w.bytes
     }
@@ -126,6 +132,8 @@ public enum MessageCodec {
         case .killProcess: request = .killProcess(pid: Int32(bitPattern: try r.u32()))
         case .timelines: request = .timelines(pid: Int32(bitPattern: try r.u32()))
         case .awaitTeardown: request = .awaitTeardown(pid: Int32(bitPattern: try r.u32()), timeoutMillis: try r.u32())
+        case .psPage: request = .psPage(afterSpace: try r.u64(), afterThread: try r.u64())
+        case .timelinesPage: request = .timelinesPage(pid: Int32(bitPattern: try r.u32()), after: try r.u64())
         case .error: throw TetherError(.malformedMessage, "an error is not a request")
         }
         try r.expectEnd()
@@ -147,6 +155,8 @@ public enum MessageCodec {
         case .ps: .ps
         case .killedProcess: .killProcess
         case .timelines: .timelines
+        case .psPage: .psPage
+        case .timelinesPage: .timelinesPage
         case .pong: .ping
         case .error: .error
         }
@@ -197,7 +207,26 @@ public enum MessageCodec {
         case .joined(let t), .status(let t): thread(&w, t)
         case .killed(let alive): w.bool(alive)
         case .killedProcess(let n): w.u32(n)
+        case .psPage(let table, let next):
+            processTable(&w, table)
+            w.bool(next != nil)
+            w.u64(next?.space ?? 0)
+            w.u64(next?.thread ?? 0)
+        case .timelinesPage(let list, let next):
+            timelineList(&w, list)
+            w.u64(next ?? 0)
         case .ps(let table):
+            processTable(&w, table)
+        case .timelines(let list):
+            timelineList(&w, list)
+        case .error(let e):
+            w.u16(e.code.rawValue)
+            w.string(e.message)
+        }
+        return w.bytes
+    }
+
+    static func processTable(_ w: inout WireWriter, _ table: ProcessTable) {
             w.u8(UInt8(BackendKind.allCases.firstIndex(of: table.backend)!))
             w.string(table.deviceName)
             w.u8(table.policy.rawValue)
@@ -215,7 +244,9 @@ public enum MessageCodec {
                 w.u32(UInt32(s.threads.count))
                 for t in s.threads { thread(&w, t) }
             }
-        case .timelines(let list):
+    }
+
+    static func timelineList(_ w: inout WireWriter, _ list: [TeardownTimeline]) {
             w.u32(UInt32(list.count))
             for t in list {
                 w.u64(t.space.rawValue)
@@ -228,11 +259,6 @@ public enum MessageCodec {
                 w.u32(t.regionsFreed)
                 w.u64(t.bytesFreed)
             }
-        case .error(let e):
-            w.u16(e.code.rawValue)
-            w.string(e.message)
-        }
-        return w.bytes
     }
 
     public static func decodeReply(_ bytes: [UInt8]) throws(TetherError) -> (UInt64, Reply) {
@@ -260,6 +286,25 @@ public enum MessageCodec {
         case .kill, .killThread: reply = .killed(wasAlive: try r.bool())
         case .killProcess: reply = .killedProcess(threads: try r.u32())
         case .ps:
+            reply = .ps(try processTable(&r))
+        case .psPage:
+            let table = try processTable(&r)
+            let more = try r.bool()
+            let cursor = PsCursor(space: try r.u64(), thread: try r.u64())
+            reply = .psPage(table, next: more ? cursor : nil)
+        case .timelines, .awaitTeardown:
+            reply = .timelines(try timelineList(&r))
+        case .timelinesPage:
+            let list = try timelineList(&r)
+            let next = try r.u64()
+            reply = .timelinesPage(list, next: next == 0 ? nil : next)
+        case .error: reply = .error(TetherError(TetherError.Code(rawValue: try r.u16()), try r.string()))
+        }
+        try r.expectEnd()
+        return (h.requestID, reply)
+    }
+
+    static func processTable(_ r: inout WireReader) throws(TetherError) -> ProcessTable {
             let b = Int(try r.u8())
             guard b < BackendKind.allCases.count else { throw TetherError(.malformedMessage, "bad backend") }
             let name = try r.string()
@@ -282,8 +327,10 @@ public enum MessageCodec {
                 spaces.append(SpaceReport(space: space, pid: pid, uid: uid, policy: p, ownerAlive: alive, connections: connections,
                                           regions: regions, mirroredBytes: bytes, deviceNanos: nanos, threads: threads))
             }
-            reply = .ps(ProcessTable(backend: BackendKind.allCases[b], deviceName: name, policy: policy, spaces: spaces))
-        case .timelines, .awaitTeardown:
+            return ProcessTable(backend: BackendKind.allCases[b], deviceName: name, policy: policy, spaces: spaces)
+    }
+
+    static func timelineList(_ r: inout WireReader) throws(TetherError) -> [TeardownTimeline] {
             let n = Int(try r.u32())
             var list: [TeardownTimeline] = []
             for _ in 0..<min(n, 1 << 16) {
@@ -292,10 +339,6 @@ public enum MessageCodec {
                                              releasedNanos: try r.u64(), threadsKilled: try r.u32(), regionsFreed: try r.u32(),
                                              bytesFreed: try r.u64()))
             }
-            reply = .timelines(list)
-        case .error: reply = .error(TetherError(TetherError.Code(rawValue: try r.u16()), try r.string()))
-        }
-        try r.expectEnd()
-        return (h.requestID, reply)
+            return list
     }
 }

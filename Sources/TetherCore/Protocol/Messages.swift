@@ -24,6 +24,7 @@ public enum Op: UInt16, Sendable, CaseIterable {
     case loadModule = 9, unloadModule = 10
     // Tool requests: allowed on any connection, they bind nothing.
     case ps = 20, killProcess = 21, killThread = 22, timelines = 23, ping = 24, awaitTeardown = 25
+    case psPage = 26, timelinesPage = 27
     case error = 0x7FFF
 }
 
@@ -54,6 +55,10 @@ public enum Request: Sendable, Equatable {
     /// Answered with the timelines of `pid` once its address space has been released (at once if
     /// it already was), or with an empty list when `timeoutMillis` passes first.
     case awaitTeardown(pid: Int32, timeoutMillis: UInt32)
+    /// One page of `ps`, from a cursor (0, 0: the start; else the `next` of the previous page).
+    case psPage(afterSpace: UInt64, afterThread: UInt64)
+    /// One page of `timelines`, from a cursor (0: the oldest kept; else the previous page's `next`).
+    case timelinesPage(pid: Int32, after: UInt64)
 
     public var op: Op {
         switch self {
@@ -73,6 +78,8 @@ public enum Request: Sendable, Equatable {
         case .timelines: .timelines
         case .ping: .ping
         case .awaitTeardown: .awaitTeardown
+        case .psPage: .psPage
+        case .timelinesPage: .timelinesPage
         }
     }
 
@@ -118,6 +125,11 @@ public enum Reply: Sendable, Equatable {
     case ps(ProcessTable)
     case killedProcess(threads: UInt32)
     case timelines([TeardownTimeline])
+    /// A page of the process table and the cursor of the next one (nil: the last page). A space
+    /// cut by a page's end comes again, with its remaining threads, at the top of the next.
+    case psPage(ProcessTable, next: PsCursor?)
+    /// A page of timelines and the cursor of the next one (nil: the last page).
+    case timelinesPage([TeardownTimeline], next: UInt64?)
     case pong
     case error(TetherError)
 }
@@ -178,6 +190,16 @@ public struct SpaceReport: Sendable, Equatable, Codable {
         self.mirroredBytes = mirroredBytes
         self.deviceNanos = deviceNanos
         self.threads = threads
+    }
+}
+
+/// Where the next page of `ps` starts: after `thread` in space `space`.
+public struct PsCursor: Sendable, Equatable {
+    public var space: UInt64
+    public var thread: UInt64
+    public init(space: UInt64, thread: UInt64) {
+        self.space = space
+        self.thread = thread
     }
 }
 

@@ -17,13 +17,20 @@ public final class Registry: @unchecked Sendable {
     private var nextThread: UInt64 = 1
     private var nextModule: UInt64 = 1
     /// Each with the uid of the space it records, so that tools show a user only their own.
-    private var timelines: [(uid: UInt32, timeline: TeardownTimeline)] = []
+    private var timelines: [(sequence: UInt64, uid: UInt32, timeline: TeardownTimeline)] = []
     public let timelineCapacity = 65_536
     /// The daemon instance every id made here carries (see `DaemonGeneration`).
     public let generation: DaemonGeneration
+    /// The caps checked when threads, regions and modules are added.
+    public let quota: RegistryQuota
+    /// Per uid: what its spaces hold (threads not yet reaped, regions, mirrored bytes).
+    private var usage: [UInt32: Usage] = [:]
+    /// Recorded timelines get increasing sequence numbers, the cursor of a paged read.
+    private var nextTimelineSequence: UInt64 = 1
 
-    public init(generation: DaemonGeneration = .local) {
+    public init(generation: DaemonGeneration = .local, quota: RegistryQuota = .unlimited) {
         self.generation = generation
+        self.quota = quota
     }
 
     public func withLock<T>(_ body: () throws(TetherError) -> T) throws(TetherError) -> T {
@@ -74,15 +81,10 @@ public final class Registry: @unchecked Sendable {
         return ModuleID(rawValue: id)
     }
 
-    /// Modules one address space may hold at once (each up to `Wire.maxSpirvWords` words).
-    public static let maxModulesPerSpace = 64
-
     public func add(_ module: UserModule, to space: AddressSpace) throws(TetherError) {
         try monitor.withLock { () throws(TetherError) in
             guard space.phase == .live else { throw TetherError(.ownerExited, "the address space is being torn down") }
-            guard space.modules.count < Self.maxModulesPerSpace else {
-                throw TetherError(.resourceExhausted, "an address space may hold \(Self.maxModulesPerSpace) modules; unload one first")
-            }
+            try quota.modulesPerSpace.check(have: UInt64(space.modules.count), hint: "unload one first")
             space.modules[module.id] = module
         }
     }
@@ -128,8 +130,16 @@ public final class Registry: @unchecked Sendable {
             }) {
                 throw TetherError(.invalidArgument, "the range overlaps mirrored region \(other.id) at 0x\(String(other.ownerBase, radix: 16))")
             }
+            let size = UInt64(region.size)
+            let mine = usage[space.uid, default: Usage()]
+            try quota.regionsPerSpace.check(have: UInt64(space.regions.count), hint: "unmirror one first")
+            try quota.regionsPerUser.check(have: mine.regions, hint: "unmirror some first")
+            try quota.bytesPerSpace.check(have: space.mirroredBytes, adding: size, hint: "unmirror some first")
+            try quota.bytesPerUser.check(have: mine.bytes, adding: size, hint: "unmirror some first")
             space.regions[region.id] = region
             space.publishTable()
+            usage[space.uid, default: Usage()].regions += 1
+            usage[space.uid, default: Usage()].bytes += size
         }
     }
 
@@ -143,6 +153,8 @@ public final class Registry: @unchecked Sendable {
             }
             space.regions[id] = nil
             space.publishTable()
+            usage[space.uid]?.regions -= 1
+            usage[space.uid]?.bytes -= UInt64(region.size)
             return region
         }
     }
@@ -150,7 +162,10 @@ public final class Registry: @unchecked Sendable {
     public func add(_ thread: DeviceThread, to space: AddressSpace) throws(TetherError) {
         try monitor.withLock { () throws(TetherError) in
             guard space.phase == .live else { throw TetherError(.ownerExited, "the address space is being torn down") }
+            try quota.threadsPerSpace.check(have: UInt64(space.threads.count), hint: "join (reap) or kill some first")
+            try quota.threadsPerUser.check(have: usage[space.uid, default: Usage()].threads, hint: "join (reap) or kill some first")
             space.threads[thread.id] = thread
+            usage[space.uid, default: Usage()].threads += 1
         }
     }
 
@@ -189,6 +204,12 @@ public final class Registry: @unchecked Sendable {
         monitor.withLock {
             let t = Array(space.threads.values)
             let r = Array(space.regions.values)
+            if var u = usage[space.uid] {
+                u.threads -= UInt64(t.count)
+                u.regions -= UInt64(r.count)
+                u.bytes -= r.reduce(0) { $0 + UInt64($1.size) }
+                usage[space.uid] = u.threads == 0 && u.regions == 0 ? nil : u
+            }
             space.threads = [:]
             space.regions = [:]
             space.modules = [:]
@@ -205,7 +226,8 @@ public final class Registry: @unchecked Sendable {
             space.phase = .gone
             spaces[space.id] = nil
             if timelines.count >= timelineCapacity { timelines.removeFirst(timelines.count / 2) }
-            timelines.append((space.uid, timeline))
+            timelines.append((nextTimelineSequence, space.uid, timeline))
+            nextTimelineSequence += 1
             monitor.broadcast()
         }
     }
@@ -215,6 +237,55 @@ public final class Registry: @unchecked Sendable {
     public func timelines(pid: Int32, uid: UInt32? = nil) -> [TeardownTimeline] {
         monitor.withLock {
             timelines.filter { (pid == 0 || $0.timeline.pid == pid) && (uid == nil || uid == 0 || $0.uid == uid) }.map(\.timeline)
+        }
+    }
+
+    /// One page of `timelines(pid:uid:)`: at most `limit` timelines recorded after cursor `after`
+    /// (0: from the oldest kept), and the cursor of the next page (nil: this was the last).
+    /// - Complexity: O(timelines kept), at most `timelineCapacity`.
+    public func timelines(pid: Int32, uid: UInt32?, after: UInt64, limit: Int) -> (list: [TeardownTimeline], next: UInt64?) {
+        monitor.withLock {
+            var list: [TeardownTimeline] = []
+            for entry in timelines where entry.sequence > after
+                && (pid == 0 || entry.timeline.pid == pid) && (uid == nil || uid == 0 || entry.uid == uid) {
+                if list.count == limit { return (list, entry.sequence - 1) }
+                list.append(entry.timeline)
+            }
+            return (list, nil)
+        }
+    }
+
+    /// One page of `report`: spaces in id order, each space's threads in id order, starting after
+    /// thread `afterThread` of space `afterSpace` (0, 0: from the start), with at most `limit`
+    /// entries (a space counts one, each of its threads one). A space cut by the page's end
+    /// comes again at the top of the next page with its remaining threads. Returns the cursor of
+    /// the next page (nil: this was the last).
+    public func reportPage(uid: UInt32?, afterSpace: UInt64, afterThread: UInt64, limit: Int,
+                           deviceNanos: (SpaceID) -> UInt64) -> (spaces: [SpaceReport], next: (space: UInt64, thread: UInt64)?) {
+        monitor.withLock {
+            let limit = max(limit, 2)
+            var used = 0
+            var page: [SpaceReport] = []
+            let visible = spaces.values.filter { (uid == nil || uid == 0 || $0.uid == uid) && $0.id.rawValue >= afterSpace }
+            for s in visible.sorted(by: { $0.id < $1.id }) {
+                if used + 1 >= limit { return (page, (s.id.rawValue, 0)) }
+                used += 1
+                let from = s.id.rawValue == afterSpace ? afterThread : 0
+                let ids = s.threads.keys.filter { $0.rawValue > from }.sorted()
+                let room = limit - used
+                let shown = ids.prefix(room)
+                used += shown.count
+                page.append(SpaceReport(space: s.id, pid: s.pid, uid: s.uid, policy: s.policy, ownerAlive: s.ownerAlive,
+                                        connections: UInt32(max(s.connections, 0)), regions: UInt32(s.regions.count),
+                                        mirroredBytes: s.mirroredBytes, deviceNanos: deviceNanos(s.id),
+                                        threads: shown.map { id in
+                                            let t = s.threads[id]!
+                                            return ThreadReport(thread: t.id, kernel: t.program.name, state: t.state,
+                                                                deviceNanos: t.deviceNanos, priority: t.priority)
+                                        }))
+                if ids.count > shown.count { return (page, (s.id.rawValue, shown.last?.rawValue ?? from)) }
+            }
+            return (page, nil)
         }
     }
 
@@ -235,6 +306,8 @@ public final class Registry: @unchecked Sendable {
 
     /// Forgets thread entries that ended (after their join was answered), keeping `ps` short.
     public func forget(_ thread: ThreadID, of space: AddressSpace) {
-        monitor.withLock { _ = space.threads.removeValue(forKey: thread) }
+        monitor.withLock {
+            if space.threads.removeValue(forKey: thread) != nil { usage[space.uid]?.threads -= 1 }
+        }
     }
 }

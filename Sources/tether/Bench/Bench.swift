@@ -7,8 +7,8 @@ import TetherSys
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Measure: kill latency, fairness, slicing overhead, teardown, dispatch, throughput.",
-        subcommands: [BenchAll.self, BenchTeardown.self, BenchDispatch.self, BenchThroughput.self, BenchKill.self, BenchFairness.self, BenchSlicing.self])
+        abstract: "Measure: kill latency, fairness, slicing overhead, teardown, dispatch, throughput, latency under hostile load.",
+        subcommands: [BenchAll.self, BenchTeardown.self, BenchDispatch.self, BenchThroughput.self, BenchKill.self, BenchFairness.self, BenchSlicing.self, BenchLoad.self])
 }
 
 /// A daemon for a benchmark or scenario: the one at `--socket`, or a private one started for the

@@ -1,0 +1,51 @@
+import TetherCore
+import TetherDevice
+
+/// The caps one address space, one connection and one user (uid) live under, so that a flooding
+/// or careless client ends with a `resourceExhausted` sentence naming the cap and its flag
+/// instead of taking the daemon's memory, fds or event loop from everyone else.
+///
+/// Defaults are far above what a workstation's real use reaches and well below what would hurt
+/// the daemon (the sources of the numbers are next to each); `tether daemon --max-…` changes them.
+public struct DaemonLimits: Sendable, Equatable {
+    /// Device threads not yet reaped (queued, running, or ended but not joined). A thread costs
+    /// the daemon ~1 KiB plus its device context; 262,144 of them is ~0.3 GiB.
+    public var threadsPerSpace: UInt64 = 262_144
+    public var threadsPerUser: UInt64 = 1_048_576
+    /// Mirrored regions: each is a mapping and, on Vulkan, an import (drivers allow ~4 billion
+    /// allocations, but every one is a VMA in the daemon: `vm.max_map_count` is 65,530 by default).
+    public var regionsPerSpace: UInt64 = 16_384
+    public var regionsPerUser: UInt64 = 32_768
+    /// Mirrored bytes: pages the owner allocated (they are charged to it, see docs/lifetime.md),
+    /// mapped by the daemon; bounded by the daemon's address space (128 TiB).
+    public var mirroredBytesPerSpace: UInt64 = 16 << 40
+    public var mirroredBytesPerUser: UInt64 = 32 << 40
+    /// Open connections of one uid (each is an fd in the daemon).
+    public var connectionsPerUser: UInt64 = 4_096
+    /// Joins and runs of one connection waiting for their thread.
+    public var pendingJoinsPerConnection: UInt64 = 262_144
+    /// `awaitTeardown` waiters: per connection, and per uid over all its connections.
+    public var waitersPerConnection: UInt64 = 1_024
+    public var waitersPerUser: UInt64 = 16_384
+    /// Loaded user modules per address space (each up to `Wire.maxSpirvWords` words and a pipeline).
+    public var modulesPerSpace: UInt64 = 64
+
+    public init() {}
+
+    var connections: Limit { Limit(connectionsPerUser, "connections per user", flag: "--max-connections-per-user") }
+    var pendingJoins: Limit { Limit(pendingJoinsPerConnection, "pending joins per connection", flag: "--max-pending-joins-per-connection") }
+    var waitersOfConnection: Limit { Limit(waitersPerConnection, "teardown waiters per connection", flag: "--max-waiters-per-connection") }
+    var waitersOfUser: Limit { Limit(waitersPerUser, "teardown waiters per user", flag: "--max-waiters-per-user") }
+
+    /// The caps the registry checks itself (under its lock, as it adds).
+    var quota: RegistryQuota {
+        RegistryQuota(
+            threadsPerSpace: Limit(threadsPerSpace, "device threads per address space", flag: "--max-threads-per-space"),
+            threadsPerUser: Limit(threadsPerUser, "device threads per user", flag: "--max-threads-per-user"),
+            regionsPerSpace: Limit(regionsPerSpace, "regions per address space", flag: "--max-regions-per-space"),
+            regionsPerUser: Limit(regionsPerUser, "regions per user", flag: "--max-regions-per-user"),
+            bytesPerSpace: Limit(mirroredBytesPerSpace, "mirrored bytes per address space", flag: "--max-mirrored-mib-per-space"),
+            bytesPerUser: Limit(mirroredBytesPerUser, "mirrored bytes per user", flag: "--max-mirrored-mib-per-user"),
+            modulesPerSpace: Limit(modulesPerSpace, "modules per address space", flag: "--max-modules-per-space"))
+    }
+}

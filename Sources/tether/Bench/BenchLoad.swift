@@ -1,0 +1,191 @@
+import ArgumentParser
+import CTetherLinux
+import Foundation
+import Glibc
+import Tether
+import TetherCore
+import TetherSys
+
+/// What `tether bench load --json` prints: the well-behaved client alone, then beside each flood.
+struct LoadReport: Codable {
+    struct Cell: Codable {
+        var flood: String
+        var dispatch: LatencySummary
+        var saxpyMillis: Double
+        /// Against "none", measured in the same run.
+        var dispatchRatio: Double
+        var saxpyRatio: Double
+        /// What the flooder was told (its last error), if anything.
+        var flooderSaw: String
+    }
+    var backend: String
+    var cells: [Cell]
+}
+
+/// A well-behaved client's dispatch latency (a tiny `run`) and a saxpy's time, alone and while a
+/// hostile client floods the daemon: spawns without joining, connections, teardown waiters, or
+/// requests it never reads the replies of. One private daemon, one run; ratios against the
+/// unloaded baseline of the same run. The flooders are forked children of this process (it
+/// never loads Vulkan), each killed after its cell.
+struct BenchLoad: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "load",
+        abstract: "A well-behaved client's latency alone and beside floods (spawns, connections, waiters, a paused reader).")
+
+    @OptionGroup var backendOptions: BackendOptions
+    @Option(help: "Tiny runs timed per cell.") var runs = 300
+    @Option(help: "Elements of the timed saxpy.") var saxpyElements = 1 << 20
+    @Option(help: "Seconds each flood runs before the measurement starts.") var warmup: Double = 0.5
+    @Flag(help: "Print one JSON object.") var json = false
+
+    static let floods = ["none", "spawns", "connections", "waiters", "paused-reader"]
+
+    func run() throws {
+        // Limits low enough that a flood reaches them within the warm-up.
+        let d = try PrivateDaemon(backend: backendOptions.backend, policy: .exit,
+                                  extra: ["--max-threads-per-space", "20000", "--max-waiters-per-connection", "1000"])
+        defer { d.stop() }
+        let device = try Device(DeviceOptions(socketPath: d.socketPath))
+        let bytes = saxpyElements * 8 + 4096
+        let memory = try device.mirror(bytes: bytes)
+        let x = memory.address, y = memory.address + UInt64(saxpyElements * 4)
+        let two = UInt64(Float(2).bitPattern)
+        let backend = try DaemonControl(socketPath: d.socketPath).ps().backend.rawValue
+
+        func measure() throws -> (LatencySummary, Double) {
+            var samples: [UInt64] = []
+            for _ in 0..<runs {
+                let t0 = monotonicNanos()
+                _ = try device.run(.saxpy, args: [64, two, x, y], groups: 1, timeoutSeconds: 30)
+                samples.append(monotonicNanos() - t0)
+            }
+            var saxpy: [Double] = []
+            for _ in 0..<5 {
+                let t0 = monotonicNanos()
+                _ = try device.run(.saxpy, args: [UInt64(saxpyElements), two, x, y],
+                                   groups: UInt32((saxpyElements + 255) / 256), timeoutSeconds: 60)
+                saxpy.append(Double(monotonicNanos() - t0) / 1e6)
+            }
+            return (LatencySummary(nanos: samples), median(saxpy))
+        }
+
+        var cells: [LoadReport.Cell] = []
+        var baseline: (Double, Double) = (1, 1)
+        for flood in Self.floods {
+            let report = FloodReport()
+            let child = flood == "none" ? nil : startFlood(flood, socket: d.socketPath, report: report)
+            if child != nil { usleep(useconds_t(warmup * 1e6)) }
+            let (dispatch, saxpy) = try measure()
+            var saw = ""
+            if let child {
+                kill(child, SIGKILL)
+                var status: Int32 = 0
+                waitpid(child, &status, 0)
+                saw = report.drain()
+                // Its address space goes before the next cell starts.
+                _ = try? DaemonControl(socketPath: d.socketPath).awaitTeardown(pid: child, timeoutSeconds: 30)
+            }
+            report.close()
+            if flood == "none" { baseline = (dispatch.p50Micros, saxpy) }
+            cells.append(.init(flood: flood, dispatch: dispatch, saxpyMillis: saxpy, dispatchRatio: dispatch.p50Micros / baseline.0,
+                               saxpyRatio: saxpy / baseline.1, flooderSaw: saw))
+            if !json { printError("\(flood): dispatch p50 \(formatDouble(dispatch.p50Micros, 1)) µs, saxpy \(formatDouble(saxpy, 2)) ms") }
+        }
+        let result = LoadReport(backend: backend, cells: cells)
+        if json { return try printJSON(result) }
+        printLine("A well-behaved client beside a hostile one (\(backend) backend; \(runs) tiny runs and 5 saxpys of \(saxpyElements) per cell; a noisy 2-core machine)")
+        print(table(["flood", "dispatch p50 µs", "p99 µs", "× alone", "saxpy ms", "× alone", "the flooder was told"],
+                   cells.map { [$0.flood, formatDouble($0.dispatch.p50Micros, 1), formatDouble($0.dispatch.p99Micros, 1),
+                                formatDouble($0.dispatchRatio, 2), formatDouble($0.saxpyMillis, 2), formatDouble($0.saxpyRatio, 2),
+                                String($0.flooderSaw.prefix(60))] }))
+    }
+
+    /// Forks the flooder; it writes the last error it got to `report` before it is killed.
+    private func startFlood(_ kind: String, socket: String, report: FloodReport) -> pid_t {
+        let pid = fork()
+        if pid != 0 { return pid }
+        var last = ""
+        func note(_ reply: Reply?) {
+            if case .error(let e)? = reply, e.message != last { last = e.message; report.send(e.message) }
+        }
+        func raw() -> Int32? {
+            guard let fd = try? SeqPacketSocket.connect(path: socket, timeoutSeconds: 5).release() else { return nil }
+            return fd
+        }
+        func send(_ fd: Int32, _ r: Request, _ id: UInt64) { _ = try? SeqPacketSocket.send(fd, MessageCodec.encode(r, id: id)) }
+        func reply(_ fd: Int32) -> Reply? {
+            guard (try? waitReadable(fd, timeoutMillis: 5000)) == true,
+                  case .message(let m) = try? SeqPacketSocket.receive(fd, capacity: Wire.maxMessageBytes) else { return nil }
+            return (try? MessageCodec.decodeReply(m.bytes))?.1
+        }
+        var id: UInt64 = 1
+        switch kind {
+        case "spawns":
+            // Spawns without ever joining, pipelined 64 deep, for as long as it lives.
+            guard let fd = raw() else { tether_exit_now(1) }
+            send(fd, .hello(policy: nil, backend: .auto), 0)
+            _ = reply(fd)
+            let spawn = SpawnRequest(program: .builtin(.spin), args: [1], groups: 1)
+            while true {
+                for _ in 0..<64 { send(fd, .spawn(spawn), id); id += 1 }
+                for _ in 0..<64 { note(reply(fd)) }
+            }
+        case "connections":
+            while true {
+                guard let fd = raw() else { continue }
+                send(fd, .ping, 1)
+                note(reply(fd))
+                close(fd)
+            }
+        case "waiters":
+            // Waiters on itself (alive: never answered) until the cap, then more of them.
+            guard let fd = raw() else { tether_exit_now(1) }
+            while true {
+                for _ in 0..<64 { send(fd, .awaitTeardown(pid: getpid(), timeoutMillis: 600_000), id); id += 1 }
+                send(fd, .ping, 0)
+                while let r = reply(fd) {
+                    if case .pong = r { break }
+                    note(r)
+                }
+            }
+        default:  // paused-reader: requests whose replies it never reads
+            guard let fd = raw() else { tether_exit_now(1) }
+            while true {
+                send(fd, .ping, id)
+                id += 1
+            }
+        }
+    }
+}
+
+/// A pipe on which a flooder writes what the daemon told it (one line per new sentence).
+struct FloodReport {
+    var read: Int32
+    var write: Int32
+    init() {
+        var fds: [Int32] = [0, 0]
+        precondition(pipe(&fds) == 0)
+        read = fds[0]
+        write = fds[1]
+        for fd in fds { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
+    }
+    func send(_ s: String) {
+        var b = Array((s + "\n").utf8)
+        _ = Glibc.write(write, &b, b.count)
+    }
+    /// The last line written so far.
+    func drain() -> String {
+        var text = ""
+        while true {
+            var buf = [UInt8](repeating: 0, count: 4096)
+            let n = Glibc.read(read, &buf, buf.count)
+            if n <= 0 { break }
+            text += String(decoding: buf[0..<n], as: UTF8.self)
+        }
+        return text.split(separator: "\n").last.map(String.init) ?? ""
+    }
+    func close() {
+        Glibc.close(read)
+        Glibc.close(write)
+    }
+}

@@ -1,0 +1,50 @@
+import ArgumentParser
+import TetherDaemon
+
+/// `tether daemon --max-…`: the caps of `DaemonLimits` (its doc comments give the defaults'
+/// reasons).
+struct LimitOptions: ParsableArguments {
+    private static let d = DaemonLimits()
+
+    @Option(help: "Device threads not yet joined, per address space.") var maxThreadsPerSpace = d.threadsPerSpace
+    @Option(help: "Device threads not yet joined, per user.") var maxThreadsPerUser = d.threadsPerUser
+    @Option(help: "Mirrored regions per address space.") var maxRegionsPerSpace = d.regionsPerSpace
+    @Option(help: "Mirrored regions per user.") var maxRegionsPerUser = d.regionsPerUser
+    @Option(help: "Mirrored MiB per address space.") var maxMirroredMibPerSpace = d.mirroredBytesPerSpace >> 20
+    @Option(help: "Mirrored MiB per user.") var maxMirroredMibPerUser = d.mirroredBytesPerUser >> 20
+    @Option(help: "Open connections per user.") var maxConnectionsPerUser = d.connectionsPerUser
+    @Option(help: "Joins and runs waiting for their thread, per connection.") var maxPendingJoinsPerConnection = d.pendingJoinsPerConnection
+    @Option(help: "Teardown waiters (awaitTeardown) per connection.") var maxWaitersPerConnection = d.waitersPerConnection
+    @Option(help: "Teardown waiters per user.") var maxWaitersPerUser = d.waitersPerUser
+    @Option(help: "Loaded user modules per address space.") var maxModulesPerSpace = d.modulesPerSpace
+
+    func validate() throws {
+        let all: [(String, UInt64)] = [
+            ("--max-threads-per-space", maxThreadsPerSpace), ("--max-threads-per-user", maxThreadsPerUser),
+            ("--max-regions-per-space", maxRegionsPerSpace), ("--max-regions-per-user", maxRegionsPerUser),
+            ("--max-mirrored-mib-per-space", maxMirroredMibPerSpace), ("--max-mirrored-mib-per-user", maxMirroredMibPerUser),
+            ("--max-connections-per-user", maxConnectionsPerUser),
+            ("--max-pending-joins-per-connection", maxPendingJoinsPerConnection),
+            ("--max-waiters-per-connection", maxWaitersPerConnection), ("--max-waiters-per-user", maxWaitersPerUser),
+            ("--max-modules-per-space", maxModulesPerSpace),
+        ]
+        for (flag, value) in all where value < 1 { throw ValidationError("\(flag) must be at least 1") }
+        for (flag, value) in all where value > 1 << 40 { throw ValidationError("\(flag) must be at most 2^40") }
+    }
+
+    var daemonLimits: DaemonLimits {
+        var l = DaemonLimits()
+        l.threadsPerSpace = maxThreadsPerSpace
+        l.threadsPerUser = maxThreadsPerUser
+        l.regionsPerSpace = maxRegionsPerSpace
+        l.regionsPerUser = maxRegionsPerUser
+        l.mirroredBytesPerSpace = maxMirroredMibPerSpace << 20
+        l.mirroredBytesPerUser = maxMirroredMibPerUser << 20
+        l.connectionsPerUser = maxConnectionsPerUser
+        l.pendingJoinsPerConnection = maxPendingJoinsPerConnection
+        l.waitersPerConnection = maxWaitersPerConnection
+        l.waitersPerUser = maxWaitersPerUser
+        l.modulesPerSpace = maxModulesPerSpace
+        return l
+    }
+}
