@@ -6,7 +6,7 @@ import Testing
 @Suite(.serialized) struct BenchCommandTests {
     func runJSON(_ args: [String]) throws -> [String: Any] {
         let run = try runTether(args)
-        #expect(run.status == 0, "tether \(args.joined(separator: " "))")
+        #expect(run.status == 0, "tether \(args.joined(separator: " ")): \(run.stderr)")
         return try #require(try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any])
     }
 

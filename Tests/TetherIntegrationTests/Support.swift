@@ -21,27 +21,33 @@ func tetherBinary() -> String {
 struct TetherRun {
     var status: Int32
     var stdout: String
-    /// Empty unless asked for: a benchmark's progress output could fill the pipe while standard
-    /// output is being read.
+    /// Everything it wrote with `keepStderr`, else only the last 2,000 characters (for failures).
     var stderr: String
 }
 
 /// Runs the `tether` binary with `args` (and `extra` added to the environment) to its end.
+/// Standard error goes to a file, never a pipe: a benchmark's progress output could fill a pipe
+/// while standard output is being read.
 func runTether(_ args: [String], environment extra: [String: String] = [:], keepStderr: Bool = false,
                launcher: [String] = []) throws -> TetherRun {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: launcher.first ?? tetherBinary())
     process.arguments = launcher.isEmpty ? args : Array(launcher.dropFirst()) + [tetherBinary()] + args
     if !extra.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(extra) { $1 } }
-    let out = Pipe(), err = Pipe()
+    let out = Pipe()
+    let errPath = FileManager.default.temporaryDirectory.appendingPathComponent("tether-stderr-\(UUID().uuidString)").path
+    FileManager.default.createFile(atPath: errPath, contents: nil)
+    defer { try? FileManager.default.removeItem(atPath: errPath) }
     process.standardOutput = out
-    process.standardError = keepStderr ? err : FileHandle.nullDevice
+    process.standardError = FileHandle(forWritingAtPath: errPath)
     try process.run()
     let o = out.fileHandleForReading.readDataToEndOfFile()
-    let e = keepStderr ? err.fileHandleForReading.readDataToEndOfFile() : Data()
     process.waitUntilExit()
+    let e = (try? Data(contentsOf: URL(fileURLWithPath: errPath))) ?? Data()
+    // Without keepStderr only its end is kept, for a failure's message.
+    let text = String(decoding: e, as: UTF8.self)
     return TetherRun(status: process.terminationStatus, stdout: String(decoding: o, as: UTF8.self),
-                     stderr: String(decoding: e, as: UTF8.self))
+                     stderr: keepStderr ? text : String(text.suffix(2000)))
 }
 
 /// A real `tether daemon` process on a private socket, stopped (SIGTERM) at the end of the test.

@@ -14,7 +14,9 @@ struct LatencySummary: Codable {
 
     init(nanos: [UInt64]) {
         var h = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
-        for v in nanos { _ = h.record(max(v, 1)) }
+        // Clamped to an hour: a sample past that is a measurement gone wrong (a wrapped difference),
+        // and it must not take the histogram's arithmetic with it.
+        for v in nanos { _ = h.record(min(max(v, 1), 3_600_000_000_000)) }
         let us = { (v: UInt64) in Double(v) / 1000 }
         count = nanos.count
         minMicros = nanos.isEmpty ? 0 : us(nanos.min()!)
