@@ -24,6 +24,8 @@ final class Connection: @unchecked Sendable {
         var queue = OutgoingQueue()
         /// Requests are not read while the client leaves too many replies unread.
         var readPaused = false
+        /// Requests are not read while the connection waits for its next request token.
+        var throttled = false
         /// What epoll watches now, so that it is changed only when it must be.
         var interest: UInt32
     }
@@ -37,19 +39,31 @@ final class Connection: @unchecked Sendable {
     let pendingJoins = Atomic<Int>(0)
     /// Teardown waiters this connection registered (their ids); the event loop only.
     var waiters: Set<UInt64> = []
+    /// How many requests it may send (the event loop only).
+    var budget: RequestBudget
 
     static let readInterest = UInt32(EPOLLIN.rawValue | EPOLLRDHUP.rawValue)
     static let writeInterest = UInt32(EPOLLOUT.rawValue)
 
-    init(id: UInt64, fd: consuming OwnedDescriptor, uid: UInt32, epoll: Epoll) {
+    init(id: UInt64, fd: consuming OwnedDescriptor, uid: UInt32, epoll: Epoll, budget: RequestBudget) {
         self.id = id
         self.uid = uid
         self.epoll = epoll
+        self.budget = budget
         self.state = Mutex(State(fd: fd.release(), interest: Self.readInterest))
     }
 
     var rawFD: Int32 { state.withLock { $0.fd } }
-    var isReadPaused: Bool { state.withLock { $0.readPaused } }
+    var isReadPaused: Bool { state.withLock { $0.readPaused || $0.throttled } }
+
+    /// Stops (or resumes) reading while the connection waits for a request token.
+    func setThrottled(_ on: Bool) {
+        state.withLock { s in
+            guard s.fd >= 0, s.throttled != on else { return }
+            s.throttled = on
+            updateInterest(&s)
+        }
+    }
     /// Replies waiting for the client to read (for tests and `ps`-style reporting).
     var queuedReplies: Int { state.withLock { $0.queue.count } }
 
@@ -111,7 +125,7 @@ final class Connection: @unchecked Sendable {
                 s.readPaused = true
                 updateInterest(&s)
             }
-            return !s.readPaused
+            return !s.readPaused && !s.throttled
         }
     }
 
@@ -128,7 +142,7 @@ final class Connection: @unchecked Sendable {
 
     /// Watches for input unless paused, and for output while replies wait (lock held).
     private func updateInterest(_ s: inout State) {
-        var want: UInt32 = s.readPaused ? 0 : Self.readInterest
+        var want: UInt32 = s.readPaused || s.throttled ? 0 : Self.readInterest
         if !s.queue.isEmpty { want |= Self.writeInterest }
         guard want != s.interest else { return }
         // EPOLLHUP and EPOLLERR are always reported, so a paused client that goes away is seen.

@@ -63,6 +63,8 @@ public final class Daemon: @unchecked Sendable {
     private var connectionsOfUid: [UInt32: UInt64] = [:]
     /// Accepts and turns away a connection when the daemon is out of fds (see `acceptAll`).
     private let listenerGuard = ListenerGuard()
+    /// Connections out of request tokens, with when their next one is due (the event loop only).
+    private var throttled: [(due: UInt64, token: UInt64)] = []
     /// Event-loop state: the watched pidfd of each live space, by epoll token and by space.
     private var pidfdSpaces: [UInt64: AddressSpace] = [:]
     private var pidfdTokens: [SpaceID: UInt64] = [:]
@@ -167,7 +169,8 @@ public final class Daemon: @unchecked Sendable {
             "shutdown_is_release": "\(peerRelease == nil)",
         ])
         while !stopRequested.load(ordering: .acquiring) {
-            let timeout = min(expireTeardownWaiters(), listenerGuard.resume(listener, in: epoll, token: Self.listenerKind << 56))
+            let timeout = min(expireTeardownWaiters(), listenerGuard.resume(listener, in: epoll, token: Self.listenerKind << 56),
+                              resumeThrottled())
             for (token, events) in epoll.wait(timeoutMillis: timeout) {
                 switch token >> 56 {
                 case Self.listenerKind: acceptAll()
@@ -233,7 +236,9 @@ public final class Daemon: @unchecked Sendable {
             }
             let uid = (try? SeqPacketSocket.peerCredentials(fd.raw).uid) ?? UInt32.max
             let t = token(Self.connectionKind)
-            let connection = Connection(id: t, fd: fd, uid: uid, epoll: epoll)
+            let budget = RequestBudget(perSecond: configuration.limits.requestsPerSecond,
+                                       burst: configuration.limits.requestBurst, now: monotonicNanos())
+            let connection = Connection(id: t, fd: fd, uid: uid, epoll: epoll, budget: budget)
             let limit = configuration.limits.connections
             guard connectionsOfUid[uid, default: 0] < limit.value else {
                 connection.send(.error(limit.exceeded(have: connectionsOfUid[uid, default: 0], hint: "close some first")), id: 0)
@@ -269,6 +274,23 @@ public final class Daemon: @unchecked Sendable {
     /// Requests taken from one connection per event-loop round.
     static let messagesPerTurn = 8
 
+    /// Reads again from the connections whose next request token is due; returns how long epoll
+    /// may sleep before the next one is (ms; 1000 when none waits).
+    private func resumeThrottled() -> Int32 {
+        guard !throttled.isEmpty else { return 1000 }
+        let now = monotonicNanos()
+        var next = UInt64.max
+        throttled.removeAll { entry in
+            guard entry.due <= now else {
+                next = min(next, entry.due)
+                return false
+            }
+            connections[entry.token]?.setThrottled(false)
+            return true
+        }
+        return next == .max ? 1000 : Int32(min(1000, (next - now) / 1_000_000 + 1))
+    }
+
     private func readable(_ token: UInt64, events: UInt32) {
         guard let connection = connections[token] else { return }
         // A few messages per wake-up (fair admission: a flooding connection waits its turn like
@@ -276,6 +298,13 @@ public final class Daemon: @unchecked Sendable {
         // is seen as EOF after the last message.
         for _ in 0..<Self.messagesPerTurn {
             guard connection.mayReadMore() else { return }
+            let now = monotonicNanos()
+            guard connection.budget.hasToken(now: now) else {
+                // Out of requests for now: not read until its next token (`resumeThrottled`).
+                connection.setThrottled(true)
+                throttled.append((connection.budget.nextToken(), token))
+                return
+            }
             let result: ReceiveResult
             do {
                 result = try SeqPacketSocket.receive(connection.rawFD, into: receiveBuffer)
@@ -295,6 +324,7 @@ public final class Daemon: @unchecked Sendable {
                 hangUp(connection)
                 return
             case .message(var message):
+                connection.budget.spend(now: now)
                 handle(&message, on: connection)
                 if connections[token] == nil { return }  // severed
             }

@@ -29,6 +29,13 @@ public struct DaemonLimits: Sendable, Equatable {
     public var waitersPerUser: UInt64 = 16_384
     /// Loaded user modules per address space (each up to `Wire.maxSpirvWords` words and a pipeline).
     public var modulesPerSpace: UInt64 = 64
+    /// Requests read from one connection per second, in bursts of up to `requestBurst`
+    /// (`RequestBudget`): a client may pipeline a burst (a thousand joins, say) at once. A round
+    /// trip over the socket takes 25–35 µs on the VMs here and
+    /// `tether bench dispatch` makes ~5,000 a second: 20,000 leaves a fast client room while
+    /// keeping what one flooding connection can make the daemon do to a fraction of a core.
+    public var requestsPerSecond: UInt64 = 20_000
+    public var requestBurst: UInt64 = 1_024
 
     public init() {}
 

@@ -17,6 +17,10 @@ struct LimitOptions: ParsableArguments {
     @Option(help: "Teardown waiters (awaitTeardown) per connection.") var maxWaitersPerConnection = d.waitersPerConnection
     @Option(help: "Teardown waiters per user.") var maxWaitersPerUser = d.waitersPerUser
     @Option(help: "Loaded user modules per address space.") var maxModulesPerSpace = d.modulesPerSpace
+    @Option(help: "Requests read from one connection per second (beyond a burst, the rest wait in its socket).")
+    var maxRequestsPerSecond = d.requestsPerSecond
+    @Option(help: "Requests one connection may send at once before its per-second budget applies.")
+    var maxRequestBurst = d.requestBurst
 
     func validate() throws {
         let all: [(String, UInt64)] = [
@@ -27,6 +31,7 @@ struct LimitOptions: ParsableArguments {
             ("--max-pending-joins-per-connection", maxPendingJoinsPerConnection),
             ("--max-waiters-per-connection", maxWaitersPerConnection), ("--max-waiters-per-user", maxWaitersPerUser),
             ("--max-modules-per-space", maxModulesPerSpace),
+            ("--max-requests-per-second", maxRequestsPerSecond), ("--max-request-burst", maxRequestBurst),
         ]
         for (flag, value) in all where value < 1 { throw ValidationError("\(flag) must be at least 1") }
         for (flag, value) in all where value > 1 << 40 { throw ValidationError("\(flag) must be at most 2^40") }
@@ -45,6 +50,8 @@ struct LimitOptions: ParsableArguments {
         l.waitersPerConnection = maxWaitersPerConnection
         l.waitersPerUser = maxWaitersPerUser
         l.modulesPerSpace = maxModulesPerSpace
+        l.requestsPerSecond = maxRequestsPerSecond
+        l.requestBurst = maxRequestBurst
         return l
     }
 }

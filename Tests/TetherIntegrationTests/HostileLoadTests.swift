@@ -41,6 +41,21 @@ import Testing
         return condition()
     }
 
+    @Test("a connection is read at its request budget: past the burst, requests wait in its socket and none is lost")
+    func requestBudget() throws {
+        let daemon = try TestDaemon(extra: ["--max-requests-per-second", "1000", "--max-request-burst", "10"])
+        let fd = try SeqPacketSocket.connect(path: daemon.socketPath)
+        let start = monotonicNanos()
+        for i in 0..<310 {
+            #expect(rawRequest(fd.raw, .ping, id: UInt64(i + 1)) == .pong, "ping \(i)")
+        }
+        // 10 at once, then 1,000 a second: 300 more take at least 0.3 s however fast the machine.
+        #expect(monotonicNanos() - start >= 290_000_000)
+        // Another connection has a budget of its own.
+        let other = try SeqPacketSocket.connect(path: daemon.socketPath)
+        #expect(rawRequest(other.raw, .ping) == .pong)
+    }
+
     @Test("a client stopped while 1,000 joins complete gets every reply after SIGCONT")
     func stoppedClientGetsEveryReply() throws {
         let daemon = try TestDaemon()

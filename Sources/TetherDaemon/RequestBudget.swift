@@ -1,0 +1,34 @@
+/// A connection's request budget: a token bucket of `perSecond` requests a second, at most
+/// `burst` at once. The event loop reads a request only with a token in hand; a connection out of
+/// tokens is not read until the next one is due, so its requests wait in its socket and its client
+/// blocks in `sendmsg` — the flood costs neither the daemon's control plane (which runs above
+/// device work) nor the machine's CPU the time it would take to refuse it request by request.
+///
+/// Event loop only.
+struct RequestBudget {
+    let nanosPerToken: UInt64
+    let burst: UInt64
+    /// The time at which the bucket would be empty: `tokens = (now − emptyAt) / nanosPerToken`,
+    /// capped at `burst` (one number instead of a count and a time).
+    private var emptyAt: UInt64
+
+    init(perSecond: UInt64, burst: UInt64, now: UInt64) {
+        nanosPerToken = max(1_000_000_000 / max(perSecond, 1), 1)
+        self.burst = max(burst, 1)
+        emptyAt = now &- self.burst * nanosPerToken
+    }
+
+    /// Whether a token is there now.
+    func hasToken(now: UInt64) -> Bool { now >= nextToken() }
+
+    /// Spends a token (taken after `hasToken` said there was one).
+    mutating func spend(now: UInt64) {
+        // A bucket that filled up while idle holds `burst` tokens, no more.
+        let full = now &- burst * nanosPerToken
+        if emptyAt < full { emptyAt = full }
+        emptyAt &+= nanosPerToken
+    }
+
+    /// When the next token is due.
+    func nextToken() -> UInt64 { emptyAt &+ nanosPerToken }
+}
