@@ -22,6 +22,9 @@ public struct DaemonConfiguration: Sendable {
     /// kernel can reach any memory the device reaches — other clients', and the daemon's own on a
     /// CPU device — so it is off by default and never granted to another uid.
     public var allowRawPointers: Bool
+    /// How long the event loop polls the clients' submission rings after activity before it
+    /// sleeps (`RingServer`); 0: never poll, every ring submission rings the doorbell.
+    public var ringPollNanos: UInt64 = 50_000
 
     public init(socketPath: String, backend: BackendChoice = .auto, policy: LifetimePolicy = .exit,
                 allowPolicyOverride: Bool = true, quantumNanos: UInt64 = 2_000_000, slicesInFlight: Int? = nil,
@@ -56,6 +59,8 @@ public final class Daemon: @unchecked Sendable {
     let epoll: Epoll
     let wake: EventFD
     private let listener: Int32
+    /// The clients' submission rings (user-mode submission queues).
+    let rings: RingServer
     private var connections: [UInt64: Connection] = [:]
     private var pidfdSpaces: [UInt64: AddressSpace] = [:]
     private var nextToken: UInt64 = 1
@@ -85,6 +90,7 @@ public final class Daemon: @unchecked Sendable {
     public init(_ configuration: DaemonConfiguration, logger: Logger) throws(TetherError) {
         self.configuration = configuration
         self.logger = logger
+        rings = RingServer(pollNanos: configuration.ringPollNanos)
         // Before anything else: a directory someone else prepared is refused (ownership.md, rule 6).
         try SocketPath.prepareDirectory(for: configuration.socketPath)
         let (generation, fallback) = GenerationCounter.next(forSocket: configuration.socketPath)
@@ -157,7 +163,7 @@ public final class Daemon: @unchecked Sendable {
             "shutdown_is_release": "\(peerRelease == nil)",
         ])
         while !stopRequested.load(ordering: .acquiring) {
-            for (token, events) in epoll.wait(timeoutMillis: expireTeardownWaiters()) {
+            for (token, events) in epoll.wait(timeoutMillis: rings.sleepTimeout(expireTeardownWaiters())) {
                 switch token >> 56 {
                 case Self.listenerKind: acceptAll()
                 case Self.wakeKind: wake.drain()
@@ -167,6 +173,7 @@ public final class Daemon: @unchecked Sendable {
                 default: break
                 }
             }
+            if !rings.isEmpty { rings.poll(ringEvent) }
         }
         shutdown()
     }
@@ -262,8 +269,9 @@ public final class Daemon: @unchecked Sendable {
     /// owner whose connection was shut down under it (by a child holding a copy, or by the daemon
     /// severing a shared connection) keeps its space and resumes it on a new connection; its
     /// exit still ends the space under both policies (see `ownerExited`).
-    private func drop(_ connection: Connection, released: Bool) {
+    func drop(_ connection: Connection, released: Bool) {
         guard connections.removeValue(forKey: connection.id) != nil else { return }
+        rings.forget(connection)
         epoll.remove(connection.rawFD)
         connection.close()
         guard let space = connection.space else { return }
@@ -350,7 +358,7 @@ public final class Daemon: @unchecked Sendable {
     }
 
     /// The reply, or nil when it will be sent later (join, kill).
-    private func respond(_ request: Request, id: UInt64, sender: Sender, fds: inout [Int32],
+    func respond(_ request: Request, id: UInt64, sender: Sender, fds: inout [Int32],
                          on connection: Connection) throws(TetherError) -> Reply? {
         if !request.isOwnerRequest { return try respondTool(request, id: id, uid: sender.uid, on: connection) }
         let space = try owner(of: connection, sender: sender, request: request)
@@ -373,6 +381,13 @@ public final class Daemon: @unchecked Sendable {
         case .unloadModule(let moduleID):
             try registry.removeModule(moduleID, of: space)
             return .done
+        case .attachRings(let sq, let cq):
+            guard fds.count == 1 else { throw TetherError(.invalidArgument, "attachRings needs exactly one memfd attached (got \(fds.count))") }
+            let memfd = OwnedDescriptor(adopting: fds.removeFirst())
+            try rings.attach(connection, fd: memfd.raw, sqEntries: sq, cqEntries: cq)
+            return .done
+        case .ringDoorbell:
+            return nil  // the event loop polls the rings after this batch of events
         case .spawn(let s):
             return .spawned(try spawn(s, space: space).id)
         case .join(let threadID):
