@@ -302,7 +302,7 @@ final class Connection: @unchecked Sendable {
         let deadline = timeoutSeconds.map { monotonicNanos() &+ nanos($0) }
         var result: Result<Reply, TetherError>?
         let spin = deadline.map { min(ringSpinNanos, $0 &- min($0, monotonicNanos())) } ?? ringSpinNanos
-        _ = spinUntil(nanos: spin) {
+        _ = spinUntil(nanos: spin, yielding: true) {
             if ring.hasCompletions() { consumeCompletions(ring) }
             result = slot.peek()
             return result != nil

@@ -24,7 +24,7 @@ public struct DaemonConfiguration: Sendable {
     public var allowRawPointers: Bool
     /// How long the event loop polls the clients' submission rings after activity before it
     /// sleeps (`RingServer`); 0: never poll, every ring submission rings the doorbell.
-    public var ringPollNanos: UInt64 = 50_000
+    public var ringPollNanos: UInt64 = 20_000
 
     public init(socketPath: String, backend: BackendChoice = .auto, policy: LifetimePolicy = .exit,
                 allowPolicyOverride: Bool = true, quantumNanos: UInt64 = 2_000_000, slicesInFlight: Int? = nil,

@@ -86,14 +86,19 @@ public final class RingMemory: @unchecked Sendable {
 
 /// Bounded polling: spins (with a pause hint) until `ready` holds or `nanos` have passed.
 /// Returns whether it became ready.
+///
+/// `yielding`: every round also offers the CPU to any other runnable thread (`sched_yield`), so
+/// that polling for a result never keeps the thread that produces it off the CPU — on a machine
+/// with more runnable threads than CPUs, a plain spin delays the very work it waits for (device
+/// threads run in `SCHED_IDLE` and never preempt a spinning thread).
 @inline(__always)
-public func spinUntil(nanos: UInt64, _ ready: () -> Bool) -> Bool {
+public func spinUntil(nanos: UInt64, yielding: Bool = false, _ ready: () -> Bool) -> Bool {
     if ready() { return true }
     guard nanos > 0 else { return false }
     let deadline = monotonicNanos() &+ nanos
     var i = 0
     while true {
-        for _ in 0..<32 { tether_cpu_relax() }
+        if yielding { sched_yield() } else { for _ in 0..<32 { tether_cpu_relax() } }
         if ready() { return true }
         i += 1
         // The clock costs ~25 ns (vDSO): read it every few rounds only.

@@ -39,7 +39,7 @@ struct DaemonCommand: ParsableCommand {
     @Flag(help: "Let clients of this daemon's own uid run kernels with raw device pointers (the pointer-ABI SPIR-V path, modules with PhysicalStorageBufferAddresses). Such kernels can reach any memory the device reaches; other uids are always refused.")
     var allowRawPointers = false
     @Option(name: .customLong("ring-poll-us"), help: "How long the event loop polls clients' submission rings after activity before it sleeps (microseconds; 0: always sleep, clients ring the doorbell).")
-    var ringPollMicros: UInt64 = 50
+    var ringPollMicros: UInt64 = 20
 
     func validate() throws {
         guard (10...1_000_000).contains(quantumMicros) else { throw ValidationError("--quantum-us must be 10…1000000") }

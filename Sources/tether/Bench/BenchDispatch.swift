@@ -27,10 +27,22 @@ struct DispatchReport: Codable {
     /// four clients (four connections, one thread each), over the rings.
     var streamOneClientPerSecond: Double
     var streamFourClientsPerSecond: Double
+    /// Two clients side by side: the device time a neighbour's long-running thread gets per wall
+    /// second while this client is idle, and while it runs round trips over each path (its
+    /// polling must not take device time from others).
+    var neighbourDeviceShare: NeighbourShare?
+    /// The daemon's CPU time per wall second over an idle period with rings attached (0: no polling when idle).
+    var idleDaemonCPU: Double?
     /// The same round trip for a user kernel (descriptor bindings, push constants), Vulkan only.
     var userKernel: LatencySummary?
     /// user kernel p50 / built-in p50, both through the daemon in this run.
     var userOverBuiltin: Double?
+}
+
+struct NeighbourShare: Codable {
+    var idle: Double
+    var ring: Double
+    var socket: Double
 }
 
 /// A tiny user kernel in the style of real compute shaders (a storage buffer, a push constant),
@@ -53,15 +65,20 @@ struct BenchDispatch: ParsableCommand {
     @Option(help: "Round trips to time.") var runs = 300
     @Option(help: "Use this daemon instead of a private one.") var socket: String?
     @Flag(help: "Print one JSON object.") var json = false
+    @Option(name: .customLong("ring-spin-us"), help: "How long a caller polls the completion ring before it sleeps (DeviceOptions.ringSpinMicroseconds).")
+    var ringSpinMicros: Double = DeviceOptions().ringSpinMicroseconds
+    @Option(name: .customLong("daemon-ring-poll-us"), help: "The private daemon's --ring-poll-us (default: the daemon's).")
+    var daemonRingPollMicros: UInt64?
     @Flag(help: "Internal: measure the direct baseline in this process and print its samples.") var direct = false
     @Flag(help: "Print only the round trips through the daemon, in ns, one per line (tools/bench-languages compares them with C and Python).")
     var samples = false
 
     func run() throws {
         if direct { return try runDirect() }
-        let daemon = try BenchDaemon(socket: socket, backend: backendOptions.backend)
+        let daemon = try BenchDaemon(socket: socket, backend: backendOptions.backend,
+                                     extra: daemonRingPollMicros.map { ["--ring-poll-us", "\($0)"] } ?? [])
         defer { daemon.stop() }
-        let device = try Device(DeviceOptions(socketPath: daemon.path))
+        let device = try Device(DeviceOptions(socketPath: daemon.path, ringSpinMicroseconds: ringSpinMicros))
         let socketDevice = try Device(DeviceOptions(socketPath: daemon.path, rings: false))
         guard device.usesRings else { throw fail("the daemon at \(daemon.path) did not take the submission rings") }
         // Paired rounds: ring and socket alternate, so that a burst of other load on this shared
@@ -78,6 +95,8 @@ struct BenchDispatch: ParsableCommand {
         socketDevice.close()
         let streamOne = try stream(clients: 1, path: daemon.path)
         let streamFour = try stream(clients: 4, path: daemon.path)
+        let idleCPU = daemon.owned.map { idleCPUShare(pid: $0.process.processIdentifier) }
+        let neighbour = try sideBySide(device, path: daemon.path)
         let control = try DaemonControl(socketPath: daemon.path)
         var pings: [UInt64] = []
         for _ in 0..<runs {
@@ -96,6 +115,7 @@ struct BenchDispatch: ParsableCommand {
                                     daemonP50Micros: d.p50Micros, directP50Micros: b.p50Micros, ratio: d.p50Micros / b.p50Micros,
                                     ring: d, socket: s, ringRatio: d.p50Micros / b.p50Micros, socketRatio: s.p50Micros / b.p50Micros,
                                     streamOneClientPerSecond: streamOne, streamFourClientsPerSecond: streamFour,
+                                    neighbourDeviceShare: neighbour, idleDaemonCPU: idleCPU,
                                     userKernel: user, userOverBuiltin: user.map { $0.p50Micros / d.p50Micros })
         if json { return try printJSON(report) }
         print("dispatch round trip of a tiny device thread on \(hello.deviceName) (\(hello.backend.rawValue)), \(runs) runs:")
@@ -106,6 +126,8 @@ struct BenchDispatch: ParsableCommand {
                     + (user.map { [["user kernel through the daemon (run)", "\($0.count)"] + $0.row] } ?? [])))
         print("ratio daemon/direct (p50): rings \(formatDouble(report.ringRatio, 2)), socket \(formatDouble(report.socketRatio, 2))")
         print("stream of tiny threads over the rings: \(Int(streamOne)) spawns/s from one client, \(Int(streamFour)) spawns/s from four")
+        print("a neighbour's device time per second beside this client: idle \(formatDouble(neighbour.idle * 100, 1)) %, ring round trips \(formatDouble(neighbour.ring * 100, 1)) %, socket round trips \(formatDouble(neighbour.socket * 100, 1)) %")
+        if let idleCPU { print("idle daemon CPU with rings attached: \(formatDouble(idleCPU * 100, 2)) % of one CPU") }
         if let r = report.userOverBuiltin { print("ratio user kernel/built-in through the daemon (p50): \(formatDouble(r, 2))") }
     }
 
@@ -126,7 +148,7 @@ struct BenchDispatch: ParsableCommand {
     /// Spawns per second: each of `clients` connections (one thread each) spawns `runs` × 10
     /// tiny threads back to back (their joins come after the clock stops), best of 3.
     func stream(clients: Int, path: String) throws -> Double {
-        let devices = try (0..<clients).map { _ in try Device(DeviceOptions(socketPath: path)) }
+        let devices = try (0..<clients).map { _ in try Device(DeviceOptions(socketPath: path, ringSpinMicroseconds: ringSpinMicros)) }
         defer { devices.forEach { $0.close() } }
         let perClient = max(100, runs * 10)
         var best = 0.0
@@ -157,6 +179,47 @@ struct BenchDispatch: ParsableCommand {
             best = max(best, Double(clients * perClient) / seconds)
         }
         return best
+    }
+
+    /// A second client (its own address space) runs a persistent kernel; its device time per wall
+    /// second is read over windows in which this client is idle, or runs round trips over the
+    /// rings or the socket (interleaved, 3 windows each, medians).
+    func sideBySide(_ device: Device, path: String) throws -> NeighbourShare {
+        let neighbour = try Device(DeviceOptions(socketPath: path))
+        defer { neighbour.close() }
+        let socketDevice = try Device(DeviceOptions(socketPath: path, rings: false))
+        defer { socketDevice.close() }
+        let t = try neighbour.spawn(.spin, args: [BuiltinKernel.maxSpinIterations], groups: 64, persistentSeconds: 600)
+        defer { _ = try? neighbour.kill(t) }
+        func window(_ body: () throws -> Void) throws -> Double {
+            let before = try neighbour.status(t).deviceNanos, start = monotonicNanos()
+            try body()
+            let after = try neighbour.status(t).deviceNanos
+            return Double(after - before) / Double(monotonicNanos() - start)
+        }
+        var idle: [Double] = [], ring: [Double] = [], socket: [Double] = []
+        for _ in 0..<3 {
+            idle.append(try window { usleep(300_000) })
+            ring.append(try window { _ = try roundTrips(device, 1000, warmup: 0) })
+            socket.append(try window { _ = try roundTrips(socketDevice, 1000, warmup: 0) })
+        }
+        func median(_ a: [Double]) -> Double { a.sorted()[a.count / 2] }
+        return NeighbourShare(idle: median(idle), ring: median(ring), socket: median(socket))
+    }
+
+    /// The daemon's user + system CPU over one idle second (after the polling window), per second.
+    func idleCPUShare(pid: pid_t) -> Double {
+        func ticks() -> Int {
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { return 0 }
+            let f = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
+            return (Int(f[11]) ?? 0) + (Int(f[12]) ?? 0)
+        }
+        usleep(100_000)
+        let before = ticks(), start = monotonicNanos()
+        usleep(1_000_000)
+        let used = Double(ticks() - before) / Double(sysconf(Int32(_SC_CLK_TCK)))
+        return used / (Double(monotonicNanos() - start) / 1e9)
     }
 
     /// `run` round trips of a one-group user kernel (a storage buffer and a push constant).
