@@ -317,8 +317,12 @@ public final class Daemon: @unchecked Sendable {
     }
 
     /// The kernel reported an owner's SIGKILL, exit or exec before its pidfd can (`BPFExitNotifier`).
-    private func earlyNotice(at now: UInt64) {
-        for (space, reason) in bpfNotifier?.events() ?? [] where registry.beginTeardown(space, noticeNanos: now) {
+    private func earlyNotice(at _: UInt64) {
+        let events = bpfNotifier?.events() ?? []
+        // Stamped after the drain: an event that reached the ring while it was drained (a kill
+        // right after another) was not noticed before, and a notice must not precede its kill.
+        let now = monotonicNanos()
+        for (space, reason) in events where registry.beginTeardown(space, noticeNanos: now) {
             chain.enqueue(space, reason: reason)
         }
     }

@@ -158,8 +158,10 @@ import Testing
         let device = try Device(daemon.options())
         #expect(device.usesRings)
         #expect(try device.run(.spin, args: [1], groups: 1).state == .finished)
-        #expect(ringMappings() == 1)
+        // Tests running beside this one have rings of their own: at least ours.
+        #expect(ringMappings() >= 1)
         let pid = forkChild {
+            // The child has none of them (every library mapping is MADV_DONTFORK), so it counts exactly.
             // Before any call: the parent's rings are not mapped here.
             if ringMappings() != 0 { return 2 }
             guard (try? device.run(.spin, args: [1], groups: 1).state) == .finished else { return 3 }

@@ -21,5 +21,6 @@ def test_saxpy_example_matches_numpy(socket_path):
 def test_fork_exit_example_tears_a_down_while_b_holds_the_fd(socket_path):
     run = run_example("fork_exit.py", socket_path)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "B alive: True" in run.stdout and "reason ownerExit" in run.stdout
+    assert "B alive: True" in run.stdout
+    assert "reason ownerExit" in run.stdout or "reason bpf-" in run.stdout  # BPF notices earlier where loaded
     assert "1 device thread(s) killed, 1 region(s) freed, 67108864 bytes" in run.stdout

@@ -24,26 +24,27 @@ def _wait(pid, timeout=30):
     return None
 
 
-def test_a_forked_child_gets_its_own_connection_and_runs_on_the_inherited_memory(device):
+def test_a_forked_child_gets_its_own_connection_without_the_parents_memory(device):
+    # docs/ownership.md, rule 1: a child is an address space of its own and gets none of the
+    # parent's mirrored memory, so the parent's addresses are refused there; its own work runs.
     n = 4096
     mem = device.mirror(2 * n * 4)
-    x, y = np.frombuffer(mem, dtype=np.float32).reshape(2, n)
-    x[:] = np.arange(n, dtype=np.float32)
-    y[:] = 1
     parent_space = device.info["space"]
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
-            report = device.run("saxpy", [n, 2.0, mem.address, mem.address + n * 4], groups=n // 256, timeout=30)
-            info = device.info
-            ok = report.state == "finished" and info["pid"] == os.getpid() and info["space"] != parent_space
-            code = 0 if ok else 2
+            try:
+                device.run("saxpy", [n, 2.0, mem.address, mem.address + n * 4], groups=n // 256, timeout=30)
+                code = 3
+            except tether.AddressFault:
+                report = device.run("spin", [1], groups=1, timeout=30)
+                info = device.info
+                ok = report.state == "finished" and info["pid"] == os.getpid() and info["space"] != parent_space
+                code = 0 if ok else 2
         finally:
             os._exit(code)
     assert _wait(pid) == 0
-    # The child's device wrote the shared pages, which the parent sees too.
-    np.testing.assert_array_equal(y, 2 * np.arange(n, dtype=np.float32) + 1)
 
 
 def test_a_killed_parents_work_dies_while_its_child_holds_the_fd(socket_path, control):
@@ -78,7 +79,8 @@ def test_a_killed_parents_work_dies_while_its_child_holds_the_fd(socket_path, co
         timelines = control.await_teardown(a, 10)
         os.kill(b, 0)  # B is alive and holds A's fd (raises if not)
         t = timelines[0]
-        assert t.pid == a and t.reason == "ownerExit"
+        # The pidfd's notice, or the BPF notifier's earlier one where the daemon may load BPF.
+        assert t.pid == a and (t.reason == "ownerExit" or t.reason.startswith("bpf-"))
         assert t.threads_killed == 1 and t.regions_freed == 1 and t.bytes_freed == 8 << 20
         assert t_exit <= t.notice_nanos <= t.quiesced_nanos <= t.released_nanos
         assert all(s.pid != a for s in control.ps())

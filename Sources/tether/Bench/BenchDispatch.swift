@@ -88,7 +88,7 @@ struct BenchDispatch: ParsableCommand {
         for round in 0..<rounds {
             let n = runs / rounds + (round < runs % rounds ? 1 : 0)
             ringSamples += try roundTrips(device, n, warmup: round == 0 ? 20 : 2)
-            socketSamples += try roundTrips(socketDevice, n, warmup: round == 0 ? 20 : 2)
+            if !self.samples { socketSamples += try roundTrips(socketDevice, n, warmup: round == 0 ? 20 : 2) }
         }
         let samples = ringSamples
         if self.samples { return print(samples.map(String.init).joined(separator: "\n")) }
@@ -200,8 +200,8 @@ struct BenchDispatch: ParsableCommand {
         var idle: [Double] = [], ring: [Double] = [], socket: [Double] = []
         for _ in 0..<3 {
             idle.append(try window { usleep(300_000) })
-            ring.append(try window { _ = try roundTrips(device, 1000, warmup: 0) })
-            socket.append(try window { _ = try roundTrips(socketDevice, 1000, warmup: 0) })
+            ring.append(try window { _ = try roundTrips(device, max(200, 3 * runs), warmup: 0) })
+            socket.append(try window { _ = try roundTrips(socketDevice, max(200, 3 * runs), warmup: 0) })
         }
         func median(_ a: [Double]) -> Double { a.sorted()[a.count / 2] }
         return NeighbourShare(idle: median(idle), ring: median(ring), socket: median(socket))
