@@ -36,6 +36,16 @@ void tether_atomic_store_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, _
 uint64_t tether_atomic_load_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 uint32_t tether_atomic_add_u32(uint32_t *p, uint32_t v) { return __atomic_add_fetch(p, v, __ATOMIC_ACQ_REL); }
 
+uint32_t tether_atomic_exchange_u32(uint32_t *p, uint32_t v) { return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST); }
+void tether_atomic_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+void tether_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 int tether_futex_wait(uint32_t *word, uint32_t expected) {
     return (int)syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, expected, NULL, NULL, 0);
 }

@@ -44,11 +44,20 @@ final class Connection: @unchecked Sendable {
     private let sendGate = Locked(true)
     /// Lets `close()` wait until the reader has left `poll`/`recvmsg` for good.
     private let readerExit = Completion()
+    /// The submission and completion rings, once attached (`attachRings`); nil: socket only.
+    private let ringGate = Locked<RingChannel?>(nil)
+    /// How long a caller polls the completion ring before it sleeps (and how long a submission
+    /// waits for room in a full ring before it takes the socket).
+    private(set) var ringSpinNanos: UInt64 = 0
 
     struct Pending {
         var waiter: Waiter
         /// CLOCK_MONOTONIC ns; only async waiters carry one (a blocking caller times itself out).
         var deadline: UInt64?
+        /// Whether its reply may come through the completion ring and nobody polls for it (an
+        /// async waiter, or a blocking one that went to sleep): the reader then keeps the ring's
+        /// need-wakeup flag set so that the daemon rings the socket doorbell.
+        var sleepsOnRing = false
         /// What the call was, for the timeout sentence.
         var what: String
         var timeoutSeconds: Double?
@@ -59,6 +68,8 @@ final class Connection: @unchecked Sendable {
         var pending: [UInt64: Pending] = [:]
         /// The ids in `pending` that carry a deadline, so the reader scans only those.
         var timed: Set<UInt64> = []
+        /// How many pending waiters have `sleepsOnRing`.
+        var ringSleepers = 0
         /// Set once (hang-up, read error, unreadable reply, close); every later call throws it.
         var failure: TetherError?
         /// The peer end went away under us while we had not closed it: end of file or a broken
@@ -72,6 +83,7 @@ final class Connection: @unchecked Sendable {
         mutating func take(_ id: UInt64) -> Pending? {
             guard let p = pending.removeValue(forKey: id) else { return nil }
             if p.deadline != nil { timed.remove(id) }
+            if p.sleepsOnRing { ringSleepers -= 1 }
             return p
         }
 
@@ -79,6 +91,7 @@ final class Connection: @unchecked Sendable {
             defer {
                 pending.removeAll()
                 timed.removeAll()
+                ringSleepers = 0
             }
             return pending.values.map(\.waiter)
         }
@@ -198,6 +211,9 @@ final class Connection: @unchecked Sendable {
     /// Sends `request` and blocks until its reply, the deadline (nil: none; the daemon going away
     /// still ends the wait) or the connection's failure. An `.error` reply is thrown.
     func call(_ request: Request, fds: [Int32] = [], timeoutSeconds: Double?) throws(TetherError) -> Reply {
+        if fds.isEmpty, request.travelsOverRings, let ring = ringGate.withLock({ $0 }) {
+            return try ringCall(request, ring: ring, timeoutSeconds: timeoutSeconds)
+        }
         let what = "\(request.op)"
         let slot = Slot()
         let id = try register(Pending(waiter: .blocking(slot), deadline: nil, what: what, timeoutSeconds: timeoutSeconds))
@@ -221,11 +237,13 @@ final class Connection: @unchecked Sendable {
     /// and also enforces the deadline, so no timer thread or dispatch queue is involved.
     func callAsync(_ request: Request, timeoutSeconds: Double?) async throws(TetherError) -> Reply {
         let what = "\(request.op)"
+        let ring = request.travelsOverRings ? ringGate.withLock({ $0 }) : nil
         let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Reply, TetherError>, Never>) in
             let deadline = timeoutSeconds.map { monotonicNanos() &+ nanos($0) }
             let id: UInt64
             do throws(TetherError) {
-                id = try register(Pending(waiter: .async(continuation), deadline: deadline, what: what, timeoutSeconds: timeoutSeconds))
+                id = try register(Pending(waiter: .async(continuation), deadline: deadline, sleepsOnRing: ring != nil,
+                                          what: what, timeoutSeconds: timeoutSeconds), ring: ring != nil)
             } catch {
                 continuation.resume(returning: .failure(error))
                 return
@@ -233,7 +251,14 @@ final class Connection: @unchecked Sendable {
             // The reader may be asleep with a later (or no) deadline: make it look again.
             if deadline != nil { wake() }
             do throws(TetherError) {
-                try send(request, id: id, fds: [])
+                if let ring {
+                    // Nobody polls for an async waiter: the doorbell must wake the reader.
+                    ring.armWakeup()
+                    try submit(request, id: id, ring: ring)
+                    consumeCompletions(ring)
+                } else {
+                    try send(request, id: id, fds: [])
+                }
             } catch {
                 remove(id)?.waiter.resolve(.failure(error))
             }
@@ -241,13 +266,121 @@ final class Connection: @unchecked Sendable {
         return try result.get()
     }
 
-    private func register(_ pending: Pending) throws(TetherError) -> UInt64 {
+    // MARK: Rings
+
+    /// Creates this connection's rings and hands them to the daemon (`attachRings`); from then
+    /// on spawn, run, join, kill and status travel over them. On failure (an older daemon, no
+    /// memory) nothing changes and every call keeps using the socket.
+    func attachRings(entries: UInt32, spinNanos: UInt64, timeoutSeconds: Double) throws(TetherError) {
+        let (ring, memfd) = try RingChannel.create(entries: entries)
+        defer { tether_close_tracked_fd(memfd) }  // the daemon has its own copy, or none
+        do throws(TetherError) {
+            _ = try call(.attachRings(sqEntries: entries, cqEntries: entries), fds: [memfd], timeoutSeconds: timeoutSeconds)
+        } catch {
+            ring.detach()
+            throw error
+        }
+        ringSpinNanos = spinNanos
+        ringGate.withLock { $0 = ring }
+    }
+
+    /// Whether calls travel over rings.
+    var usesRings: Bool { ringGate.withLock { $0 != nil } }
+
+    /// A call over the rings: the request goes into the submission ring (or, when it does not fit
+    /// or the ring stays full, over the socket with the same ring id), and the caller polls the
+    /// completion ring for `ringSpinNanos` before it asks for the doorbell and sleeps.
+    private func ringCall(_ request: Request, ring: RingChannel, timeoutSeconds: Double?) throws(TetherError) -> Reply {
+        let what = "\(request.op)"
+        let slot = Slot()
+        let id = try register(Pending(waiter: .blocking(slot), deadline: nil, what: what, timeoutSeconds: timeoutSeconds), ring: true)
+        do throws(TetherError) {
+            try submit(request, id: id, ring: ring)
+        } catch {
+            _ = remove(id)
+            throw error
+        }
+        let deadline = timeoutSeconds.map { monotonicNanos() &+ nanos($0) }
+        var result: Result<Reply, TetherError>?
+        let spin = deadline.map { min(ringSpinNanos, $0 &- min($0, monotonicNanos())) } ?? ringSpinNanos
+        _ = spinUntil(nanos: spin, yielding: true) {
+            if ring.hasCompletions() { consumeCompletions(ring) }
+            result = slot.peek()
+            return result != nil
+        }
+        if let result { return try result.get() }
+        // Going to sleep: the reader must be woken for our completion.
+        let stillPending = state.withLock { s -> Bool in
+            guard s.pending[id] != nil else { return false }
+            s.pending[id]!.sleepsOnRing = true
+            s.ringSleepers += 1
+            return true
+        }
+        if stillPending {
+            ring.armWakeup()
+            consumeCompletions(ring)
+        }
+        if let result = slot.wait(untilNanos: deadline) { return try result.get() }
+        if remove(id) != nil {
+            throw Self.timeoutError(what, seconds: timeoutSeconds ?? 0, path: socketPath)
+        }
+        return try slot.wait(untilNanos: nil)!.get()
+    }
+
+    /// Queues `request` (id with the ring bit) in the submission ring, ringing the daemon's
+    /// doorbell if it sleeps, or sends it over the socket when the ring refuses it.
+    private func submit(_ request: Request, id: UInt64, ring: RingChannel) throws(TetherError) {
+        let bytes = MessageCodec.encode(request, id: id)
+        switch ring.submit(bytes, spinNanos: ringSpinNanos) {
+        case .queued(let doorbell):
+            // A lost doorbell is a dead daemon, which the reader reports to every waiter.
+            if doorbell { try? send(.ringDoorbell, id: 0, fds: []) }
+        case .refused:
+            try send(request, id: id, fds: [])
+        }
+    }
+
+    /// Hands every published completion to its waiter (whoever waits for it).
+    private func consumeCompletions(_ ring: RingChannel) {
+        let packets: [[UInt8]]
+        do throws(TetherError) { packets = try ring.drain() } catch {
+            fail(TetherError(.malformedMessage, "the daemon at \(socketPath) wrote an impossible completion ring: \(error.message)"))
+            return
+        }
+        for p in packets {
+            if let unreadable = deliver(p, truncated: false) { fail(unreadable) }
+        }
+    }
+
+    /// The daemon rang the doorbell: consume, and keep the flag set while someone still sleeps.
+    private func serviceRings() {
+        guard let ring = ringGate.withLock({ $0 }) else { return }
+        consumeCompletions(ring)
+        if state.withLock({ $0.ringSleepers > 0 }) {
+            ring.armWakeup()
+            consumeCompletions(ring)
+        }
+    }
+
+    /// Makes `error` the connection's failure and fails every pending call with it.
+    private func fail(_ error: TetherError) {
+        let waiters = state.withLock { s -> [Waiter] in
+            if s.failure == nil { s.failure = error }
+            return s.takeAll()
+        }
+        for w in waiters { w.resolve(.failure(error)) }
+    }
+
+    /// `ring`: an id with the ring bit, whose reply the daemon puts into the completion ring.
+    private func register(_ pending: Pending, ring: Bool = false) throws(TetherError) -> UInt64 {
         try state.withLock { (s: inout State) throws(TetherError) -> UInt64 in
             if let failure = s.failure { throw failure }
-            let id = s.nextID
-            s.nextID &+= 1
+            // Ids stay below the ring bit: a socket call's id never looks like a ring call's.
+            let id = s.nextID | (ring ? RingRequestID.bit : 0)
+            s.nextID = (s.nextID &+ 1) & ~RingRequestID.bit
             s.pending[id] = pending
             if pending.deadline != nil { s.timed.insert(id) }
+            if pending.sleepsOnRing { s.ringSleepers += 1 }
             return id
         }
     }
@@ -337,6 +470,8 @@ final class Connection: @unchecked Sendable {
                 break
             }
         }
+        // Replies the daemon put into the completion ring before it went away are still replies.
+        if !state.withLock({ $0.closed }), let ring = ringGate.withLock({ $0 }) { consumeCompletions(ring) }
         let (waiters, error, closed) = state.withLock { s in
             s.readerRunning = false
             if s.failure == nil { s.failure = failure ?? closedError }
@@ -391,6 +526,10 @@ final class Connection: @unchecked Sendable {
                 throw TetherError(.malformedMessage, "a reply from the daemon exceeded \(Wire.maxMessageBytes) bytes")
             }
             let (i, reply) = try MessageCodec.decodeReply(bytes)
+            if case .doorbell = reply {
+                serviceRings()
+                return nil
+            }
             id = i
             if case .error(let e) = reply { result = .failure(e) } else { result = .success(reply) }
         } catch {
@@ -439,6 +578,11 @@ final class Connection: @unchecked Sendable {
             return (waiters, s.failure!, s.readerRunning, onReader)
         }
         guard let taken else { return }
+        // The rings first: nothing may poll pages that are about to go.
+        ringGate.withLock { ring in
+            ring?.detach()
+            ring = nil
+        }
         for w in taken.waiters { w.resolve(.failure(taken.error)) }
         if taken.readerRunning {
             wake()
@@ -480,6 +624,11 @@ final class Slot: @unchecked Sendable {
             result = r
             monitor.broadcast()
         }
+    }
+
+    /// The result if it is there, without waiting.
+    func peek() -> Result<Reply, TetherError>? {
+        monitor.withLock { result }
     }
 
     /// The result, or nil if `deadline` (CLOCK_MONOTONIC ns) passed first.

@@ -41,6 +41,8 @@ final class Connection: @unchecked Sendable {
     var waiters: Set<UInt64> = []
     /// How many requests it may send (the event loop only).
     var budget: RequestBudget
+    /// The connection's submission and completion rings, once attached (`RingServer`).
+    let rings = Mutex<ConnectionRings?>(nil)
 
     static let readInterest = UInt32(EPOLLIN.rawValue | EPOLLRDHUP.rawValue)
     static let writeInterest = UInt32(EPOLLOUT.rawValue)
@@ -55,6 +57,8 @@ final class Connection: @unchecked Sendable {
 
     var rawFD: Int32 { state.withLock { $0.fd } }
     var isReadPaused: Bool { state.withLock { $0.readPaused || $0.throttled } }
+
+    var isThrottled: Bool { state.withLock { $0.throttled } }
 
     /// Stops (or resumes) reading while the connection waits for a request token.
     func setThrottled(_ on: Bool) {
@@ -74,6 +78,18 @@ final class Connection: @unchecked Sendable {
     @discardableResult
     func send(_ reply: Reply, id requestID: UInt64, onSent: (@Sendable () -> Void)? = nil) -> Bool {
         let bytes = MessageCodec.encode(reply, id: requestID)
+        // A ring request's reply goes to the completion ring; one that does not fit, or finds the
+        // ring full or gone, goes over the socket with the same id.
+        if RingRequestID.isRing(requestID), let rings = rings.withLock({ $0 }) {
+            switch rings.complete(bytes, reaps: reply.reaps, socket: rawFD) {
+            case .posted(let doorbell):
+                if doorbell { send(.doorbell, id: 0) }
+                onSent?()
+                return true
+            case .peerGone: return false
+            case .notPosted: break
+            }
+        }
         let (accepted, sentNow) = state.withLock { s -> (Bool, Bool) in
             guard s.fd >= 0 else { return (false, false) }
             if s.queue.isEmpty {
@@ -130,6 +146,11 @@ final class Connection: @unchecked Sendable {
     }
 
     func close() {
+        // The rings first: no reply may land in memory the client can no longer be told about.
+        rings.withLock { r in
+            r?.detach()
+            r = nil
+        }
         state.withLock { s in
             if s.fd >= 0 {
                 epoll.remove(s.fd)

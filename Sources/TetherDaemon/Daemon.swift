@@ -24,6 +24,9 @@ public struct DaemonConfiguration: Sendable {
     public var allowRawPointers: Bool
     /// Caps per address space, connection and user (`DaemonLimits`).
     public var limits = DaemonLimits()
+    /// How long the event loop polls the clients' submission rings after activity before it
+    /// sleeps (`RingServer`); 0: never poll, every ring submission rings the doorbell.
+    public var ringPollNanos: UInt64 = 20_000
 
     public init(socketPath: String, backend: BackendChoice = .auto, policy: LifetimePolicy = .exit,
                 allowPolicyOverride: Bool = true, quantumNanos: UInt64 = 2_000_000, slicesInFlight: Int? = nil,
@@ -58,6 +61,8 @@ public final class Daemon: @unchecked Sendable {
     let epoll: Epoll
     let wake: EventFD
     private let listener: Int32
+    /// The clients' submission rings (user-mode submission queues).
+    let rings: RingServer
     private var connections: [UInt64: Connection] = [:]
     /// Open connections per uid (the event loop only).
     private var connectionsOfUid: [UInt32: UInt64] = [:]
@@ -99,6 +104,7 @@ public final class Daemon: @unchecked Sendable {
         self.configuration = configuration
         self.logger = logger
         ServiceProcess.prepare(logger: logger)
+        rings = RingServer(pollNanos: configuration.ringPollNanos)
         // Before anything else: a directory someone else prepared is refused (ownership.md, rule 6).
         try SocketPath.prepareDirectory(for: configuration.socketPath)
         let (generation, fallback) = GenerationCounter.next(forSocket: configuration.socketPath)
@@ -171,7 +177,7 @@ public final class Daemon: @unchecked Sendable {
         while !stopRequested.load(ordering: .acquiring) {
             let timeout = min(expireTeardownWaiters(), listenerGuard.resume(listener, in: epoll, token: Self.listenerKind << 56),
                               resumeThrottled())
-            for (token, events) in epoll.wait(timeoutMillis: timeout) {
+            for (token, events) in epoll.wait(timeoutMillis: rings.sleepTimeout(timeout)) {
                 switch token >> 56 {
                 case Self.listenerKind: acceptAll()
                 case Self.wakeKind:
@@ -183,6 +189,7 @@ public final class Daemon: @unchecked Sendable {
                 default: break
                 }
             }
+            if !rings.isEmpty { rings.poll(ringEvent) }
         }
         shutdown()
     }
@@ -274,6 +281,14 @@ public final class Daemon: @unchecked Sendable {
     /// Requests taken from one connection per event-loop round.
     static let messagesPerTurn = 8
 
+    /// Out of requests for now: neither its socket nor its ring is read until its next token
+    /// (`resumeThrottled`).
+    func throttle(_ connection: Connection) {
+        guard !connection.isThrottled else { return }
+        connection.setThrottled(true)
+        throttled.append((connection.budget.nextToken(), connection.id))
+    }
+
     /// Reads again from the connections whose next request token is due; returns how long epoll
     /// may sleep before the next one is (ms; 1000 when none waits).
     private func resumeThrottled() -> Int32 {
@@ -300,9 +315,7 @@ public final class Daemon: @unchecked Sendable {
             guard connection.mayReadMore() else { return }
             let now = monotonicNanos()
             guard connection.budget.hasToken(now: now) else {
-                // Out of requests for now: not read until its next token (`resumeThrottled`).
-                connection.setThrottled(true)
-                throttled.append((connection.budget.nextToken(), token))
+                throttle(connection)
                 return
             }
             let result: ReceiveResult
@@ -342,8 +355,9 @@ public final class Daemon: @unchecked Sendable {
     /// owner whose connection was shut down under it (by a child holding a copy, or by the daemon
     /// severing a shared connection) keeps its space and resumes it on a new connection; its
     /// exit still ends the space under both policies (see `ownerExited`).
-    private func drop(_ connection: Connection, released: Bool) {
+    func drop(_ connection: Connection, released: Bool) {
         guard connections.removeValue(forKey: connection.id) != nil else { return }
+        rings.forget(connection)
         connection.close()
         if let n = connectionsOfUid[connection.uid] { connectionsOfUid[connection.uid] = n > 1 ? n - 1 : nil }
         teardownWaiters.drop(connection)
@@ -402,8 +416,12 @@ public final class Daemon: @unchecked Sendable {
     }
 
     /// The kernel reported an owner's SIGKILL, exit or exec before its pidfd can (`BPFExitNotifier`).
-    private func earlyNotice(at now: UInt64) {
-        for (space, reason) in bpfNotifier?.events() ?? [] where registry.beginTeardown(space, noticeNanos: now) {
+    private func earlyNotice(at _: UInt64) {
+        let events = bpfNotifier?.events() ?? []
+        // Stamped after the drain: an event that reached the ring while it was drained (a kill
+        // right after another) was not noticed before, and a notice must not precede its kill.
+        let now = monotonicNanos()
+        for (space, reason) in events where registry.beginTeardown(space, noticeNanos: now) {
             chain.enqueue(space, reason: reason)
         }
     }
@@ -443,7 +461,7 @@ public final class Daemon: @unchecked Sendable {
     }
 
     /// The reply, or nil when it will be sent later (join, kill).
-    private func respond(_ request: Request, id: UInt64, sender: Sender, fds: inout [Int32],
+    func respond(_ request: Request, id: UInt64, sender: Sender, fds: inout [Int32],
                          on connection: Connection) throws(TetherError) -> Reply? {
         if !request.isOwnerRequest { return try respondTool(request, id: id, uid: sender.uid, on: connection) }
         let space = try owner(of: connection, sender: sender, request: request)
@@ -466,6 +484,13 @@ public final class Daemon: @unchecked Sendable {
         case .unloadModule(let moduleID):
             try registry.removeModule(moduleID, of: space)
             return .done
+        case .attachRings(let sq, let cq):
+            guard fds.count == 1 else { throw TetherError(.invalidArgument, "attachRings needs exactly one memfd attached (got \(fds.count))") }
+            let memfd = OwnedDescriptor(adopting: fds.removeFirst())
+            try rings.attach(connection, fd: memfd.raw, sqEntries: sq, cqEntries: cq)
+            return .done
+        case .ringDoorbell:
+            return nil  // the event loop polls the rings after this batch of events
         case .spawn(let s):
             return .spawned(try spawn(s, space: space).id)
         case .join(let threadID):

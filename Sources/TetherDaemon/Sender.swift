@@ -21,6 +21,14 @@ final class Sender {
         identity = pidfd >= 0 ? Pidfd.identity(pidfd) : nil
     }
 
+    /// A sender the daemon vouches for itself (a ring packet's: see `Sender(owner:)`).
+    init(pid: Int32, uid: UInt32, identity: UInt64?) {
+        self.pid = pid
+        self.uid = uid
+        self.identity = identity
+        pidfd = -1
+    }
+
     deinit { if pidfd >= 0 { close(pidfd) } }
 
     /// Whether the kernel attached a pidfd.

@@ -48,11 +48,14 @@ struct DaemonCommand: ParsableCommand {
     var limits: LimitOptions
     @Flag(help: "Let clients of this daemon's own uid run kernels with raw device pointers (the pointer-ABI SPIR-V path, modules with PhysicalStorageBufferAddresses). Such kernels can reach any memory the device reaches; other uids are always refused.")
     var allowRawPointers = false
+    @Option(name: .customLong("ring-poll-us"), help: "How long the event loop polls clients' submission rings after activity before it sleeps (microseconds; 0: always sleep, clients ring the doorbell).")
+    var ringPollMicros: UInt64 = 20
 
     func validate() throws {
         guard (10...1_000_000).contains(quantumMicros) else { throw ValidationError("--quantum-us must be 10…1000000") }
         if let n = slicesInFlight, !(1...2).contains(n) { throw ValidationError("--slices-in-flight must be 1 or 2") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
+        guard ringPollMicros <= 1_000_000 else { throw ValidationError("--ring-poll-us must be 0…1000000") }
     }
 
     func run() throws {
@@ -96,6 +99,7 @@ struct DaemonCommand: ParsableCommand {
                 slicesInFlight: slicesInFlight, allowRawPointers: allowRawPointers)
             configuration.notifier = notifier
             configuration.limits = limits.daemonLimits
+            configuration.ringPollNanos = ringPollMicros * 1000
             return try Daemon(configuration, logger: logger)
         } catch {
             throw fail(error.message)

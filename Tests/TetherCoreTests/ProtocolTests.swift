@@ -62,6 +62,8 @@ struct ProtocolTests {
             .loadModule(words: [0x0723_0203, 0x0001_0500, 0, 9, 0], entryPoint: ""),
             .loadModule(words: [], entryPoint: "reduce_ünïcødé"),
             .unloadModule(ModuleID(rawValue: .max)),
+            .attachRings(sqEntries: 256, cqEntries: .max),
+            .ringDoorbell,
             .spawn(SpawnRequest(program: .module(ModuleLaunch(module: ModuleID(rawValue: 3), bindings: [
                 BufferBinding(set: 0, binding: 0, address: 0x7F00_0000_1000, bytes: 4096),
                 BufferBinding(set: 7, binding: .max, address: .max, bytes: 0),
@@ -119,6 +121,7 @@ struct ProtocolTests {
             .timelines([timeline, TeardownTimeline(space: SpaceID(rawValue: 4), pid: 1, reason: "kill", noticeNanos: .max,
                                                    quiescedNanos: 0, releasedNanos: 0, threadsKilled: 0, regionsFreed: 0, bytesFreed: 0)]),
             .pong,
+            .doorbell,
             .error(TetherError(.notOwner, "pid 12 does not own this connection (it belongs to pid 11); open a new Device")),
             .error(TetherError(TetherError.Code(rawValue: 999), "a code this build does not know")),
         ]
@@ -134,10 +137,10 @@ struct ProtocolTests {
         let requestOps = Set(Self.requests.map(\.op))
         #expect(requestOps == Set(Op.allCases).subtracting([.error]), "add a sample for the new request")
         // Replies: every op except those answered with another op's reply (run → joined,
-        // killThread → killed, awaitTeardown → timelines, unloadModule → done).
+        // killThread → killed, awaitTeardown → timelines, unloadModule and attachRings → done).
         var replyOps = Set<UInt16>()
         for bytes in Self.encodedReplies() { replyOps.insert(UInt16(bytes[6]) | UInt16(bytes[7]) << 8) }
-        let unshared = Op.allCases.filter { ![.run, .killThread, .awaitTeardown, .unloadModule].contains($0) }
+        let unshared = Op.allCases.filter { ![.run, .killThread, .awaitTeardown, .unloadModule, .attachRings].contains($0) }
         #expect(replyOps == Set(unshared.map { $0.rawValue | Wire.replyBit }), "add a sample for the new reply")
     }
 
@@ -484,5 +487,60 @@ struct ProtocolTests {
                 bytes = rng.next(below: 2) == 0 ? body : Array(bytes.prefix(Wire.headerBytes)) + body
             }
         }
+    }
+}
+
+/// The ring layout's arithmetic: what the daemon and the library check before trusting an index.
+struct RingLayoutTests {
+    @Test func entriesMustBePowersOfTwoInRange() throws {
+        for bad: UInt32 in [0, 1, 3, 6, 8192, .max] {
+            #expect(throws: TetherError.self) { try RingLayout(sqEntries: bad, cqEntries: 4) }
+            #expect(throws: TetherError.self) { try RingLayout(sqEntries: 4, cqEntries: bad) }
+        }
+        let layout = try RingLayout(sqEntries: 2, cqEntries: 4096)
+        #expect(layout.sqOffset == RingLayout.controlBytes)
+        #expect(layout.cqOffset == RingLayout.controlBytes + 2 * RingLayout.slotBytes)
+        #expect(layout.bytes == layout.cqOffset + 4096 * RingLayout.slotBytes)
+        // Slots wrap at the ring's size, for any free-running index, the u32 wrap included.
+        #expect(layout.sqSlot(0) == layout.sqSlot(2))
+        #expect(layout.sqSlot(UInt32.max) == layout.sqOffset + RingLayout.slotBytes)
+        #expect(layout.cqSlot(UInt32.max &+ 1) == layout.cqOffset)
+    }
+
+    @Test func pendingAndFreeRefuseImpossibleIndices() {
+        #expect(RingLayout.pending(head: 5, tail: 5, entries: 8) == 0)
+        #expect(RingLayout.pending(head: 5, tail: 13, entries: 8) == 8)
+        #expect(RingLayout.pending(head: 5, tail: 14, entries: 8) == nil)  // more than the ring holds
+        #expect(RingLayout.pending(head: 5, tail: 4, entries: 8) == nil)   // behind the head
+        #expect(RingLayout.pending(head: .max - 1, tail: 2, entries: 8) == 4)  // across the u32 wrap
+        #expect(RingLayout.free(head: 0, tail: 8, entries: 8) == 0)
+        #expect(RingLayout.free(head: 3, tail: 8, entries: 8) == 3)
+        #expect(RingLayout.free(head: 9, tail: 8, entries: 8) == nil)       // a head ahead of the tail
+        // Every (head, tail) pair either names a count within the ring or is refused.
+        var rng = SplitMix64(seed: 7)
+        for _ in 0..<10_000 {
+            let head = UInt32(truncatingIfNeeded: rng.next()), tail = UInt32(truncatingIfNeeded: rng.next())
+            if let n = RingLayout.pending(head: head, tail: tail, entries: 64) { #expect(n <= 64 && head &+ n == tail) }
+        }
+    }
+
+    @Test func slotsRoundTripAndRefuseBadLengths() throws {
+        let slot = UnsafeMutableRawPointer.allocate(byteCount: RingLayout.slotBytes, alignment: 8)
+        defer { slot.deallocate() }
+        let request = MessageCodec.encode(.run(SpawnRequest(program: .builtin(.saxpy), args: [1, 2, 3, 4], groups: 8)), id: RingRequestID.bit | 3)
+        #expect(RingSlot.write(request, to: slot))
+        #expect(try RingSlot.read(from: slot) == request)
+        #expect(try MessageCodec.decodeRequest(RingSlot.read(from: slot)).0 == RingRequestID.bit | 3)
+        #expect(!RingSlot.write([UInt8](repeating: 1, count: RingLayout.maxPacketBytes + 1), to: slot))
+        #expect(RingSlot.write([], to: slot))
+        #expect(try RingSlot.read(from: slot) == [])
+        slot.storeBytes(of: UInt32(RingLayout.maxPacketBytes + 1).littleEndian, as: UInt32.self)
+        #expect(throws: TetherError.self) { try RingSlot.read(from: slot) }
+        slot.storeBytes(of: UInt32.max, as: UInt32.self)
+        #expect(throws: TetherError.self) { try RingSlot.read(from: slot) }
+        // The largest built-in spawn fits a slot.
+        let largest = MessageCodec.encode(.spawn(SpawnRequest(program: .builtin(.matmul), args: Array(repeating: .max, count: KernelABI.maxArguments),
+                                                              groups: 1, persistentNanos: 1)), id: .max)
+        #expect(largest.count <= RingLayout.maxPacketBytes)
     }
 }

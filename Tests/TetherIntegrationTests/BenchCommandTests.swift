@@ -65,5 +65,11 @@ import Testing
         #expect(try #require(json["daemonP50Micros"] as? Double) > 0)
         #expect(try #require(json["directP50Micros"] as? Double) > 0)
         #expect(json["ratio"] as? Double != nil)
+        // Rings (the default path) and the socket, each against direct, and the spawn streams.
+        #expect(try #require(json["ringRatio"] as? Double) == json["ratio"] as? Double)
+        #expect(try #require(json["socketRatio"] as? Double) > 0)
+        #expect(try #require(json["streamOneClientPerSecond"] as? Double) > 0)
+        #expect(try #require(json["streamFourClientsPerSecond"] as? Double) > 0)
+        #expect(json["neighbourDeviceShare"] is [String: Any])
     }
 }

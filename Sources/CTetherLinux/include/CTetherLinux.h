@@ -16,6 +16,7 @@ static const int TETHER_F_GET_SEALS = 1034;
 static const int TETHER_F_SEAL_SEAL = 0x0001;
 static const int TETHER_F_SEAL_SHRINK = 0x0002;
 static const int TETHER_F_SEAL_GROW = 0x0004;
+static const short TETHER_POLLRDHUP = 0x2000;
 
 // Swift cannot call variadic syscall(2), expand the CMSG_* macros, or see C11 atomics on memory it
 // did not allocate (shared control words). Each function here exists for one of those reasons.
@@ -27,6 +28,12 @@ bool tether_atomic_cas_u32(uint32_t *p, uint32_t expected, uint32_t desired);
 void tether_atomic_store_u64(uint64_t *p, uint64_t v);
 uint64_t tether_atomic_load_u64(const uint64_t *p);
 uint32_t tether_atomic_add_u32(uint32_t *p, uint32_t v);  // returns the new value
+// Sequentially consistent: the need-wakeup handshake of the rings (Dekker) needs a full fence
+// between a store of one word and a load of another, which acquire/release does not give.
+uint32_t tether_atomic_exchange_u32(uint32_t *p, uint32_t v);  // returns the old value
+void tether_atomic_fence(void);
+// A pause hint for bounded polling loops (x86 PAUSE, arm64 YIELD): lets the sibling hyperthread run.
+void tether_cpu_relax(void);
 
 // --- futex: sleep while a word holds a value; waking never blocks the waker ---
 int tether_futex_wait(uint32_t *word, uint32_t expected);  // 0, or -1 with errno (EAGAIN: changed)

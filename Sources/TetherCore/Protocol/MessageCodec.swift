@@ -41,6 +41,10 @@ public enum MessageCodec {
             w.string(entry)
             w.u32s(words)
         case .unloadModule(let m): w.u64(m.rawValue)
+        case .attachRings(let sq, let cq):
+            w.u32(sq)
+            w.u32(cq)
+        case .ringDoorbell: break
         case .spawn(let s), .run(let s):
             switch s.program {
             case .builtin(let k):
@@ -101,6 +105,8 @@ public enum MessageCodec {
             }
             request = .loadModule(words: try r.u32s(max: Wire.maxSpirvWords), entryPoint: entry)
         case .unloadModule: request = .unloadModule(ModuleID(rawValue: try r.u64()))
+        case .attachRings: request = .attachRings(sqEntries: try r.u32(), cqEntries: try r.u32())
+        case .ringDoorbell: request = .ringDoorbell
         case .spawn, .run:
             let program: SpawnRequest.Program
             switch try r.u8() {
@@ -158,6 +164,7 @@ public enum MessageCodec {
         case .psPage: .psPage
         case .timelinesPage: .timelinesPage
         case .pong: .ping
+        case .doorbell: .ringDoorbell
         case .error: .error
         }
     }
@@ -202,7 +209,7 @@ public enum MessageCodec {
         case .module(let id, let d):
             w.u64(id.rawValue)
             moduleDescription(&w, d)
-        case .done, .pong: break
+        case .done, .pong, .doorbell: break
         case .spawned(let t): w.u64(t.rawValue)
         case .joined(let t), .status(let t): thread(&w, t)
         case .killed(let alive): w.bool(alive)
@@ -278,7 +285,8 @@ public enum MessageCodec {
             reply = .hello(HelloReply(space: space, pid: pid, policy: policy, backend: BackendKind.allCases[b], deviceName: try r.string()))
         case .mirror: reply = .mirrored(RegionID(rawValue: try r.u64()))
         case .loadModule: reply = .module(ModuleID(rawValue: try r.u64()), try moduleDescription(&r))
-        case .unmirror, .unloadModule: reply = .done
+        case .unmirror, .unloadModule, .attachRings: reply = .done
+        case .ringDoorbell: reply = .doorbell
         case .ping: reply = .pong
         case .spawn: reply = .spawned(ThreadID(rawValue: try r.u64()))
         case .join, .run: reply = .joined(try thread(&r))

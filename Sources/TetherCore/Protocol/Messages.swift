@@ -22,6 +22,8 @@ public enum Op: UInt16, Sendable, CaseIterable {
     // Owner requests: the first one binds the connection to the sender's address space.
     case hello = 1, mirror = 2, unmirror = 3, spawn = 4, join = 5, kill = 6, status = 7, run = 8
     case loadModule = 9, unloadModule = 10
+    /// User-mode submission queues (`RingLayout`): attach a connection's rings, ring its doorbell.
+    case attachRings = 11, ringDoorbell = 12
     // Tool requests: allowed on any connection, they bind nothing.
     case ps = 20, killProcess = 21, killThread = 22, timelines = 23, ping = 24, awaitTeardown = 25
     case psPage = 26, timelinesPage = 27
@@ -39,6 +41,12 @@ public enum Request: Sendable, Equatable {
     /// Answered with `module`. An empty `entryPoint` picks the module's one compute entry point.
     case loadModule(words: [UInt32], entryPoint: String)
     case unloadModule(ModuleID)
+    /// The connection's submission and completion rings (`RingLayout`): the memfd that holds them
+    /// travels as the message's one fd. Answered with `done`.
+    case attachRings(sqEntries: UInt32, cqEntries: UInt32)
+    /// The client published submissions while the daemon slept (its need-wakeup flag was set).
+    /// Never answered.
+    case ringDoorbell
     case spawn(SpawnRequest)
     /// Spawn and join in one round trip: answered with `joined` when the thread ends.
     case run(SpawnRequest)
@@ -67,6 +75,8 @@ public enum Request: Sendable, Equatable {
         case .unmirror: .unmirror
         case .loadModule: .loadModule
         case .unloadModule: .unloadModule
+        case .attachRings: .attachRings
+        case .ringDoorbell: .ringDoorbell
         case .spawn: .spawn
         case .run: .run
         case .join: .join
@@ -131,6 +141,9 @@ public enum Reply: Sendable, Equatable {
     /// A page of timelines and the cursor of the next one (nil: the last page).
     case timelinesPage([TeardownTimeline], next: UInt64?)
     case pong
+    /// The daemon published completions while a client thread slept (the completion ring's
+    /// need-wakeup flag was set): sent with request id 0, it answers no request.
+    case doorbell
     case error(TetherError)
 }
 

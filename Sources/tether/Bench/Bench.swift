@@ -17,12 +17,12 @@ struct BenchDaemon {
     let path: String
     let owned: PrivateDaemon?
 
-    init(socket: String?, backend: BackendChoice?, policy: LifetimePolicy = .exit, notifier: String? = nil) throws {
+    init(socket: String?, backend: BackendChoice?, policy: LifetimePolicy = .exit, notifier: String? = nil, extra: [String] = []) throws {
         if let socket {
             path = SocketPath.resolve(socket)
             owned = nil
         } else {
-            let d = try PrivateDaemon(backend: backend, policy: policy, extra: notifier.map { ["--notifier", $0] } ?? [])
+            let d = try PrivateDaemon(backend: backend, policy: policy, extra: (notifier.map { ["--notifier", $0] } ?? []) + extra)
             owned = d
             path = d.socketPath
         }

@@ -15,12 +15,34 @@ struct DispatchReport: Codable {
     var ping: LatencySummary
     var daemonP50Micros: Double
     var directP50Micros: Double
-    /// daemon p50 / direct p50 (target ≤ 1.3 on Vulkan).
+    /// The library's default path (the rings) p50 / direct p50 (target ≤ 1.1).
     var ratio: Double
+    /// The same round trip over the submission rings (the default) and over the socket
+    /// (`DeviceOptions.rings = false`), measured in interleaved rounds in this run.
+    var ring: LatencySummary
+    var socket: LatencySummary
+    var ringRatio: Double
+    var socketRatio: Double
+    /// Tiny threads spawned per second (spawns only, joined afterwards) from one client and from
+    /// four clients (four connections, one thread each), over the rings.
+    var streamOneClientPerSecond: Double
+    var streamFourClientsPerSecond: Double
+    /// Two clients side by side: the device time a neighbour's long-running thread gets per wall
+    /// second while this client is idle, and while it runs round trips over each path (its
+    /// polling must not take device time from others).
+    var neighbourDeviceShare: NeighbourShare?
+    /// The daemon's CPU time per wall second over an idle period with rings attached (0: no polling when idle).
+    var idleDaemonCPU: Double?
     /// The same round trip for a user kernel (descriptor bindings, push constants), Vulkan only.
     var userKernel: LatencySummary?
     /// user kernel p50 / built-in p50, both through the daemon in this run.
     var userOverBuiltin: Double?
+}
+
+struct NeighbourShare: Codable {
+    var idle: Double
+    var ring: Double
+    var socket: Double
 }
 
 /// A tiny user kernel in the style of real compute shaders (a storage buffer, a push constant),
@@ -43,24 +65,38 @@ struct BenchDispatch: ParsableCommand {
     @Option(help: "Round trips to time.") var runs = 300
     @Option(help: "Use this daemon instead of a private one.") var socket: String?
     @Flag(help: "Print one JSON object.") var json = false
+    @Option(name: .customLong("ring-spin-us"), help: "How long a caller polls the completion ring before it sleeps (DeviceOptions.ringSpinMicroseconds).")
+    var ringSpinMicros: Double = DeviceOptions().ringSpinMicroseconds
+    @Option(name: .customLong("daemon-ring-poll-us"), help: "The private daemon's --ring-poll-us (default: the daemon's).")
+    var daemonRingPollMicros: UInt64?
     @Flag(help: "Internal: measure the direct baseline in this process and print its samples.") var direct = false
     @Flag(help: "Print only the round trips through the daemon, in ns, one per line (tools/bench-languages compares them with C and Python).")
     var samples = false
 
     func run() throws {
         if direct { return try runDirect() }
-        let daemon = try BenchDaemon(socket: socket, backend: backendOptions.backend)
+        let daemon = try BenchDaemon(socket: socket, backend: backendOptions.backend,
+                                     extra: daemonRingPollMicros.map { ["--ring-poll-us", "\($0)"] } ?? [])
         defer { daemon.stop() }
-        let device = try Device(DeviceOptions(socketPath: daemon.path))
-        var samples: [UInt64] = []
-        for i in 0..<(runs + 20) {
-            let start = monotonicNanos()
-            let r = try device.run(.spin, args: [1], groups: 1, timeoutSeconds: 10)
-            let took = monotonicNanos() - start
-            guard r.state == .finished else { throw fail("tiny thread ended \(r.state)") }
-            if i >= 20 { samples.append(took) }  // the first ones create pipelines and contexts
+        let device = try Device(DeviceOptions(socketPath: daemon.path, ringSpinMicroseconds: ringSpinMicros))
+        let socketDevice = try Device(DeviceOptions(socketPath: daemon.path, rings: false))
+        guard device.usesRings else { throw fail("the daemon at \(daemon.path) did not take the submission rings") }
+        // Paired rounds: ring and socket alternate, so that a burst of other load on this shared
+        // machine hits both paths alike.
+        var ringSamples: [UInt64] = [], socketSamples: [UInt64] = []
+        let rounds = 10
+        for round in 0..<rounds {
+            let n = runs / rounds + (round < runs % rounds ? 1 : 0)
+            ringSamples += try roundTrips(device, n, warmup: round == 0 ? 20 : 2)
+            if !self.samples { socketSamples += try roundTrips(socketDevice, n, warmup: round == 0 ? 20 : 2) }
         }
+        let samples = ringSamples
         if self.samples { return print(samples.map(String.init).joined(separator: "\n")) }
+        socketDevice.close()
+        let streamOne = try stream(clients: 1, path: daemon.path)
+        let streamFour = try stream(clients: 4, path: daemon.path)
+        let idleCPU = daemon.owned.map { idleCPUShare(pid: $0.process.processIdentifier) }
+        let neighbour = try sideBySide(device, path: daemon.path)
         let control = try DaemonControl(socketPath: daemon.path)
         var pings: [UInt64] = []
         for _ in 0..<runs {
@@ -73,18 +109,117 @@ struct BenchDispatch: ParsableCommand {
         device.close()
         let directSamples = try measureDirectInChild(backend: hello.backend)
         let d = LatencySummary(nanos: samples), b = LatencySummary(nanos: directSamples)
+        let s = LatencySummary(nanos: socketSamples)
         let report = DispatchReport(backend: hello.backend.rawValue, device: hello.deviceName, runs: runs, daemon: d, direct: b,
                                     ping: LatencySummary(nanos: pings),
                                     daemonP50Micros: d.p50Micros, directP50Micros: b.p50Micros, ratio: d.p50Micros / b.p50Micros,
+                                    ring: d, socket: s, ringRatio: d.p50Micros / b.p50Micros, socketRatio: s.p50Micros / b.p50Micros,
+                                    streamOneClientPerSecond: streamOne, streamFourClientsPerSecond: streamFour,
+                                    neighbourDeviceShare: neighbour, idleDaemonCPU: idleCPU,
                                     userKernel: user, userOverBuiltin: user.map { $0.p50Micros / d.p50Micros })
         if json { return try printJSON(report) }
         print("dispatch round trip of a tiny device thread on \(hello.deviceName) (\(hello.backend.rawValue)), \(runs) runs:")
-        print(table(["path", "n"] + LatencySummary.header, [["through the daemon (run = spawn+join)", "\(d.count)"] + d.row,
+        print(table(["path", "n"] + LatencySummary.header, [["through the daemon, rings (run = spawn+join)", "\(d.count)"] + d.row,
+                                                             ["through the daemon, socket (run)", "\(s.count)"] + s.row,
                                                              ["direct, in-process (submit → wait)", "\(b.count)"] + b.row,
                                                              ["ping (socket round trip only)", "\(pings.count)"] + report.ping.row]
                     + (user.map { [["user kernel through the daemon (run)", "\($0.count)"] + $0.row] } ?? [])))
-        print("ratio daemon/direct (p50): \(formatDouble(report.ratio, 2))")
+        print("ratio daemon/direct (p50): rings \(formatDouble(report.ringRatio, 2)), socket \(formatDouble(report.socketRatio, 2))")
+        print("stream of tiny threads over the rings: \(Int(streamOne)) spawns/s from one client, \(Int(streamFour)) spawns/s from four")
+        print("a neighbour's device time per second beside this client: idle \(formatDouble(neighbour.idle * 100, 1)) %, ring round trips \(formatDouble(neighbour.ring * 100, 1)) %, socket round trips \(formatDouble(neighbour.socket * 100, 1)) %")
+        if let idleCPU { print("idle daemon CPU with rings attached: \(formatDouble(idleCPU * 100, 2)) % of one CPU") }
         if let r = report.userOverBuiltin { print("ratio user kernel/built-in through the daemon (p50): \(formatDouble(r, 2))") }
+    }
+
+    /// `n` timed `run` round trips of a tiny spin thread, after `warmup` untimed ones (the first
+    /// ones create pipelines and contexts).
+    func roundTrips(_ device: Device, _ n: Int, warmup: Int) throws -> [UInt64] {
+        var samples: [UInt64] = []
+        for i in 0..<(n + warmup) {
+            let start = monotonicNanos()
+            let r = try device.run(.spin, args: [1], groups: 1, timeoutSeconds: 10)
+            let took = monotonicNanos() - start
+            guard r.state == .finished else { throw fail("tiny thread ended \(r.state)") }
+            if i >= warmup { samples.append(took) }
+        }
+        return samples
+    }
+
+    /// Spawns per second: each of `clients` connections (one thread each) spawns `runs` × 10
+    /// tiny threads back to back (their joins come after the clock stops), best of 3.
+    func stream(clients: Int, path: String) throws -> Double {
+        let devices = try (0..<clients).map { _ in try Device(DeviceOptions(socketPath: path, ringSpinMicroseconds: ringSpinMicros)) }
+        defer { devices.forEach { $0.close() } }
+        let perClient = max(100, runs * 10)
+        var best = 0.0
+        for _ in 0..<3 {
+            let handles = Locked<[[DeviceThreadHandle]]>(Array(repeating: [], count: clients))
+            let failures = Locked(0)
+            let start = monotonicNanos()
+            let threads = (0..<clients).map { c in
+                startBenchThread {
+                    var mine: [DeviceThreadHandle] = []
+                    mine.reserveCapacity(perClient)
+                    for _ in 0..<perClient {
+                        guard let t = try? devices[c].spawn(.spin, args: [1], groups: 1) else {
+                            failures.withLock { $0 += 1 }
+                            return
+                        }
+                        mine.append(t)
+                    }
+                    handles.withLock { $0[c] = mine }
+                }
+            }
+            for t in threads { pthread_join(t, nil) }
+            let seconds = Double(monotonicNanos() - start) / 1e9
+            guard failures.withLock({ $0 }) == 0 else { throw fail("a spawn of the stream failed") }
+            for (c, list) in handles.withLock({ $0 }).enumerated() {
+                for t in list { _ = try devices[c].wait(t, timeoutSeconds: 60) }
+            }
+            best = max(best, Double(clients * perClient) / seconds)
+        }
+        return best
+    }
+
+    /// A second client (its own address space) runs a persistent kernel; its device time per wall
+    /// second is read over windows in which this client is idle, or runs round trips over the
+    /// rings or the socket (interleaved, 3 windows each, medians).
+    func sideBySide(_ device: Device, path: String) throws -> NeighbourShare {
+        let neighbour = try Device(DeviceOptions(socketPath: path))
+        defer { neighbour.close() }
+        let socketDevice = try Device(DeviceOptions(socketPath: path, rings: false))
+        defer { socketDevice.close() }
+        let t = try neighbour.spawn(.spin, args: [BuiltinKernel.maxSpinIterations], groups: 64, persistentSeconds: 600)
+        defer { _ = try? neighbour.kill(t) }
+        func window(_ body: () throws -> Void) throws -> Double {
+            let before = try neighbour.status(t).deviceNanos, start = monotonicNanos()
+            try body()
+            let after = try neighbour.status(t).deviceNanos
+            return Double(after - before) / Double(monotonicNanos() - start)
+        }
+        var idle: [Double] = [], ring: [Double] = [], socket: [Double] = []
+        for _ in 0..<3 {
+            idle.append(try window { usleep(300_000) })
+            ring.append(try window { _ = try roundTrips(device, max(200, 3 * runs), warmup: 0) })
+            socket.append(try window { _ = try roundTrips(socketDevice, max(200, 3 * runs), warmup: 0) })
+        }
+        func median(_ a: [Double]) -> Double { a.sorted()[a.count / 2] }
+        return NeighbourShare(idle: median(idle), ring: median(ring), socket: median(socket))
+    }
+
+    /// The daemon's user + system CPU over one idle second (after the polling window), per second.
+    func idleCPUShare(pid: pid_t) -> Double {
+        func ticks() -> Int {
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { return 0 }
+            let f = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
+            return (Int(f[11]) ?? 0) + (Int(f[12]) ?? 0)
+        }
+        usleep(100_000)
+        let before = ticks(), start = monotonicNanos()
+        usleep(1_000_000)
+        let used = Double(ticks() - before) / Double(sysconf(Int32(_SC_CLK_TCK)))
+        return used / (Double(monotonicNanos() - start) / 1e9)
     }
 
     /// `run` round trips of a one-group user kernel (a storage buffer and a push constant).
@@ -128,4 +263,20 @@ struct BenchDispatch: ParsableCommand {
         }
         print(lines.joined(separator: "\n"))
     }
+}
+
+
+/// A joinable pthread for the stream's clients.
+func startBenchThread(_ body: @escaping @Sendable () -> Void) -> pthread_t {
+    final class Box: @unchecked Sendable {
+        let body: @Sendable () -> Void
+        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+    }
+    var thread = pthread_t()
+    let box = Unmanaged.passRetained(Box(body)).toOpaque()
+    pthread_create(&thread, nil, { raw in
+        Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue().body()
+        return nil
+    }, box)
+    return thread
 }

@@ -1,0 +1,161 @@
+import CTetherLinux
+import Glibc
+import TetherCore
+import TetherSys
+
+/// The client's side of one connection's submission and completion rings (`RingLayout`).
+///
+/// Any thread may submit (under `producer`) and any thread may consume completions (under
+/// `consumer`): a caller waiting for its reply polls the completion ring for a bounded time and
+/// hands every reply it finds to its waiter, whoever that is; the connection's reader thread does
+/// the same when the daemon rings the doorbell for a sleeping caller.
+///
+/// **Fork.** The pages are `MADV_DONTFORK` and the memfd was closed once the daemon had it, so a
+/// forked child has no rings: it never touches this object (its `Connection` is not used in the
+/// child) and gets rings of its own with its own connection. A child can therefore neither read
+/// the parent's submissions nor forge them.
+///
+/// **Closing.** `detach()` unmaps under both locks after marking the channel closed, so no thread
+/// is inside the pages when they go; every later use finds it closed and falls back or fails.
+final class RingChannel: @unchecked Sendable {
+    private let memory: RingMemory
+    private let openerPid = getpid()
+    /// The submission tail this process owns; nil once detached.
+    private let producer: Locked<UInt32?>
+    /// The completion head this process owns; nil once detached.
+    private let consumer: Locked<UInt32?>
+
+    /// Creates the shared pages (`MADV_DONTFORK`, sealed), initialised. Returns the channel and
+    /// the memfd to attach (the caller closes it with `tether_close_tracked_fd` once sent).
+    static func create(entries: UInt32) throws(TetherError) -> (RingChannel, memfd: Int32) {
+        let layout = try RingLayout(sqEntries: entries, cqEntries: entries)
+        let size = Memfd.pageRounded(layout.bytes)
+        var memfd: Int32 = -1
+        var mapped: UnsafeMutableRawPointer?
+        // The mirror helper does exactly what rings need: sealed memfd, shared mapping marked
+        // MADV_DONTFORK, fd closed in a forked child until we close it, all under the fork lock.
+        guard tether_mirror_create(size, &memfd, &mapped) == 0, let base = mapped else {
+            throw TetherError(.resourceExhausted, "cannot create \(size) bytes of shared memory for the rings: \(SystemError("memfd_create/mmap"))")
+        }
+        let memory = RingMemory(adopting: base, size: size, layout: layout)
+        memory.initialise()
+        return (RingChannel(memory: memory), memfd)
+    }
+
+    private init(memory: RingMemory) {
+        self.memory = memory
+        producer = Locked(0)
+        consumer = Locked(0)
+    }
+
+    deinit { detach() }
+
+    var entries: UInt32 { memory.layout.sqEntries }
+
+    enum Submitted {
+        /// In the ring; `doorbell`: the daemon sleeps, send it a `ringDoorbell`.
+        case queued(doorbell: Bool)
+        /// Not in the ring (too large, full, or detached): send it over the socket instead.
+        case refused
+    }
+
+    /// Puts one request packet into the submission ring. A full ring waits up to `spinNanos` for
+    /// the daemon to make room (it polls while busy; if it sleeps, the doorbell already went) and
+    /// then refuses, so the caller falls back to the socket: back-pressure without loss.
+    func submit(_ bytes: [UInt8], spinNanos: UInt64) -> Submitted {
+        guard bytes.count <= RingLayout.maxPacketBytes else { return .refused }
+        let layout = memory.layout
+        var queued = tryQueue(bytes, layout)
+        if queued == nil {
+            _ = spinUntil(nanos: spinNanos) {
+                queued = tryQueue(bytes, layout)
+                return queued != nil
+            }
+        }
+        guard queued == true else { return .refused }
+        // Dekker with the daemon's sleep: tail published (release, in tryQueue), full fence, flag.
+        RingMemory.fence()
+        let sleeping = producer.withLock { tail -> Bool in
+            guard tail != nil else { return false }
+            return memory.load(RingLayout.sqNeedWakeupOffset) != 0 && memory.exchange(RingLayout.sqNeedWakeupOffset, 0) != 0
+        }
+        return .queued(doorbell: sleeping)
+    }
+
+    /// true: queued; false: detached; nil: full.
+    private func tryQueue(_ bytes: [UInt8], _ layout: RingLayout) -> Bool? {
+        producer.withLock { tail -> Bool? in
+            guard let t = tail else { return false }
+            // The daemon's head is only a hint of free space: an impossible one reads as full.
+            guard let free = RingLayout.free(head: memory.load(RingLayout.sqHeadOffset), tail: t, entries: layout.sqEntries),
+                  free > 0 else { return nil }
+            RingSlot.write(bytes, to: memory.slot(layout.sqSlot(t)))
+            tail = t &+ 1
+            memory.store(RingLayout.sqTailOffset, t &+ 1)
+            return true
+        }
+    }
+
+    /// Whether the daemon has published completions this process has not consumed.
+    func hasCompletions() -> Bool {
+        consumer.withLock { head in
+            guard let h = head else { return false }
+            return memory.load(RingLayout.cqTailOffset) != h
+        }
+    }
+
+    /// Copies every published completion out of the ring and returns the packets (in order).
+    /// Throws when the daemon's tail or a slot is impossible (not a daemon we can talk to).
+    func drain() throws(TetherError) -> [[UInt8]] {
+        let layout = memory.layout
+        return try consumer.withLock { (head: inout UInt32?) throws(TetherError) -> [[UInt8]] in
+            guard var h = head else { return [] }
+            let tail = memory.load(RingLayout.cqTailOffset)
+            guard let n = RingLayout.pending(head: h, tail: tail, entries: layout.cqEntries) else {
+                throw TetherError(.malformedMessage, "the completion ring's tail (\(tail)) is not within \(layout.cqEntries) entries of its head (\(h))")
+            }
+            guard n > 0 else { return [] }
+            var packets: [[UInt8]] = []
+            packets.reserveCapacity(Int(n))
+            for _ in 0..<n {
+                packets.append(try RingSlot.read(from: memory.slot(layout.cqSlot(h))))
+                h &+= 1
+            }
+            head = h
+            memory.store(RingLayout.cqHeadOffset, h)
+            return packets
+        }
+    }
+
+    /// Asks the daemon to ring the socket doorbell for the next completion (a thread is about to
+    /// sleep). The caller drains once more afterwards: a completion published before the daemon
+    /// saw the flag is found by that look (the exchange is a full fence).
+    func armWakeup() {
+        consumer.withLock { head in
+            if head != nil { _ = memory.exchange(RingLayout.cqNeedWakeupOffset, 1) }
+        }
+    }
+
+    /// Stops using the rings and unmaps them, in the process that made them. Idempotent.
+    func detach() {
+        guard getpid() == openerPid else { return }
+        producer.withLock { tail in
+            consumer.withLock { head in
+                guard tail != nil || head != nil else { return }
+                tail = nil
+                head = nil
+                memory.unmap()
+            }
+        }
+    }
+}
+
+extension Request {
+    /// Requests the library sends over the rings when it can.
+    var travelsOverRings: Bool {
+        switch self {
+        case .spawn, .run, .join, .kill, .status: true
+        default: false
+        }
+    }
+}
