@@ -39,19 +39,22 @@ final class Connection: @unchecked Sendable {
     let pendingJoins = Atomic<Int>(0)
     /// Teardown waiters this connection registered (their ids); the event loop only.
     var waiters: Set<UInt64> = []
-    /// How many requests it may send (the event loop only).
+    /// How many requests it may send over its socket, and over its submission ring (the event
+    /// loop only).
     var budget: RequestBudget
+    var ringBudget: RequestBudget
     /// The connection's submission and completion rings, once attached (`RingServer`).
     let rings = Mutex<ConnectionRings?>(nil)
 
     static let readInterest = UInt32(EPOLLIN.rawValue | EPOLLRDHUP.rawValue)
     static let writeInterest = UInt32(EPOLLOUT.rawValue)
 
-    init(id: UInt64, fd: consuming OwnedDescriptor, uid: UInt32, epoll: Epoll, budget: RequestBudget) {
+    init(id: UInt64, fd: consuming OwnedDescriptor, uid: UInt32, epoll: Epoll, budget: RequestBudget, ringBudget: RequestBudget) {
         self.id = id
         self.uid = uid
         self.epoll = epoll
         self.budget = budget
+        self.ringBudget = ringBudget
         self.state = Mutex(State(fd: fd.release(), interest: Self.readInterest))
     }
 

@@ -243,9 +243,11 @@ public final class Daemon: @unchecked Sendable {
             }
             let uid = (try? SeqPacketSocket.peerCredentials(fd.raw).uid) ?? UInt32.max
             let t = token(Self.connectionKind)
-            let budget = RequestBudget(perSecond: configuration.limits.requestsPerSecond,
-                                       burst: configuration.limits.requestBurst, now: monotonicNanos())
-            let connection = Connection(id: t, fd: fd, uid: uid, epoll: epoll, budget: budget)
+            let limits = configuration.limits, now = monotonicNanos()
+            let connection = Connection(
+                id: t, fd: fd, uid: uid, epoll: epoll,
+                budget: RequestBudget(perSecond: limits.requestsPerSecond, burst: limits.requestBurst, now: now),
+                ringBudget: RequestBudget(perSecond: limits.ringRequestsPerSecond, burst: 4 * limits.requestBurst, now: now))
             let limit = configuration.limits.connections
             guard connectionsOfUid[uid, default: 0] < limit.value else {
                 connection.send(.error(limit.exceeded(have: connectionsOfUid[uid, default: 0], hint: "close some first")), id: 0)
@@ -283,10 +285,10 @@ public final class Daemon: @unchecked Sendable {
 
     /// Out of requests for now: neither its socket nor its ring is read until its next token
     /// (`resumeThrottled`).
-    func throttle(_ connection: Connection) {
+    func throttle(_ connection: Connection, ring: Bool = false) {
         guard !connection.isThrottled else { return }
         connection.setThrottled(true)
-        throttled.append((connection.budget.nextToken(), connection.id))
+        throttled.append(((ring ? connection.ringBudget : connection.budget).nextToken(), connection.id))
     }
 
     /// Reads again from the connections whose next request token is due; returns how long epoll

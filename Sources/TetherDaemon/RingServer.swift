@@ -187,13 +187,13 @@ final class RingServer {
             guard pending > 0 else { continue }
             let now = monotonicNanos()
             for _ in 0..<min(Int(pending), Self.batch) {
-                // The connection's request budget covers its ring too: out of tokens, the rest
-                // waits in the ring until the event loop wakes for the next one.
-                guard entry.connection.budget.hasToken(now: now) else {
+                // The ring has a request budget of its own: out of tokens, the rest waits in the
+                // ring until the event loop wakes for the next one.
+                guard entry.connection.ringBudget.hasToken(now: now) else {
                     if !entry.connection.isThrottled { events.append(.outOfBudget(entry.connection)) }
                     break
                 }
-                entry.connection.budget.spend(now: now)
+                entry.connection.ringBudget.spend(now: now)
                 let packet: Event
                 do throws(TetherError) {
                     packet = .packet(entry.connection, try RingSlot.read(from: memory.slot(layout.sqSlot(rings.sqHead))))
@@ -238,7 +238,7 @@ extension Daemon {
         case .badPacket(let connection, let error):
             connection.send(.error(error), id: 0)
         case .outOfBudget(let connection):
-            throttle(connection)
+            throttle(connection, ring: true)
         case .corrupt(let connection, let reason):
             // The indices are beyond repair: told why, then cut off like a shared connection. The
             // space stays for a live owner, whose library resumes it with fresh rings.

@@ -21,6 +21,8 @@ struct LimitOptions: ParsableArguments {
     var maxRequestsPerSecond = d.requestsPerSecond
     @Option(help: "Requests one connection may send at once before its per-second budget applies.")
     var maxRequestBurst = d.requestBurst
+    @Option(help: "Requests read from one connection's submission ring per second.")
+    var maxRingRequestsPerSecond = d.ringRequestsPerSecond
 
     func validate() throws {
         let all: [(String, UInt64)] = [
@@ -32,6 +34,7 @@ struct LimitOptions: ParsableArguments {
             ("--max-waiters-per-connection", maxWaitersPerConnection), ("--max-waiters-per-user", maxWaitersPerUser),
             ("--max-modules-per-space", maxModulesPerSpace),
             ("--max-requests-per-second", maxRequestsPerSecond), ("--max-request-burst", maxRequestBurst),
+            ("--max-ring-requests-per-second", maxRingRequestsPerSecond),
         ]
         for (flag, value) in all where value < 1 { throw ValidationError("\(flag) must be at least 1") }
         for (flag, value) in all where value > 1 << 40 { throw ValidationError("\(flag) must be at most 2^40") }
@@ -52,6 +55,7 @@ struct LimitOptions: ParsableArguments {
         l.modulesPerSpace = maxModulesPerSpace
         l.requestsPerSecond = maxRequestsPerSecond
         l.requestBurst = maxRequestBurst
+        l.ringRequestsPerSecond = maxRingRequestsPerSecond
         return l
     }
 }
