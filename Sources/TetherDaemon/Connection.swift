@@ -43,6 +43,8 @@ final class Connection: @unchecked Sendable {
     /// loop only).
     var budget: RequestBudget
     var ringBudget: RequestBudget
+    /// The ring is out of tokens and the event loop will wake for the next one (event loop only).
+    var ringWaits = false
     /// The connection's submission and completion rings, once attached (`RingServer`).
     let rings = Mutex<ConnectionRings?>(nil)
 

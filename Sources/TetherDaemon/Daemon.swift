@@ -69,7 +69,7 @@ public final class Daemon: @unchecked Sendable {
     /// Accepts and turns away a connection when the daemon is out of fds (see `acceptAll`).
     private let listenerGuard = ListenerGuard()
     /// Connections out of request tokens, with when their next one is due (the event loop only).
-    private var throttled: [(due: UInt64, token: UInt64)] = []
+    private var throttled: [(due: UInt64, token: UInt64, ring: Bool)] = []
     /// Event-loop state: the watched pidfd of each live space, by epoll token and by space.
     private var pidfdSpaces: [UInt64: AddressSpace] = [:]
     private var pidfdTokens: [SpaceID: UInt64] = [:]
@@ -283,12 +283,18 @@ public final class Daemon: @unchecked Sendable {
     /// Requests taken from one connection per event-loop round.
     static let messagesPerTurn = 8
 
-    /// Out of requests for now: neither its socket nor its ring is read until its next token
-    /// (`resumeThrottled`).
+    /// Out of requests for now: its socket (or its submission ring) is not read until its next
+    /// token (`resumeThrottled`). The two budgets are apart: a stream over the ring that spills
+    /// onto the socket when the ring is full does not stop the ring.
     func throttle(_ connection: Connection, ring: Bool = false) {
-        guard !connection.isThrottled else { return }
-        connection.setThrottled(true)
-        throttled.append(((ring ? connection.ringBudget : connection.budget).nextToken(), connection.id))
+        if ring {
+            guard !connection.ringWaits else { return }
+            connection.ringWaits = true
+        } else {
+            guard !connection.isThrottled else { return }
+            connection.setThrottled(true)
+        }
+        throttled.append(((ring ? connection.ringBudget : connection.budget).nextToken(), connection.id, ring))
     }
 
     /// Reads again from the connections whose next request token is due; returns how long epoll
@@ -302,7 +308,7 @@ public final class Daemon: @unchecked Sendable {
                 next = min(next, entry.due)
                 return false
             }
-            connections[entry.token]?.setThrottled(false)
+            if entry.ring { connections[entry.token]?.ringWaits = false } else { connections[entry.token]?.setThrottled(false) }
             return true
         }
         return next == .max ? 1000 : Int32(min(1000, (next - now) / 1_000_000 + 1))

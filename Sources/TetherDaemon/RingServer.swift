@@ -190,7 +190,7 @@ final class RingServer {
                 // The ring has a request budget of its own: out of tokens, the rest waits in the
                 // ring until the event loop wakes for the next one.
                 guard entry.connection.ringBudget.hasToken(now: now) else {
-                    if !entry.connection.isThrottled { events.append(.outOfBudget(entry.connection)) }
+                    if !entry.connection.ringWaits { events.append(.outOfBudget(entry.connection)) }
                     break
                 }
                 entry.connection.ringBudget.spend(now: now)
