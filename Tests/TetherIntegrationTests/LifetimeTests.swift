@@ -236,7 +236,10 @@ import Testing
         } catch let error as TetherError {
             #expect(error.code == .deviceLost)
         }
-        #expect(monotonicNanos() - start < 5_000_000_000)
+        // Well before the join's own 60 s timeout. Alone this takes ~0.1 s; beside the other suites
+        // the async join resumes on a cooperative pool of two threads (two cores) that their
+        // blocking calls share, which has taken 5–6 s here.
+        #expect(monotonicNanos() - start < 20_000_000_000)
         #expect(throws: TetherError.self) { try device.status(t) }
     }
 
