@@ -122,7 +122,10 @@ ssize_t tether_recv_with_fds(int sock, void *buf, size_t len, int *fds, int max_
     *sender_pidfd = -1;
     *truncated = false;
     ssize_t n;
-    do { n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC); } while (n < 0 && errno == EINTR);
+    // Never blocks, even on a blocking socket: callers wait for readability first, and another
+    // process holding the same fd may take the message in between (a reader blocked here would
+    // hang its connection, deadlines and all).
+    do { n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT); } while (n < 0 && errno == EINTR);
     if (n < 0) return n;
     if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) *truncated = true;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {

@@ -449,6 +449,12 @@ final class Connection: @unchecked Sendable {
                 _ = read(wakeFd, &counter, 8)
             }
             expireDeadlines()
+            if fds[0].revents == 0 && state.withLock({ $0.ringSleepers > 0 }) {
+                // A timed look at the completion ring: the doorbell is a datagram on a socket
+                // that another holder of the fd (a forked child with closeOnFork off, a process
+                // it was passed to) could read first, which must cost a delay, never a hang.
+                serviceRings()
+            }
             guard fds[0].revents != 0 else { continue }
             do throws(SystemError) {
                 let received = try SeqPacketSocket.receive(fd, into: receiveBuffer)
@@ -489,6 +495,10 @@ final class Connection: @unchecked Sendable {
     }
 
     /// Whether to stop, and how long poll may sleep: until the earliest async deadline.
+    /// How often a reader looks at the completion ring while someone sleeps on it (ms): the
+    /// longest a stolen doorbell can delay a reply.
+    static let ringLookMillis: Int32 = 50
+
     private func pollTimeout() -> (closed: Bool, millis: Int32) {
         state.withLock { s in
             if s.closed { return (true, 0) }
@@ -496,11 +506,14 @@ final class Connection: @unchecked Sendable {
             for id in s.timed {
                 if let d = s.pending[id]?.deadline, d < earliest ?? .max { earliest = d }
             }
-            guard let earliest else { return (false, -1) }
+            // While someone sleeps on the ring, look at it at least this often (see `readLoop`).
+            let ringLook: Int32 = s.ringSleepers > 0 ? Self.ringLookMillis : -1
+            guard let earliest else { return (false, ringLook) }
             let now = monotonicNanos()
             if earliest <= now { return (false, 0) }
             // Round up so that a wake-up is never a hair early (which would spin once more).
-            return (false, Int32(min((earliest - now + 999_999) / 1_000_000, UInt64(Int32.max))))
+            let millis = Int32(min((earliest - now + 999_999) / 1_000_000, UInt64(Int32.max)))
+            return (false, ringLook < 0 ? millis : min(millis, ringLook))
         }
     }
 
