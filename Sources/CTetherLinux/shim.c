@@ -108,7 +108,7 @@ ssize_t tether_send_with_fds(int sock, const void *buf, size_t len, const int *f
 }
 
 ssize_t tether_recv_with_fds(int sock, void *buf, size_t len, int *fds, int max_fds, int *fd_count,
-                             pid_t *sender_pid, uid_t *sender_uid, int *sender_pidfd, bool *truncated) {
+                             pid_t *sender_pid, uid_t *sender_uid, int *sender_pidfd, bool *truncated, bool dont_wait) {
     struct iovec iov = {.iov_base = buf, .iov_len = len};
     union {
         char buf[CMSG_SPACE(sizeof(int) * TETHER_MAX_FDS) + CMSG_SPACE(sizeof(struct ucred)) + CMSG_SPACE(sizeof(int))];
@@ -122,10 +122,7 @@ ssize_t tether_recv_with_fds(int sock, void *buf, size_t len, int *fds, int max_
     *sender_pidfd = -1;
     *truncated = false;
     ssize_t n;
-    // Never blocks, even on a blocking socket: callers wait for readability first, and another
-    // process holding the same fd may take the message in between (a reader blocked here would
-    // hang its connection, deadlines and all).
-    do { n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT); } while (n < 0 && errno == EINTR);
+    do { n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | (dont_wait ? MSG_DONTWAIT : 0)); } while (n < 0 && errno == EINTR);
     if (n < 0) return n;
     if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) *truncated = true;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {

@@ -457,7 +457,10 @@ final class Connection: @unchecked Sendable {
             }
             guard fds[0].revents != 0 else { continue }
             do throws(SystemError) {
-                let received = try SeqPacketSocket.receive(fd, into: receiveBuffer)
+                // Never blocking: a holder of a copy of the fd (a forked child with closeOnFork off)
+                // may take the message after poll, and a reader blocked in recvmsg would hang every
+                // call and deadline of the connection.
+                let received = try SeqPacketSocket.receive(fd, into: receiveBuffer, dontWait: true)
                 switch received {
                 case .message(let m):
                     if let unreadable = deliver(m.bytes, truncated: m.truncated) {

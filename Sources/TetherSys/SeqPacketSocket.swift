@@ -123,7 +123,10 @@ public enum SeqPacketSocket {
 
     /// Receives into a reused buffer (allocating and zeroing 192 KiB per message cost ~7 µs) and
     /// copies out only the bytes that arrived.
-    public static func receive(_ fd: Int32, into buffer: ReceiveBuffer) throws(SystemError) -> ReceiveResult {
+    /// `dontWait`: never block, even on a blocking socket (`.wouldBlock` when nothing is there) —
+    /// for a reader that polled first while another process may hold the same fd and take the
+    /// message in between.
+    public static func receive(_ fd: Int32, into buffer: ReceiveBuffer, dontWait: Bool = false) throws(SystemError) -> ReceiveResult {
         let capacity = buffer.capacity
         var fds = [Int32](repeating: -1, count: Int(maxFdsPerMessage))
         var fdCount: Int32 = 0
@@ -138,7 +141,7 @@ public enum SeqPacketSocket {
         for _ in 0..<2 {
             n = fds.withUnsafeMutableBufferPointer {
                 tether_recv_with_fds(fd, buffer.storage, capacity, $0.baseAddress, maxFdsPerMessage, &fdCount, &pid, &uid,
-                                     &pidfd, &truncated)
+                                     &pidfd, &truncated, dontWait)
             }
             if n < 0 && errno == ECONNRESET { continue }
             break

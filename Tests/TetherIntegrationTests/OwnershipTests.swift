@@ -146,40 +146,6 @@ import Testing
         device.close()
     }
 
-    @Test("a child that only reads the inherited connection steals no reply: the parent's join still ends",
-          arguments: backends)
-    func passiveReaderStealsNothing(backend: String) throws {
-        let daemon = try TestDaemon(backend: backend)
-        let device = try Device(daemon.options(closeOnFork: false))
-        let fd = device.connectionFD
-        let h = Handshake()
-        defer { h.close() }
-        let w = forkChild {
-            // Never sends (so the daemon never sees it): reads whatever comes, for up to 10 s.
-            var read = 0
-            let deadline = monotonicNanos() + 10_000_000_000
-            h.send("reading")
-            while monotonicNanos() < deadline {
-                guard (try? waitReadable(fd, timeoutMillis: 20)) == true else { continue }
-                guard case .message? = try? SeqPacketSocket.receive(fd, capacity: Wire.maxMessageBytes) else { break }
-                read += 1
-            }
-            return 0
-        }
-        #expect(h.receive() == "reading")
-        // Joins of threads that end while the parent sleeps on its completion ring: the replies
-        // come through the ring, and a doorbell the child reads first costs a delay, not a hang.
-        for _ in 0..<5 {
-            let t = try device.spawn(.spin, args: [60_000], groups: 8, persistentSeconds: 0.2)
-            let start = monotonicNanos()
-            #expect(try device.wait(t, timeoutSeconds: 10).state == .finished)
-            #expect(monotonicNanos() - start < 5_000_000_000)
-        }
-        kill(w, SIGKILL)
-        _ = waitChild(w)
-        device.close()
-    }
-
     // MARK: Rule 4 — a recycled pid is never the owner
 
     @Test("a new process with a dead owner's pid and its held fd is refused", arguments: backends)

@@ -74,10 +74,10 @@ ssize_t tether_send_with_fds(int sock, const void *buf, size_t len, const int *f
 // sender's pid/uid from SCM_CREDENTIALS when the socket has SO_PASSCRED (else -1). `sender_pidfd`
 // receives the SCM_PIDFD the kernel attached (SO_PASSPIDFD, Linux >= 6.5): a pidfd owned by the
 // caller, or -1 when none came. `truncated` is set when the message or its control data did not
-// fit. Never blocks (MSG_DONTWAIT): -1 with EAGAIN when nothing is there. Returns bytes received,
-// 0 on EOF, -1 on error.
+// fit. With `dont_wait` it never blocks (MSG_DONTWAIT: -1 with EAGAIN when nothing is there).
+// Returns bytes received, 0 on EOF, -1 on error.
 ssize_t tether_recv_with_fds(int sock, void *buf, size_t len, int *fds, int max_fds, int *fd_count,
-                             pid_t *sender_pid, uid_t *sender_uid, int *sender_pidfd, bool *truncated);
+                             pid_t *sender_pid, uid_t *sender_uid, int *sender_pidfd, bool *truncated, bool dont_wait);
 
 // Enables SO_PASSCRED so every received message carries the sender's credentials.
 int tether_enable_passcred(int sock);
