@@ -21,17 +21,8 @@ struct BPFObjectTests {
 
     @Test(.enabled(if: BPFObjectTests.clangHasBPF, "clang with the bpf target is not on PATH; skipped the regeneration check"))
     func generatedObjectIsUpToDate() throws {
-        let process = Process()
-        process.executableURL = ShaderModuleTests.root.appendingPathComponent("tools/build-bpf")
-        process.arguments = ["--check"]
-        process.currentDirectoryURL = ShaderModuleTests.root
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0, "tools/build-bpf --check: \(text)")
+        let (status, text) = try ShaderModuleTests.check("tools/build-bpf")
+        #expect(status == 0, "tools/build-bpf --check: \(text)")
         if !text.contains("up to date") { print("BPFObjectTests: \(text)") }
     }
 

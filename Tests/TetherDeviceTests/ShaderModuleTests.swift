@@ -37,17 +37,24 @@ struct ShaderModuleTests {
 
     @Test(.enabled(if: ShaderModuleTests.toolsAvailable, "glslc or spirv-val is not on PATH; skipped the regeneration check"))
     func generatedFileIsUpToDate() throws {
+        let (status, text) = try Self.check("tools/build-shaders")
+        #expect(status == 0, "tools/build-shaders --check: \(text)")
+    }
+
+    /// Runs `tool --check` (a generator of a committed file) in the package root; its exit status
+    /// and what it printed.
+    static func check(_ tool: String) throws -> (status: Int32, output: String) {
         let process = Process()
-        process.executableURL = Self.root.appendingPathComponent("tools/build-shaders")
+        process.executableURL = root.appendingPathComponent(tool)
         process.arguments = ["--check"]
-        process.currentDirectoryURL = Self.root
+        process.currentDirectoryURL = root
         let output = Pipe()
         process.standardOutput = output
         process.standardError = output
         try process.run()
         let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
-        #expect(process.terminationStatus == 0, "tools/build-shaders --check: \(text)")
+        return (process.terminationStatus, text)
     }
 
     @Test func sha256KnownAnswers() {
