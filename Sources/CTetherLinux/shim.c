@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "CTetherLinux.h"
 
+#include <sys/eventfd.h>
 #include <errno.h>
 #include <linux/futex.h>
 #include <stdint.h>
@@ -310,6 +311,26 @@ fail:
     pthread_mutex_unlock(&tracked_lock);
     errno = saved;
     return -1;
+}
+
+int tether_private_eventfd(void) {
+    pthread_once(&atfork_once, register_atfork);
+    pthread_mutex_lock(&tracked_lock);
+    int fd = -1;
+    if (tracked_count >= TETHER_MAX_TRACKED) {
+        errno = EMFILE;
+    } else {
+        fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (fd >= 0) {
+            tracked_fds[tracked_count] = fd;
+            tracked_close[tracked_count] = true;
+            tracked_count++;
+        }
+    }
+    int saved = errno;
+    pthread_mutex_unlock(&tracked_lock);
+    errno = saved;
+    return fd;
 }
 
 void tether_close_tracked_fd(int fd) {

@@ -216,7 +216,12 @@ final class Connection: @unchecked Sendable {
         }
         let what = "\(request.op)"
         let slot = Slot()
-        let id = try register(Pending(waiter: .blocking(slot), deadline: nil, what: what, timeoutSeconds: timeoutSeconds))
+        // With rings, the reply comes through the completion ring too, and nobody polls for it:
+        // the reader is woken by the eventfd.
+        let ring = ringGate.withLock { $0 }
+        let id = try register(Pending(waiter: .blocking(slot), deadline: nil, sleepsOnRing: ring != nil,
+                                      what: what, timeoutSeconds: timeoutSeconds))
+        ring?.armWakeup()
         do throws(TetherError) {
             try send(request, id: id, fds: fds)
         } catch {
@@ -237,13 +242,14 @@ final class Connection: @unchecked Sendable {
     /// and also enforces the deadline, so no timer thread or dispatch queue is involved.
     func callAsync(_ request: Request, timeoutSeconds: Double?) async throws(TetherError) -> Reply {
         let what = "\(request.op)"
-        let ring = request.travelsOverRings ? ringGate.withLock({ $0 }) : nil
+        let ring = ringGate.withLock { $0 }
+        let submitsToRing = ring != nil && request.travelsOverRings
         let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Reply, TetherError>, Never>) in
             let deadline = timeoutSeconds.map { monotonicNanos() &+ nanos($0) }
             let id: UInt64
             do throws(TetherError) {
                 id = try register(Pending(waiter: .async(continuation), deadline: deadline, sleepsOnRing: ring != nil,
-                                          what: what, timeoutSeconds: timeoutSeconds), ring: ring != nil)
+                                          what: what, timeoutSeconds: timeoutSeconds), ring: submitsToRing)
             } catch {
                 continuation.resume(returning: .failure(error))
                 return
@@ -252,9 +258,9 @@ final class Connection: @unchecked Sendable {
             if deadline != nil { wake() }
             do throws(TetherError) {
                 if let ring {
-                    // Nobody polls for an async waiter: the doorbell must wake the reader.
+                    // Nobody polls for an async waiter: the eventfd must wake the reader.
                     ring.armWakeup()
-                    try submit(request, id: id, ring: ring)
+                    if submitsToRing { try submit(request, id: id, ring: ring) } else { try send(request, id: id, fds: []) }
                     consumeCompletions(ring)
                 } else {
                     try send(request, id: id, fds: [])
@@ -269,19 +275,22 @@ final class Connection: @unchecked Sendable {
     // MARK: Rings
 
     /// Creates this connection's rings and hands them to the daemon (`attachRings`); from then
-    /// on spawn, run, join, kill and status travel over them. On failure (an older daemon, no
-    /// memory) nothing changes and every call keeps using the socket.
+    /// on spawn, run, join, kill and status travel over them, and every reply comes through the
+    /// completion ring. On failure (an older daemon, no memory) nothing changes and every call
+    /// keeps using the socket.
     func attachRings(entries: UInt32, spinNanos: UInt64, timeoutSeconds: Double) throws(TetherError) {
         let (ring, memfd) = try RingChannel.create(entries: entries)
         defer { tether_close_tracked_fd(memfd) }  // the daemon has its own copy, or none
         do throws(TetherError) {
-            _ = try call(.attachRings(sqEntries: entries, cqEntries: entries), fds: [memfd], timeoutSeconds: timeoutSeconds)
+            _ = try call(.attachRings(sqEntries: entries, cqEntries: entries), fds: [memfd, ring.eventfd], timeoutSeconds: timeoutSeconds)
         } catch {
             ring.detach()
+            ring.closeEventfd()  // nothing polls it yet
             throw error
         }
         ringSpinNanos = spinNanos
         ringGate.withLock { $0 = ring }
+        wake()  // the reader polls the eventfd from its next round on
     }
 
     /// Whether calls travel over rings.
@@ -333,8 +342,7 @@ final class Connection: @unchecked Sendable {
         let bytes = MessageCodec.encode(request, id: id)
         switch ring.submit(bytes, spinNanos: ringSpinNanos) {
         case .queued(let doorbell):
-            // A lost doorbell is a dead daemon, which the reader reports to every waiter.
-            if doorbell { try? send(.ringDoorbell, id: 0, fds: []) }
+            if doorbell { ringDoorbell() }
         case .refused:
             try send(request, id: id, fds: [])
         }
@@ -342,17 +350,29 @@ final class Connection: @unchecked Sendable {
 
     /// Hands every published completion to its waiter (whoever waits for it).
     private func consumeCompletions(_ ring: RingChannel) {
-        let packets: [[UInt8]]
-        do throws(TetherError) { packets = try ring.drain() } catch {
+        let drained: (messages: [[UInt8]], ringDoorbell: Bool)
+        do throws(TetherError) { drained = try ring.drain() } catch {
             fail(TetherError(.malformedMessage, "the daemon at \(socketPath) wrote an impossible completion ring: \(error.message)"))
             return
         }
-        for p in packets {
-            if let unreadable = deliver(p, truncated: false) { fail(unreadable) }
+        // The daemon holds replies for a ring it found full: tell it there is room now.
+        if drained.ringDoorbell { ringDoorbell() }
+        for m in drained.messages {
+            if let unreadable = deliver(m, truncated: false) { fail(unreadable) }
         }
     }
 
-    /// The daemon rang the doorbell: consume, and keep the flag set while someone still sleeps.
+    /// Tells the daemon to look at the rings (it sleeps, or holds completions). A doorbell that
+    /// cannot be sent is a dead daemon, which the reader reports to every waiter; so it is sent
+    /// without the error handling of a call (which may wait for the reader).
+    private func ringDoorbell() {
+        let bytes = MessageCodec.encode(.ringDoorbell, id: 0)
+        sendGate.withLock { open in
+            if open { try? SeqPacketSocket.send(fd, bytes) }
+        }
+    }
+
+    /// The daemon signalled the eventfd: consume, and keep the flag set while someone still sleeps.
     private func serviceRings() {
         guard let ring = ringGate.withLock({ $0 }) else { return }
         consumeCompletions(ring)
@@ -432,13 +452,15 @@ final class Connection: @unchecked Sendable {
         var failure: TetherError?
         // The eventfd stays open while the reader runs (it is closed only after the reader left).
         let wakeFd = wakeGate.withLock { $0 }
-        var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: wakeFd, events: Int16(POLLIN), revents: 0)]
+        // The third is the rings' eventfd once attached (-1, ignored by poll, until then).
+        var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: wakeFd, events: Int16(POLLIN), revents: 0),
+                   pollfd(fd: -1, events: Int16(POLLIN), revents: 0)]
         loop: while true {
             let (closed, timeout) = pollTimeout()
             if closed { break }
-            fds[0].revents = 0
-            fds[1].revents = 0
-            let n = fds.withUnsafeMutableBufferPointer { poll($0.baseAddress, 2, timeout) }
+            fds[2].fd = ringGate.withLock { $0?.eventfd ?? -1 }
+            for i in fds.indices { fds[i].revents = 0 }
+            let n = fds.withUnsafeMutableBufferPointer { poll($0.baseAddress, 3, timeout) }
             if n < 0 {
                 if errno == EINTR { continue }
                 failure = TetherError(.deviceLost, "the Tether daemon at \(socketPath) went away (\(SystemError("poll")))")
@@ -449,10 +471,8 @@ final class Connection: @unchecked Sendable {
                 _ = read(wakeFd, &counter, 8)
             }
             expireDeadlines()
-            if fds[0].revents == 0 && state.withLock({ $0.ringSleepers > 0 }) {
-                // A timed look at the completion ring: the doorbell is a datagram on a socket
-                // that another holder of the fd (a forked child with closeOnFork off, a process
-                // it was passed to) could read first, which must cost a delay, never a hang.
+            if fds[2].revents != 0 {
+                Eventfd.reset(fds[2].fd)
                 serviceRings()
             }
             guard fds[0].revents != 0 else { continue }
@@ -498,10 +518,6 @@ final class Connection: @unchecked Sendable {
     }
 
     /// Whether to stop, and how long poll may sleep: until the earliest async deadline.
-    /// How often a reader looks at the completion ring while someone sleeps on it (ms): the
-    /// longest a stolen doorbell can delay a reply.
-    static let ringLookMillis: Int32 = 50
-
     private func pollTimeout() -> (closed: Bool, millis: Int32) {
         state.withLock { s in
             if s.closed { return (true, 0) }
@@ -509,14 +525,12 @@ final class Connection: @unchecked Sendable {
             for id in s.timed {
                 if let d = s.pending[id]?.deadline, d < earliest ?? .max { earliest = d }
             }
-            // While someone sleeps on the ring, look at it at least this often (see `readLoop`).
-            let ringLook: Int32 = s.ringSleepers > 0 ? Self.ringLookMillis : -1
-            guard let earliest else { return (false, ringLook) }
+            guard let earliest else { return (false, -1) }
             let now = monotonicNanos()
             if earliest <= now { return (false, 0) }
             // Round up so that a wake-up is never a hair early (which would spin once more).
             let millis = Int32(min((earliest - now + 999_999) / 1_000_000, UInt64(Int32.max)))
-            return (false, ringLook < 0 ? millis : min(millis, ringLook))
+            return (false, millis)
         }
     }
 
@@ -542,10 +556,6 @@ final class Connection: @unchecked Sendable {
                 throw TetherError(.malformedMessage, "a reply from the daemon exceeded \(Wire.maxMessageBytes) bytes")
             }
             let (i, reply) = try MessageCodec.decodeReply(bytes)
-            if case .doorbell = reply {
-                serviceRings()
-                return nil
-            }
             id = i
             if case .error(let e) = reply { result = .failure(e) } else { result = .success(reply) }
         } catch {
@@ -594,11 +604,9 @@ final class Connection: @unchecked Sendable {
             return (waiters, s.failure!, s.readerRunning, onReader)
         }
         guard let taken else { return }
-        // The rings first: nothing may poll pages that are about to go.
-        ringGate.withLock { ring in
-            ring?.detach()
-            ring = nil
-        }
+        // The rings first: nothing may poll pages that are about to go. (The channel itself, and
+        // its eventfd, stay until the reader has stopped polling: `releaseDescriptors`.)
+        ringGate.withLock { $0?.detach() }
         for w in taken.waiters { w.resolve(.failure(taken.error)) }
         if taken.readerRunning {
             wake()
@@ -623,6 +631,10 @@ final class Connection: @unchecked Sendable {
         wakeGate.withLock { wakeFd in
             if wakeFd >= 0 { Glibc.close(wakeFd) }
             wakeFd = -1
+        }
+        ringGate.withLock { ring in
+            ring?.closeEventfd()
+            ring = nil
         }
     }
 }

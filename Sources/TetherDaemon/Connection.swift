@@ -80,17 +80,17 @@ final class Connection: @unchecked Sendable {
     /// connection is closed (the reply is lost with it; the hang-up path cleans up). `onSent` runs
     /// once the reply has left — at once, or later on the event loop when the queue drains — and
     /// never when it is lost.
+    /// `viaSocket`: never through the rings (the `attachRings` reply, which the client awaits on
+    /// the socket).
     @discardableResult
-    func send(_ reply: Reply, id requestID: UInt64, onSent: (@Sendable () -> Void)? = nil) -> Bool {
+    func send(_ reply: Reply, id requestID: UInt64, viaSocket: Bool = false, onSent: (@Sendable () -> Void)? = nil) -> Bool {
         let bytes = MessageCodec.encode(reply, id: requestID)
-        // A ring request's reply goes to the completion ring; one that does not fit, or finds the
-        // ring full or gone, goes over the socket with the same id.
-        if RingRequestID.isRing(requestID), let rings = rings.withLock({ $0 }) {
-            switch rings.complete(bytes, reaps: reply.reaps, socket: rawFD) {
-            case .posted(let doorbell):
-                if doorbell { send(.doorbell, id: 0) }
-                onSent?()
-                return true
+        // Once the connection has rings, every reply to its owner goes to the completion ring,
+        // which no other holder of the socket can read (ConnectionRings). Id 0 — a sentence about
+        // the connection itself — and a reply larger than the whole ring use the socket.
+        if requestID != 0, !viaSocket, let rings = rings.withLock({ $0 }) {
+            switch rings.complete(bytes, reaps: reply.reaps, socket: rawFD, onSent: onSent) {
+            case .accepted: return true
             case .peerGone: return false
             case .notPosted: break
             }
@@ -130,11 +130,28 @@ final class Connection: @unchecked Sendable {
                     _ = s.queue.removeFirst()
                 }
             }
-            if s.readPaused && s.queue.hasDrained { s.readPaused = false }
+            if s.readPaused && s.queue.hasDrained && ringsHaveDrained { s.readPaused = false }
             updateInterest(&s)
         }
         for f in done { f() }
     }
+
+    /// Resumes reading a connection paused for its replies once both its socket queue and the
+    /// replies held for its completion ring have drained (the event loop, after `flushHeld`).
+    func resumeIfDrained() {
+        state.withLock { s in
+            guard s.fd >= 0, s.readPaused, s.queue.hasDrained, ringsHaveDrained else { return }
+            s.readPaused = false
+            updateInterest(&s)
+        }
+    }
+
+    /// Whether requests are not read because the client leaves its replies unread (its
+    /// submission ring is not consumed either).
+    var isBackPressured: Bool { state.withLock { $0.readPaused } }
+
+    private var ringsHaveDrained: Bool { rings.withLock { $0 }?.hasDrained ?? true }
+    private var ringsBacklogged: Bool { rings.withLock { $0 }?.isBacklogged ?? false }
 
     /// After each request: whether the loop may read another one now. A connection whose client
     /// leaves its replies unread stops being read (its requests wait in its socket, so its client
@@ -142,7 +159,7 @@ final class Connection: @unchecked Sendable {
     func mayReadMore() -> Bool {
         state.withLock { s in
             guard s.fd >= 0 else { return false }
-            if !s.readPaused && s.queue.isFull {
+            if !s.readPaused && (s.queue.isFull || ringsBacklogged) {
                 s.readPaused = true
                 updateInterest(&s)
             }

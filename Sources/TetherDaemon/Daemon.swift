@@ -493,10 +493,12 @@ public final class Daemon: @unchecked Sendable {
             try registry.removeModule(moduleID, of: space)
             return .done
         case .attachRings(let sq, let cq):
-            guard fds.count == 1 else { throw TetherError(.invalidArgument, "attachRings needs exactly one memfd attached (got \(fds.count))") }
+            guard fds.count == 2 else { throw TetherError(.invalidArgument, "attachRings needs two fds attached, the rings' memfd and an eventfd (got \(fds.count))") }
             let memfd = OwnedDescriptor(adopting: fds.removeFirst())
-            try rings.attach(connection, fd: memfd.raw, sqEntries: sq, cqEntries: cq)
-            return .done
+            try rings.attach(connection, fd: memfd.raw, eventfd: OwnedDescriptor(adopting: fds.removeFirst()), sqEntries: sq, cqEntries: cq)
+            // Over the socket: the client starts reading the completion ring once this arrives.
+            connection.send(.done, id: id, viaSocket: true)
+            return nil
         case .ringDoorbell:
             return nil  // the event loop polls the rings after this batch of events
         case .spawn(let s):

@@ -6,72 +6,166 @@ import TetherDevice
 import TetherSys
 
 /// One connection's rings on the daemon's side: the event loop consumes the submission ring,
-/// any thread that answers a ring request produces into the completion ring.
+/// any thread that answers the owner produces into the completion ring.
 ///
 /// Nothing read from the shared page is trusted: the daemon keeps its own submission head and
 /// completion tail, checks the client's tail and head against them (`RingLayout.pending`/`free`),
 /// and copies each packet out before decoding it (`RingSlot.read`).
+///
+/// Every reply to the owner goes into the completion ring (`Connection.send`), never over the
+/// socket, because the ring's pages and the eventfd that wakes a sleeping consumer exist only in
+/// the owner's process: another holder of the socket (a forked child with `closeOnFork` off, a
+/// process the fd was passed to) cannot read them first. A reply the full ring cannot take waits
+/// in `overflow` — never dropped, never sent over the socket — until the client has made room;
+/// while it holds many, the connection's requests are not read (back-pressure, like
+/// `OutgoingQueue`).
 final class ConnectionRings: @unchecked Sendable {
     let memory: RingMemory
+    /// The client's completion doorbell (checked to be an eventfd, non-blocking). Closed by
+    /// `detach`, under the producer lock, so a late completion never signals a reused number.
+    private let eventfd: Int32
     /// The next submission to consume. Event loop only.
     var sqHead: UInt32 = 0
-    /// The completion tail and whether the memory is still mapped, under one lock: completions
-    /// come from the scheduler's and the kill queue's threads, the unmap from the event loop.
-    private let producer = Mutex<(tail: UInt32, mapped: Bool)>((0, true))
+    private struct Producer {
+        var tail: UInt32 = 0
+        /// Whether the memory is still mapped (and the eventfd open).
+        var mapped = true
+        /// Replies the full ring could not take, oldest first.
+        var overflow = OutgoingQueue()
+    }
+    /// Completions come from the event loop, the scheduler's and the kill queue's threads; the
+    /// unmap from the event loop.
+    private let producer = Mutex(Producer())
+    /// Replies held in `overflow`, readable without the lock (the event loop polls it).
+    let held = Atomic<Int>(0)
     /// When a completion was last posted (CLOCK_MONOTONIC ns): the event loop keeps polling for a
     /// while after it, because the client's next submission usually follows its last completion.
     let lastCompletion: Atomic<UInt64>
 
-    init(memory: RingMemory) {
+    init(memory: RingMemory, eventfd: Int32) {
         self.memory = memory
+        self.eventfd = eventfd
         lastCompletion = Atomic(monotonicNanos())
     }
 
     enum Completion {
-        /// In the ring; `doorbell`: a client thread sleeps, ring the socket doorbell.
-        case posted(doorbell: Bool)
-        /// Full (or the client's head is garbage), too large, or detached: use the socket.
+        /// In the ring, or held until the client makes room.
+        case accepted
+        /// Larger than the whole ring, or detached: the caller uses the socket.
         case notPosted
         /// A reaping reply (`joined`) for a peer that shut the connection down: not delivered,
         /// so the thread stays unreaped for the owner's resumed connection to ask again.
         case peerGone
     }
 
-    /// Posts one reply. Never blocks: a full ring (a client that does not consume) sends the reply
-    /// over the socket instead, so nothing is lost and nothing waits on the client.
-    func complete(_ bytes: [UInt8], reaps: Bool, socket: Int32) -> Completion {
-        guard bytes.count <= RingLayout.maxPacketBytes else { return .notPosted }
+    /// Posts one reply, or holds it when the ring is full. Never blocks and never waits on the
+    /// client. `onSent` runs once the reply is in the ring.
+    func complete(_ bytes: [UInt8], reaps: Bool, socket: Int32, onSent: (@Sendable () -> Void)?) -> Completion {
+        guard RingSlot.count(forMessageBytes: bytes.count) <= Int(memory.layout.cqEntries) else { return .notPosted }
         // A reply that reaps must reach a live connection: the socket path learns that from a
         // failed send, the ring must ask (a peer's shutdown shows as RDHUP at once).
         if reaps, socket >= 0 {
             var p = pollfd(fd: socket, events: TETHER_POLLRDHUP, revents: 0)
             if poll(&p, 1, 0) > 0, p.revents & (TETHER_POLLRDHUP | Int16(POLLHUP | POLLERR)) != 0 { return .peerGone }
         }
-        let layout = memory.layout
-        let posted: Bool = producer.withLock { state in
-            guard state.mapped else { return false }
-            let head = memory.load(RingLayout.cqHeadOffset)
-            guard let free = RingLayout.free(head: head, tail: state.tail, entries: layout.cqEntries), free > 0 else { return false }
-            RingSlot.write(bytes, to: memory.slot(layout.cqSlot(state.tail)))
-            state.tail &+= 1
-            memory.store(RingLayout.cqTailOffset, state.tail)
-            return true
+        var sent: [@Sendable () -> Void] = []
+        let outcome: (accepted: Bool, posted: Bool) = producer.withLock { state in
+            guard state.mapped else { return (false, false) }
+            if state.overflow.isEmpty, post(bytes, &state) {
+                if let onSent { sent.append(onSent) }
+                return (true, true)
+            }
+            state.overflow.append(.init(bytes: bytes, onSent: onSent))
+            return (true, postHeld(&state, &sent))
         }
-        guard posted else { return .notPosted }
-        lastCompletion.store(monotonicNanos(), ordering: .relaxed)
-        // Dekker with the client's sleep: tail published (above), full fence, then the flag.
-        RingMemory.fence()
-        let sleeping = memory.load(RingLayout.cqNeedWakeupOffset) != 0
-            && memory.exchange(RingLayout.cqNeedWakeupOffset, 0) != 0
-        return .posted(doorbell: sleeping)
+        guard outcome.accepted else { return .notPosted }
+        if outcome.posted { wakeConsumer() }
+        for f in sent { f() }
+        return .accepted
     }
 
-    /// Unmaps, once; later completions go over the socket.
+    /// Moves held replies into the ring as far as it has room (on `ringDoorbell`, and while the
+    /// event loop polls). Returns whether fewer than half of the back-pressure bound remain.
+    @discardableResult
+    func flushHeld() -> Bool {
+        guard held.load(ordering: .relaxed) > 0 else { return true }
+        var sent: [@Sendable () -> Void] = []
+        let (drained, posted): (Bool, Bool) = producer.withLock { state in
+            guard state.mapped else { return (true, false) }
+            let posted = postHeld(&state, &sent)
+            return (state.overflow.hasDrained, posted)
+        }
+        if posted { wakeConsumer() }
+        for f in sent { f() }
+        return drained
+    }
+
+    /// Whether the held replies are below half of the back-pressure bound.
+    var hasDrained: Bool {
+        held.load(ordering: .relaxed) == 0 || producer.withLock { $0.overflow.hasDrained }
+    }
+
+    /// Whether the held replies reached the back-pressure bound (`OutgoingQueue.isFull`).
+    var isBacklogged: Bool {
+        held.load(ordering: .relaxed) > 0 && producer.withLock { $0.overflow.isFull }
+    }
+
+    /// Writes one message at the tail if it fits, publishing the new tail (lock held).
+    private func post(_ bytes: [UInt8], _ state: inout Producer) -> Bool {
+        let layout = memory.layout
+        let head = memory.load(RingLayout.cqHeadOffset)
+        let slots = RingSlot.count(forMessageBytes: bytes.count)
+        guard let free = RingLayout.free(head: head, tail: state.tail, entries: layout.cqEntries), Int(free) >= slots else { return false }
+        RingSlot.writeCompletion(bytes, at: state.tail, layout: layout, base: memory.base)
+        state.tail &+= UInt32(slots)
+        memory.store(RingLayout.cqTailOffset, state.tail)
+        return true
+    }
+
+    /// Posts held replies, oldest first, while they fit; returns whether it posted any. Whenever
+    /// some stay held, `cqOverflow` is set so that the client rings once it has made room.
+    private func postHeld(_ state: inout Producer, _ sent: inout [@Sendable () -> Void]) -> Bool {
+        var posted = false
+        func move() {
+            while let item = state.overflow.first, post(item.bytes, &state) {
+                posted = true
+                if let f = state.overflow.removeFirst().onSent { sent.append(f) }
+            }
+        }
+        move()
+        if !state.overflow.isEmpty {
+            // Dekker with the client's drain: the flag is published, then (full fence) the free
+            // space looked at once more; a client that drained meanwhile sees the flag and rings.
+            memory.store(RingLayout.cqOverflowOffset, 1)
+            RingMemory.fence()
+            move()
+        }
+        held.store(state.overflow.count, ordering: .relaxed)
+        return posted
+    }
+
+    /// After posting: signals the client's eventfd if a thread of it sleeps on the ring.
+    private func wakeConsumer() {
+        lastCompletion.store(monotonicNanos(), ordering: .relaxed)
+        // Dekker with the client's sleep: tail published, full fence, then the flag.
+        RingMemory.fence()
+        guard memory.load(RingLayout.cqNeedWakeupOffset) != 0,
+              memory.exchange(RingLayout.cqNeedWakeupOffset, 0) != 0 else { return }
+        producer.withLock { state in
+            if state.mapped { Eventfd.signal(eventfd) }
+        }
+    }
+
+    /// Unmaps and closes the eventfd, once; held replies are dropped with the connection, later
+    /// completions go over the socket.
     func detach() {
         producer.withLock { state in
             guard state.mapped else { return }
             state.mapped = false
+            state.overflow.removeAll()
+            held.store(0, ordering: .relaxed)
             memory.unmap()
+            close(eventfd)
         }
     }
 }
@@ -88,7 +182,8 @@ final class ConnectionRings: @unchecked Sendable {
 /// per second (88 %) beside a client doing ring round trips as beside one doing socket round trips.
 /// (Polling in `SCHED_IDLE`, yielding every round, took no more device time either, but was slower
 /// on every count: 93–128 µs round trips against 68 µs, 10–12 k spawns/s against 217 k.) Then it sets every ring's need-wakeup flag, looks once more, and
-/// sleeps in epoll; a client that finds the flag set sends a `ringDoorbell` message on its socket.
+/// sleeps in epoll; a client that finds the flag set sends a `ringDoorbell` message on its socket
+/// (as it does after making room in a completion ring the daemon found full).
 /// Idle, the daemon therefore uses no CPU at all. Polling uses `epoll_wait` with a zero timeout, so
 /// sockets, pidfds and the BPF ring are served as before while it polls.
 ///
@@ -108,7 +203,11 @@ final class RingServer {
     var isEmpty: Bool { attached.isEmpty }
 
     /// Maps a client's rings (the `attachRings` request).
-    func attach(_ connection: Connection, fd: Int32, sqEntries: UInt32, cqEntries: UInt32) throws(TetherError) {
+    /// Takes `eventfd` over (closed on failure and on detach).
+    func attach(_ connection: Connection, fd: Int32, eventfd: consuming OwnedDescriptor, sqEntries: UInt32, cqEntries: UInt32) throws(TetherError) {
+        guard Eventfd.isEventfd(eventfd.raw), Eventfd.setNonBlocking(eventfd.raw) else {
+            throw TetherError(.invalidArgument, "the second fd attached to attachRings must be an eventfd (the completion doorbell)")
+        }
         let layout = try RingLayout(sqEntries: sqEntries, cqEntries: cqEntries)
         let memory = try RingMemory(mapping: fd, layout: layout)
         guard UInt32(littleEndian: memory.base.load(fromByteOffset: RingLayout.magicOffset, as: UInt32.self)) == RingLayout.magic,
@@ -117,7 +216,7 @@ final class RingServer {
             memory.unmap()
             throw TetherError(.invalidArgument, "the rings' memory does not start with the ring magic and version \(RingLayout.version); initialise it before attaching")
         }
-        let rings = ConnectionRings(memory: memory)
+        let rings = ConnectionRings(memory: memory, eventfd: eventfd.release())
         // The client may have submitted already; its head starts where its tail says nothing is.
         let replaced: Bool = connection.rings.withLock { r in
             if r != nil { return true }
@@ -179,6 +278,10 @@ final class RingServer {
         var events: [Event] = []
         for (_, entry) in attached {
             let rings = entry.rings, memory = rings.memory, layout = memory.layout
+            // Replies held for a full completion ring go first; a connection with too many held
+            // is not read until its client has taken them (back-pressure).
+            if rings.held.load(ordering: .relaxed) > 0, rings.flushHeld() { entry.connection.resumeIfDrained() }
+            if entry.connection.isBackPressured { continue }
             let tail = memory.load(RingLayout.sqTailOffset)
             guard let pending = RingLayout.pending(head: rings.sqHead, tail: tail, entries: layout.sqEntries) else {
                 events.append(.corrupt(entry.connection, "the submission ring's tail (\(tail)) is not within \(layout.sqEntries) entries ahead of its head (\(rings.sqHead)): the ring's memory was overwritten"))

@@ -78,7 +78,7 @@ public final class RingMemory: @unchecked Sendable {
         base.storeBytes(of: RingLayout.magic.littleEndian, toByteOffset: RingLayout.magicOffset, as: UInt32.self)
         base.storeBytes(of: RingLayout.version.littleEndian, toByteOffset: RingLayout.versionOffset, as: UInt32.self)
         for offset in [RingLayout.sqTailOffset, RingLayout.sqHeadOffset, RingLayout.sqNeedWakeupOffset,
-                       RingLayout.cqTailOffset, RingLayout.cqHeadOffset, RingLayout.cqNeedWakeupOffset] {
+                       RingLayout.cqTailOffset, RingLayout.cqHeadOffset, RingLayout.cqNeedWakeupOffset, RingLayout.cqOverflowOffset] {
             store(offset, 0)
         }
     }

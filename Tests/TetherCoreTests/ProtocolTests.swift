@@ -121,7 +121,6 @@ struct ProtocolTests {
             .timelines([timeline, TeardownTimeline(space: SpaceID(rawValue: 4), pid: 1, reason: "kill", noticeNanos: .max,
                                                    quiescedNanos: 0, releasedNanos: 0, threadsKilled: 0, regionsFreed: 0, bytesFreed: 0)]),
             .pong,
-            .doorbell,
             .error(TetherError(.notOwner, "pid 12 does not own this connection (it belongs to pid 11); open a new Device")),
             .error(TetherError(TetherError.Code(rawValue: 999), "a code this build does not know")),
         ]
@@ -137,10 +136,11 @@ struct ProtocolTests {
         let requestOps = Set(Self.requests.map(\.op))
         #expect(requestOps == Set(Op.allCases).subtracting([.error]), "add a sample for the new request")
         // Replies: every op except those answered with another op's reply (run → joined,
-        // killThread → killed, awaitTeardown → timelines, unloadModule and attachRings → done).
+        // killThread → killed, awaitTeardown → timelines, unloadModule and attachRings → done;
+        // ringDoorbell is never answered).
         var replyOps = Set<UInt16>()
         for bytes in Self.encodedReplies() { replyOps.insert(UInt16(bytes[6]) | UInt16(bytes[7]) << 8) }
-        let unshared = Op.allCases.filter { ![.run, .killThread, .awaitTeardown, .unloadModule, .attachRings].contains($0) }
+        let unshared = Op.allCases.filter { ![.run, .killThread, .awaitTeardown, .unloadModule, .attachRings, .ringDoorbell].contains($0) }
         #expect(replyOps == Set(unshared.map { $0.rawValue | Wire.replyBit }), "add a sample for the new reply")
     }
 
@@ -542,5 +542,30 @@ struct RingLayoutTests {
         let largest = MessageCodec.encode(.spawn(SpawnRequest(program: .builtin(.matmul), args: Array(repeating: .max, count: KernelABI.maxArguments),
                                                               groups: 1, persistentNanos: 1)), id: .max)
         #expect(largest.count <= RingLayout.maxPacketBytes)
+    }
+
+    @Test func completionsSpanSlotsAcrossTheWrapAndAreBoundedByTheTail() throws {
+        let layout = try RingLayout(sqEntries: 2, cqEntries: 8)
+        let base = UnsafeMutableRawPointer.allocate(byteCount: layout.bytes, alignment: 64)
+        defer { base.deallocate() }
+        // A reply of three slots written at index 6 of 8: slots 6, 7, 0 (and the u32 wrap).
+        let reply = (0..<(2 * RingLayout.maxPacketBytes + 7)).map { UInt8(truncatingIfNeeded: $0 &* 31) }
+        #expect(RingSlot.count(forMessageBytes: reply.count) == 3)
+        #expect(RingSlot.count(forMessageBytes: 0) == 1)
+        #expect(RingSlot.count(forMessageBytes: RingLayout.maxPacketBytes) == 1)
+        for start: UInt32 in [6, .max - 1] {
+            RingSlot.writeCompletion(reply, at: start, layout: layout, base: base)
+            let read = try RingSlot.readCompletion(at: start, available: 3, layout: layout, base: base)
+            #expect(read.bytes == reply && read.slots == 3)
+            // A message that runs past what the producer published is refused, not read on.
+            #expect(throws: TetherError.self) { try RingSlot.readCompletion(at: start, available: 2, layout: layout, base: base) }
+        }
+        // A count a slot cannot hold, with or without the continuation bit.
+        base.storeBytes(of: (UInt32(RingLayout.maxPacketBytes + 1) | RingSlot.moreBit).littleEndian, toByteOffset: layout.cqSlot(0), as: UInt32.self)
+        #expect(throws: TetherError.self) { try RingSlot.readCompletion(at: 0, available: 8, layout: layout, base: base) }
+        // A submission slot never spans: the continuation bit makes its count impossible.
+        let slot = base + layout.sqSlot(0)
+        slot.storeBytes(of: (UInt32(4) | RingSlot.moreBit).littleEndian, as: UInt32.self)
+        #expect(throws: TetherError.self) { try RingSlot.read(from: slot) }
     }
 }

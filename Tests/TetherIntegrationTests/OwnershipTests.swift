@@ -4,6 +4,7 @@ import Glibc
 import Tether
 import TetherCore
 import TetherSys
+import TetherTestSupport
 import Testing
 
 /// The ownership rules of docs/ownership.md, one test per way across the owner boundary, with
@@ -143,6 +144,49 @@ import Testing
         #expect(report.thread == spin.id && report.state == .killed)
         let ok = try device.spawn(.spin, args: [1], groups: 1)
         #expect(try device.wait(ok, timeoutSeconds: 10).state == .finished)
+        device.close()
+    }
+
+    @Test("a child that only reads the inherited connection takes none of the parent's replies or wake-ups",
+          arguments: backends)
+    func passiveReaderStealsNothing(backend: String) async throws {
+        let daemon = try TestDaemon(backend: backend)
+        let device = try Device(daemon.options(closeOnFork: false))
+        #expect(device.usesRings)
+        let fd = device.connectionFD
+        let toParent = Handshake(), toChild = Handshake()
+        defer { toParent.close(); toChild.close() }
+        let w = forkChild {
+            // Takes every message that reaches the shared socket, until told to stop.
+            var taken: [String] = []
+            var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: toChild.read, events: Int16(POLLIN), revents: 0)]
+            toParent.send("reading")
+            while poll(&fds, 2, 30_000) > 0, fds[1].revents == 0 {
+                guard case .message(let m)? = try? SeqPacketSocket.receive(fd, into: ReceiveBuffer(capacity: Wire.maxMessageBytes), dontWait: true) else { continue }
+                taken.append((try? MessageCodec.decodeReply(m.bytes)).map { "\($0.1)".prefix(40) }.map(String.init) ?? "undecodable")
+            }
+            toParent.send("took \(taken.count) \(taken)")
+            return 0
+        }
+        #expect(toParent.receive() == "reading")
+        // Socket calls (mirror, loadModule, a refused status, unmirror) and ring calls (spawn,
+        // wait, status, kill, an async join): every reply must reach the parent, within bounds.
+        let memory = try device.mirror(bytes: 1 << 20)
+        if backend == "vulkan" { _ = try device.loadModule(spirv: try compileTestShader("two_sets")) }
+        for _ in 0..<5 {
+            let t = try device.spawn(.spin, args: [1], groups: 1, persistentSeconds: 0.2)
+            #expect(try device.wait(t, timeoutSeconds: 10).state == .finished)
+        }
+        let spin = try device.spawn(.spin, args: [60_000], groups: 64, persistentSeconds: 600)
+        async let pending: ThreadReport = device.join(spin, timeoutSeconds: 10)
+        #expect(try device.status(spin).thread == spin.id)
+        #expect(throws: TetherError.self) { try device.status(DeviceThreadHandle(id: ThreadID(rawValue: 0xdead))) }
+        #expect(try device.kill(spin))
+        #expect(try await pending.state == .killed)
+        try device.unmirror(memory)
+        toChild.send("stop")
+        #expect(toParent.receive() == "took 0 []", "the child read the parent's messages off the shared socket")
+        #expect(waitChild(w) == 0)
         device.close()
     }
 

@@ -14,6 +14,8 @@ import Testing
     final class RawRings {
         let fd: OwnedDescriptor
         let memory: RingMemory
+        /// The completion doorbell the daemon signals (nobody reads it: the test polls).
+        let doorbellFD: OwnedDescriptor
 
         init(_ daemon: TestDaemon, entries: UInt32 = 4) throws {
             fd = try daemon.rawConnection()
@@ -22,7 +24,8 @@ import Testing
             let memfd = try Memfd.create(name: "ring-test", size: size)
             memory = try RingMemory(mapping: memfd.raw, layout: layout)
             memory.initialise()
-            let reply = rawRequest(fd.raw, .attachRings(sqEntries: entries, cqEntries: entries), fds: [memfd.raw])
+            doorbellFD = OwnedDescriptor(adopting: eventfd(0, Int32(EFD_CLOEXEC)))
+            let reply = rawRequest(fd.raw, .attachRings(sqEntries: entries, cqEntries: entries), fds: [memfd.raw, doorbellFD.raw])
             guard case .done? = reply else { throw TetherError(.deviceError, "attachRings: \(String(describing: reply))") }
         }
 
@@ -142,9 +145,12 @@ import Testing
         let refused = raw.completion()
         #expect(refused?.0 == RingRequestID.bit | 5)
         if case .error(let e)? = refused?.1 { #expect(e.code == .invalidArgument) } else { Issue.record("no error for ps over a ring") }
-        // A ring request without the ring bit: refused on the socket with its id.
+        // A ring request without the ring bit: refused with its id, in the completion ring (every
+        // reply to the owner goes there once the connection has rings).
         try raw.submit(MessageCodec.encode(.status(ThreadID(rawValue: 1)), id: 7))
-        #expect(errorCode(rawReply(raw.fd.raw)) == .malformedMessage)
+        let unmarked = raw.completion()
+        #expect(unmarked?.0 == 7)
+        if case .error(let e)? = unmarked?.1 { #expect(e.code == .malformedMessage) } else { Issue.record("no error for a packet without the ring bit") }
         // After all that, a good packet works: 4 entries, 5 packets, so the ring wrapped too.
         try raw.submit(MessageCodec.encode(.run(SpawnRequest(program: .builtin(.spin), args: [1], groups: 1)), id: RingRequestID.bit | 9))
         let ran = raw.completion()
@@ -209,6 +215,26 @@ import Testing
         do { _ = try device.wait(t, timeoutSeconds: 60) } catch { #expect(error.code == .deviceLost) }
         #expect(monotonicNanos() - start < 5_000_000_000)
         pthread_join(killer, nil)
+    }
+
+    @Test("replies a full completion ring cannot take are held, not sent over the socket: 200 joins through a 2-entry ring all arrive",
+          arguments: ["software", "vulkan"])
+    func fullCompletionRingHoldsReplies(backend: String) async throws {
+        let daemon = try TestDaemon(backend: backend)
+        var options = daemon.options()
+        options.ringEntries = 2
+        options.ringSpinMicroseconds = 0  // every caller sleeps: the eventfd and the held replies do all the work
+        let device = try Device(options)
+        #expect(device.usesRings)
+        let threads = try (0..<200).map { _ throws(TetherError) in try device.spawn(.spin, args: [1], groups: 1) }
+        let states = try await withThrowingTaskGroup(of: ThreadState.self) { group in
+            for t in threads { group.addTask { try await device.join(t, timeoutSeconds: 30).state } }
+            return try await group.reduce(into: [ThreadState]()) { $0.append($1) }
+        }
+        #expect(states.count == 200 && states.allSatisfy { $0 == .finished })
+        // A socket reply larger than the ring (a long error sentence) still arrives.
+        #expect(throws: TetherError.self) { try device.status(DeviceThreadHandle(id: ThreadID(rawValue: 0xdead))) }
+        device.close()
     }
 
     @Test("an idle daemon with a client's rings attached uses no CPU")

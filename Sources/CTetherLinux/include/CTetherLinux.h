@@ -54,6 +54,10 @@ int tether_memfd_create(const char *name, unsigned int flags);
 int tether_fallocate(int fd, long long size);
 
 int tether_mirror_create(size_t size, int *fd_out, void **base_out);
+// A non-blocking, close-on-exec eventfd put in the fork table (closed in a forked child) under
+// the table's lock, so no child ever holds it: a ring's completion doorbell that only this
+// process can read. Close it with tether_close_tracked_fd. Returns the fd, or -1 with errno.
+int tether_private_eventfd(void);
 // Untracks and closes `fd` under the fork table's lock (no fork sees it half-closed).
 void tether_close_tracked_fd(int fd);
 

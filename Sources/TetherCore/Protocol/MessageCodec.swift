@@ -164,7 +164,6 @@ public enum MessageCodec {
         case .psPage: .psPage
         case .timelinesPage: .timelinesPage
         case .pong: .ping
-        case .doorbell: .ringDoorbell
         case .error: .error
         }
     }
@@ -209,7 +208,7 @@ public enum MessageCodec {
         case .module(let id, let d):
             w.u64(id.rawValue)
             moduleDescription(&w, d)
-        case .done, .pong, .doorbell: break
+        case .done, .pong: break
         case .spawned(let t): w.u64(t.rawValue)
         case .joined(let t), .status(let t): thread(&w, t)
         case .killed(let alive): w.bool(alive)
@@ -286,7 +285,6 @@ public enum MessageCodec {
         case .mirror: reply = .mirrored(RegionID(rawValue: try r.u64()))
         case .loadModule: reply = .module(ModuleID(rawValue: try r.u64()), try moduleDescription(&r))
         case .unmirror, .unloadModule, .attachRings: reply = .done
-        case .ringDoorbell: reply = .doorbell
         case .ping: reply = .pong
         case .spawn: reply = .spawned(ThreadID(rawValue: try r.u64()))
         case .join, .run: reply = .joined(try thread(&r))
@@ -307,6 +305,7 @@ public enum MessageCodec {
             let next = try r.u64()
             reply = .timelinesPage(list, next: next == 0 ? nil : next)
         case .error: reply = .error(TetherError(TetherError.Code(rawValue: try r.u16()), try r.string()))
+        case .ringDoorbell: throw TetherError(.malformedMessage, "ringDoorbell is never answered")
         }
         try r.expectEnd()
         return (h.requestID, reply)

@@ -42,10 +42,12 @@ public enum Request: Sendable, Equatable {
     case loadModule(words: [UInt32], entryPoint: String)
     case unloadModule(ModuleID)
     /// The connection's submission and completion rings (`RingLayout`): the memfd that holds them
-    /// travels as the message's one fd. Answered with `done`.
+    /// and the eventfd the daemon signals for a sleeping consumer travel as the message's two fds.
+    /// Answered with `done`, over the socket; every later reply to the owner comes in the
+    /// completion ring.
     case attachRings(sqEntries: UInt32, cqEntries: UInt32)
-    /// The client published submissions while the daemon slept (its need-wakeup flag was set).
-    /// Never answered.
+    /// The client published submissions while the daemon slept (its need-wakeup flag was set), or
+    /// made room in a completion ring the daemon had found full. Never answered.
     case ringDoorbell
     case spawn(SpawnRequest)
     /// Spawn and join in one round trip: answered with `joined` when the thread ends.
@@ -141,9 +143,6 @@ public enum Reply: Sendable, Equatable {
     /// A page of timelines and the cursor of the next one (nil: the last page).
     case timelinesPage([TeardownTimeline], next: UInt64?)
     case pong
-    /// The daemon published completions while a client thread slept (the completion ring's
-    /// need-wakeup flag was set): sent with request id 0, it answers no request.
-    case doorbell
     case error(TetherError)
 }
 

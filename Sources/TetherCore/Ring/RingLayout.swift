@@ -6,18 +6,27 @@
 ///               +0    magic "TRNG", +4 layout version
 ///               +64   sqTail        written by the client (producer), read by the daemon
 ///               +128  sqHead        written by the daemon (consumer), read by the client
-///               +192  sqNeedWakeup  1: the daemon sleeps; the client rings the socket doorbell
+///               +192  sqNeedWakeup  1: the daemon sleeps; the client sends `ringDoorbell`
 ///               +256  cqTail        written by the daemon (producer)
 ///               +320  cqHead        written by the client (consumer)
-///               +384  cqNeedWakeup  1: a client thread sleeps; the daemon rings the socket doorbell
+///               +384  cqNeedWakeup  1: a client thread sleeps; the daemon signals the eventfd
+///               +448  cqOverflow    1: the daemon holds completions the full ring could not take;
+///                                   the client sends `ringDoorbell` once it has made room
 /// offset 4096   sqEntries × 256-byte submission slots
 ///               cqEntries × 256-byte completion slots
 /// ```
 ///
 /// A slot is a `u32` byte count and that many bytes of one ordinary protocol message (header and
 /// body, `MessageCodec`): a submission is a request, a completion is its reply. The rings are a
-/// second transport for messages that fit a slot, not a second protocol, so the daemon decodes and
-/// validates a ring packet with exactly the code that handles a socket message.
+/// second transport, not a second protocol, so the daemon decodes and validates a ring packet with
+/// exactly the code that handles a socket message. A submission is one slot. A completion may span
+/// consecutive slots (`RingSlot.moreBit` in every count but the last, published with one tail
+/// store), so that every reply to the owner fits the ring: replies that travel only in memory the
+/// owner alone maps cannot be read by another holder of the socket (ownership.md, rule 3).
+///
+/// The completion wake-up is an eventfd the client creates, passes with `attachRings` and keeps out
+/// of every forked child; a doorbell on the shared socket could be read first by a child holding a
+/// copy of it.
 ///
 /// Indices are free-running `u32` counters (slot = index mod entries, entries a power of two), as
 /// in io_uring. The peer can write anything into the shared page at any time, so each side keeps
@@ -32,7 +41,7 @@
 /// system call is made while the consumer is polling.
 public struct RingLayout: Sendable, Equatable {
     public static let magic: UInt32 = 0x474E_5254  // "TRNG" little-endian
-    public static let version: UInt32 = 1
+    public static let version: UInt32 = 2
     /// Bytes per slot: a `u32` length and up to `maxPacketBytes` of message.
     public static let slotBytes = 256
     public static let maxPacketBytes = slotBytes - 4
@@ -51,6 +60,7 @@ public struct RingLayout: Sendable, Equatable {
     public static let cqTailOffset = 256
     public static let cqHeadOffset = 320
     public static let cqNeedWakeupOffset = 384
+    public static let cqOverflowOffset = 448
 
     public let sqEntries: UInt32
     public let cqEntries: UInt32
@@ -94,6 +104,54 @@ public struct RingLayout: Sendable, Equatable {
 
 /// Reading and writing one slot's packet (`RingLayout`).
 public enum RingSlot {
+    /// Set in a completion slot's count when the message goes on in the next slot.
+    public static let moreBit: UInt32 = 1 << 31
+
+    /// Slots a completion of `bytes` bytes takes.
+    public static func count(forMessageBytes bytes: Int) -> Int {
+        max(1, (bytes + RingLayout.maxPacketBytes - 1) / RingLayout.maxPacketBytes)
+    }
+
+    /// Writes `bytes` over `count(forMessageBytes:)` consecutive slots starting at free-running
+    /// index `index` of the completion ring; the caller checked there is room and publishes the
+    /// tail afterwards.
+    public static func writeCompletion(_ bytes: [UInt8], at index: UInt32, layout: RingLayout, base: UnsafeMutableRawPointer) {
+        let n = count(forMessageBytes: bytes.count)
+        bytes.withUnsafeBytes { all in
+            for i in 0..<n {
+                let from = i * RingLayout.maxPacketBytes
+                let length = min(RingLayout.maxPacketBytes, bytes.count - from)
+                let slot = base + layout.cqSlot(index &+ UInt32(i))
+                slot.storeBytes(of: (UInt32(length) | (i < n - 1 ? moreBit : 0)).littleEndian, as: UInt32.self)
+                if length > 0 { slot.advanced(by: 4).copyMemory(from: all.baseAddress! + from, byteCount: length) }
+            }
+        }
+    }
+
+    /// Copies one completion out of the ring, starting at free-running index `index`, reading no
+    /// further than `available` slots. Returns the message and the slots it took. Throws
+    /// `malformedMessage` for a count a slot cannot hold, a message that runs past `available`,
+    /// or one longer than `Wire.maxMessageBytes`.
+    public static func readCompletion(at index: UInt32, available: UInt32, layout: RingLayout,
+                                      base: UnsafeRawPointer) throws(TetherError) -> (bytes: [UInt8], slots: UInt32) {
+        var bytes: [UInt8] = []
+        var used: UInt32 = 0
+        while true {
+            guard used < available else {
+                throw TetherError(.malformedMessage, "a completion runs past the ring's tail")
+            }
+            let slot = base + layout.cqSlot(index &+ used)
+            let word = UInt32(littleEndian: slot.loadUnaligned(as: UInt32.self))
+            used += 1
+            let length = Int(word & ~moreBit)
+            guard length <= RingLayout.maxPacketBytes, bytes.count + length <= Wire.maxMessageBytes else {
+                throw TetherError(.malformedMessage, "a completion slot claims \(length) bytes; a slot holds at most \(RingLayout.maxPacketBytes)")
+            }
+            bytes.append(contentsOf: UnsafeRawBufferPointer(start: slot.advanced(by: 4), count: length))
+            if word & moreBit == 0 { return (bytes, used) }
+        }
+    }
+
     /// Writes `bytes` into the slot at `slot` (length first). False when they do not fit: the
     /// caller sends the message over the socket instead.
     @discardableResult
@@ -119,10 +177,10 @@ public enum RingSlot {
     }
 }
 
-/// Request ids of messages that travel over the rings carry this bit, so the daemon sends their
-/// replies to the completion ring (or, when a reply does not fit a slot or the ring is full, over
-/// the socket with the same id). The library draws every id from one counter, so socket and ring
-/// ids never collide.
+/// Request ids of messages that travel over the submission ring carry this bit (a packet without
+/// it is refused). Once a connection has rings, the daemon answers every request of its owner —
+/// ring or socket — in the completion ring; the bit only tells the two transports' ids apart. The
+/// library draws every id from one counter, so socket and ring ids never collide.
 public enum RingRequestID {
     public static let bit: UInt64 = 1 << 63
     public static func isRing(_ id: UInt64) -> Bool { id & bit != 0 }
