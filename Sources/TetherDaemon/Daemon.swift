@@ -464,6 +464,7 @@ public final class Daemon: @unchecked Sendable {
                 connection.send(reply, id: requestID)
             }
         } catch {
+            if error.code == .resourceExhausted { connection.budget.chargeRefusal() }
             connection.send(.error(error), id: requestID)
         }
     }

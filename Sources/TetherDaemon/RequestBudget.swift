@@ -29,6 +29,18 @@ struct RequestBudget {
         emptyAt &+= nanosPerToken
     }
 
+    /// Tokens a request refused for a limit (`resourceExhausted`) costs in all. A client that
+    /// keeps asking past its quota is slowed to 1/64 of its request rate while it does, so that
+    /// refusing it costs the daemon (and the flooder's own CPU, blocked in `sendmsg`) next to
+    /// nothing; a client that stops asking gets its rate back within a fraction of a second.
+    static let refusalCost: UInt64 = 64
+
+    /// Charges a refused request the rest of `refusalCost` (its first token was spent when it was
+    /// read). The bucket may go into debt: no request is read until it is paid.
+    mutating func chargeRefusal() {
+        emptyAt &+= (Self.refusalCost - 1) * nanosPerToken
+    }
+
     /// When the next token is due.
     func nextToken() -> UInt64 { emptyAt &+ nanosPerToken }
 }

@@ -380,6 +380,7 @@ extension Daemon {
                 connection.send(reply, id: requestID)
             }
         } catch {
+            if error.code == .resourceExhausted { connection.ringBudget.chargeRefusal() }
             connection.send(.error(error), id: requestID)
         }
     }

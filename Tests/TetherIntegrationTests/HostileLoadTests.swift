@@ -56,6 +56,29 @@ import Testing
         #expect(rawRequest(other.raw, .ping) == .pong)
     }
 
+    @Test("a request refused for a limit costs 64 tokens: a client that keeps asking past its quota is slowed, then served")
+    func refusalsCostMore() throws {
+        let daemon = try TestDaemon(extra: ["--max-requests-per-second", "100", "--max-request-burst", "4",
+                                            "--max-waiters-per-connection", "1"])
+        // This process owns a space (alive: a waiter on it is never answered).
+        let owner = try daemon.rawConnection()
+        let fd = try SeqPacketSocket.connect(path: daemon.socketPath)
+        // One waiter on ourselves, then one past the cap.
+        try SeqPacketSocket.send(fd.raw, MessageCodec.encode(.awaitTeardown(pid: getpid(), timeoutMillis: 600_000), id: 1))
+        #expect(errorCode(rawRequest(fd.raw, .awaitTeardown(pid: getpid(), timeoutMillis: 600_000), id: 2)) == .resourceExhausted)
+        let refused = monotonicNanos()
+        // The refusal put the budget 63 tokens (0.63 s at 100 a second) into debt: the next request
+        // waits in the socket at least that long, however fast the machine, and is then answered.
+        #expect(rawRequest(fd.raw, .ping, id: 3) == .pong)
+        #expect(monotonicNanos() - refused >= 600_000_000)
+        // Another connection was never slowed.
+        let other = try SeqPacketSocket.connect(path: daemon.socketPath)
+        let t0 = monotonicNanos()
+        #expect(rawRequest(other.raw, .ping) == .pong)
+        #expect(monotonicNanos() - t0 < 600_000_000)
+        withExtendedLifetime(owner) {}
+    }
+
     @Test("a client stopped while 1,000 joins complete gets every reply after SIGCONT")
     func stoppedClientGetsEveryReply() throws {
         let daemon = try TestDaemon()

@@ -35,6 +35,7 @@ struct BenchLoad: ParsableCommand {
     @OptionGroup var backendOptions: BackendOptions
     @Option(help: "Tiny runs timed per cell.") var runs = 300
     @Option(help: "Elements of the timed saxpy.") var saxpyElements = 1 << 20
+    @Option(help: "Saxpys timed per cell (the median is reported).") var saxpys = 25
     @Option(help: "Seconds each flood runs before the measurement starts.") var warmup: Double = 0.5
     @Flag(help: "Print one JSON object.") var json = false
 
@@ -60,7 +61,7 @@ struct BenchLoad: ParsableCommand {
                 samples.append(monotonicNanos() - t0)
             }
             var saxpy: [Double] = []
-            for _ in 0..<5 {
+            for _ in 0..<saxpys {
                 let t0 = monotonicNanos()
                 _ = try device.run(.saxpy, args: [UInt64(saxpyElements), two, x, y],
                                    groups: UInt32((saxpyElements + 255) / 256), timeoutSeconds: 60)
@@ -93,7 +94,7 @@ struct BenchLoad: ParsableCommand {
         }
         let result = LoadReport(backend: backend, cells: cells)
         if json { return try printJSON(result) }
-        printLine("A well-behaved client beside a hostile one (\(backend) backend; \(runs) tiny runs and 5 saxpys of \(saxpyElements) per cell; a noisy 2-core machine)")
+        printLine("A well-behaved client beside a hostile one (\(backend) backend; \(runs) tiny runs and \(saxpys) saxpys of \(saxpyElements) per cell; a noisy 2-core machine)")
         print(table(["flood", "dispatch p50 µs", "p99 µs", "× alone", "saxpy ms", "× alone", "the flooder was told"],
                    cells.map { [$0.flood, formatDouble($0.dispatch.p50Micros, 1), formatDouble($0.dispatch.p99Micros, 1),
                                 formatDouble($0.dispatchRatio, 2), formatDouble($0.saxpyMillis, 2), formatDouble($0.saxpyRatio, 2),
