@@ -70,6 +70,9 @@ public final class Daemon: @unchecked Sendable {
     private let listenerGuard = ListenerGuard()
     /// Connections out of request tokens, with when their next one is due (the event loop only).
     private var throttled: [(due: UInt64, token: UInt64, ring: Bool)] = []
+    /// Each uid's new-connection budget (`admitNewConnection`); one entry per uid that ever
+    /// connected, and only the kernel hands out uids.
+    private var newConnections: [UInt32: RequestBudget] = [:]
     /// Event-loop state: the watched pidfd of each live space, by epoll token and by space.
     private var pidfdSpaces: [UInt64: AddressSpace] = [:]
     private var pidfdTokens: [SpaceID: UInt64] = [:]
@@ -258,11 +261,28 @@ public final class Daemon: @unchecked Sendable {
                 try epoll.add(connection.rawFD, token: t, events: Connection.readInterest)
                 connections[t] = connection
                 connectionsOfUid[uid, default: 0] += 1
+                admitNewConnection(connection, now: now)
             } catch {
                 logger.warning("cannot watch a new connection: \(error)")
                 connection.close()
             }
         }
+    }
+
+    /// Spends a token of the uid's new-connection budget; without one, the connection is not
+    /// read until its turn (`DaemonLimits.newConnectionsPerSecond`). The budget may go into debt,
+    /// one token per connection, so connections in excess are served in order at the rate; the
+    /// debt is bounded by the uid's connection limit.
+    private func admitNewConnection(_ connection: Connection, now: UInt64) {
+        let limits = configuration.limits
+        var budget = newConnections[connection.uid]
+            ?? RequestBudget(perSecond: limits.newConnectionsPerSecond, burst: DaemonLimits.newConnectionBurst, now: now)
+        let due = budget.hasToken(now: now) ? nil : budget.nextToken()
+        budget.spend(now: now)
+        newConnections[connection.uid] = budget
+        guard let due else { return }
+        connection.setThrottled(true)
+        throttled.append((due, connection.id, false))
     }
 
     /// Replies may go out (`EPOLLOUT`), requests may come in, or the peer went away.

@@ -40,6 +40,14 @@ public struct DaemonLimits: Sendable, Equatable {
     /// second from one client on the software backend here) and costs the daemon no system call
     /// per request; its burst is the socket's × 4.
     public var ringRequestsPerSecond: UInt64 = 400_000
+    /// New connections of one uid served per second, in bursts of up to `newConnectionBurst`: a
+    /// connection beyond them is accepted but not read until its turn, so a client that connects
+    /// in a loop waits in its own `connect`-then-call instead of costing the daemon an accept and a
+    /// round trip each time (the per-connection request budget starts full, so without this a
+    /// flood of fresh connections would escape it). Opening a connection and asking one thing
+    /// takes ~100 µs here: 1,000 a second is far above any tool's or library's use.
+    public var newConnectionsPerSecond: UInt64 = 1_000
+    public static let newConnectionBurst: UInt64 = 128
 
     public init() {}
 

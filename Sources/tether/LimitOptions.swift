@@ -23,6 +23,8 @@ struct LimitOptions: ParsableArguments {
     var maxRequestBurst = d.requestBurst
     @Option(help: "Requests read from one connection's submission ring per second.")
     var maxRingRequestsPerSecond = d.ringRequestsPerSecond
+    @Option(help: "New connections served per user per second (beyond a burst of 128, a new connection waits to be read).")
+    var maxNewConnectionsPerSecond = d.newConnectionsPerSecond
 
     func validate() throws {
         let all: [(String, UInt64)] = [
@@ -35,6 +37,7 @@ struct LimitOptions: ParsableArguments {
             ("--max-modules-per-space", maxModulesPerSpace),
             ("--max-requests-per-second", maxRequestsPerSecond), ("--max-request-burst", maxRequestBurst),
             ("--max-ring-requests-per-second", maxRingRequestsPerSecond),
+            ("--max-new-connections-per-second", maxNewConnectionsPerSecond),
         ]
         for (flag, value) in all where value < 1 { throw ValidationError("\(flag) must be at least 1") }
         for (flag, value) in all where value > 1 << 40 { throw ValidationError("\(flag) must be at most 2^40") }
@@ -56,6 +59,7 @@ struct LimitOptions: ParsableArguments {
         l.requestsPerSecond = maxRequestsPerSecond
         l.requestBurst = maxRequestBurst
         l.ringRequestsPerSecond = maxRingRequestsPerSecond
+        l.newConnectionsPerSecond = maxNewConnectionsPerSecond
         return l
     }
 }
