@@ -181,6 +181,24 @@ import Testing
         try daemon.control().ping()
     }
 
+    @Test("attachRings with a sparse memfd (pages never allocated, which the daemon's first touch would allocate and be charged for): invalidArgument")
+    func sparseRingMemoryIsRefused() throws {
+        let daemon = try TestDaemon()
+        let layout = try RingLayout(sqEntries: 4096, cqEntries: 4096)
+        let size = Memfd.pageRounded(layout.bytes)
+        let sparse = try Memfd.create(name: "ring-attack-sparse", size: size, allocate: false)
+        // The magic and version written: only the control page is allocated.
+        let base = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, sparse.raw, 0)!
+        RingMemory(adopting: base, size: size, layout: layout).initialise()  // unmapped on deinit
+        #expect(Memfd.unallocatedBytes(sparse.raw) > 1 << 20)
+        let eventfd = OwnedDescriptor(adopting: makeEventfd())
+        let connection = try daemon.rawConnection()
+        let reply = rawRequest(connection.raw, .attachRings(sqEntries: 4096, cqEntries: 4096), fds: [sparse.raw, eventfd.raw])
+        #expect(errorCode(reply) == .invalidArgument, "\(String(describing: reply))")
+        if case .error(let e)? = reply { #expect(e.message.contains("allocated"), "\(e.message)") }
+        try daemon.control().ping()
+    }
+
     @Test("attachRings twice on one connection: the second is refused (in the completion ring), its fds closed; the first rings keep working")
     func attachTwice() throws {
         let daemon = try TestDaemon()
