@@ -150,6 +150,21 @@ final class Connection: @unchecked Sendable {
     /// submission ring is not consumed either).
     var isBackPressured: Bool { state.withLock { $0.readPaused } }
 
+    /// Before its submission ring is read: stops reading the connection (socket and ring) once
+    /// the replies waiting for it reached the bound, and says whether it is paused. The ring's
+    /// own check: a client that only submits through the ring never sends a socket message, so
+    /// `mayReadMore` alone would never pause it while its held replies grow without end.
+    func pauseIfBacklogged() -> Bool {
+        state.withLock { s in
+            guard s.fd >= 0 else { return true }
+            if !s.readPaused && (s.queue.isFull || ringsBacklogged) {
+                s.readPaused = true
+                updateInterest(&s)
+            }
+            return s.readPaused
+        }
+    }
+
     private var ringsHaveDrained: Bool { rings.withLock { $0 }?.hasDrained ?? true }
     private var ringsBacklogged: Bool { rings.withLock { $0 }?.isBacklogged ?? false }
 

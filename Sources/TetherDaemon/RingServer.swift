@@ -145,14 +145,20 @@ final class ConnectionRings: @unchecked Sendable {
     }
 
     /// After posting: signals the client's eventfd if a thread of it sleeps on the ring.
+    ///
+    /// The flag is read under the producer lock, after checking `mapped`: completions come from
+    /// the scheduler's and the kill queue's threads while the event loop may `detach` (unmap) the
+    /// pages at any moment, so a look at the page outside the lock could touch unmapped memory
+    /// (SIGSEGV) or a new mapping at the same address (another client's mirror).
     private func wakeConsumer() {
         lastCompletion.store(monotonicNanos(), ordering: .relaxed)
-        // Dekker with the client's sleep: tail published, full fence, then the flag.
-        RingMemory.fence()
-        guard memory.load(RingLayout.cqNeedWakeupOffset) != 0,
-              memory.exchange(RingLayout.cqNeedWakeupOffset, 0) != 0 else { return }
         producer.withLock { state in
-            if state.mapped { Eventfd.signal(eventfd) }
+            guard state.mapped else { return }
+            // Dekker with the client's sleep: tail published, full fence, then the flag.
+            RingMemory.fence()
+            guard memory.load(RingLayout.cqNeedWakeupOffset) != 0,
+                  memory.exchange(RingLayout.cqNeedWakeupOffset, 0) != 0 else { return }
+            Eventfd.signal(eventfd)
         }
     }
 
@@ -197,6 +203,12 @@ final class RingServer {
     private var armed = false
     /// Submissions consumed per ring per round, so that one busy client cannot hold the others off.
     static let batch = 32
+    /// Whether the last `poll` left a connection paused with replies held for its completion ring.
+    /// Such a client's `ringDoorbell` waits unread in its paused socket, so only `poll` sees the
+    /// room it makes: the event loop sleeps at most `backlogMillis` then, backing off (1 → 64 ms)
+    /// while a client makes no room, so a client that never drains costs ~16 wake-ups a second.
+    private var backlogged = false
+    private var backlogMillis: Int32 = 1
 
     init(pollNanos: UInt64) { self.pollNanos = pollNanos }
 
@@ -254,7 +266,7 @@ final class RingServer {
             setFlags(1)
             return 0
         }
-        return millis
+        return backlogged ? min(millis, backlogMillis) : millis
     }
 
     private func setFlags(_ value: UInt32) {
@@ -276,12 +288,20 @@ final class RingServer {
     /// out of shared memory) to `handle`.
     func poll(_ handle: (Event) -> Void) {
         var events: [Event] = []
+        var paused = false, progressed = false
         for (_, entry) in attached {
             let rings = entry.rings, memory = rings.memory, layout = memory.layout
             // Replies held for a full completion ring go first; a connection with too many held
             // is not read until its client has taken them (back-pressure).
-            if rings.held.load(ordering: .relaxed) > 0, rings.flushHeld() { entry.connection.resumeIfDrained() }
-            if entry.connection.isBackPressured { continue }
+            let held = rings.held.load(ordering: .relaxed)
+            if held > 0 {
+                if rings.flushHeld() { entry.connection.resumeIfDrained() }
+                if rings.held.load(ordering: .relaxed) < held { progressed = true }
+            }
+            if entry.connection.pauseIfBacklogged() {
+                if rings.held.load(ordering: .relaxed) > 0 { paused = true }
+                continue
+            }
             let tail = memory.load(RingLayout.sqTailOffset)
             guard let pending = RingLayout.pending(head: rings.sqHead, tail: tail, entries: layout.sqEntries) else {
                 events.append(.corrupt(entry.connection, "the submission ring's tail (\(tail)) is not within \(layout.sqEntries) entries ahead of its head (\(rings.sqHead)): the ring's memory was overwritten"))
@@ -308,6 +328,8 @@ final class RingServer {
             }
             memory.store(RingLayout.sqHeadOffset, rings.sqHead)
         }
+        backlogMillis = !paused || progressed ? 1 : min(backlogMillis * 2, 64)
+        backlogged = paused
         guard !events.isEmpty else { return }
         // Only packets count as activity: a throttled ring must not keep the loop polling.
         if events.contains(where: { if case .outOfBudget = $0 { false } else { true } }) { lastSubmission = monotonicNanos() }

@@ -39,6 +39,11 @@ public final class RingMemory: @unchecked Sendable {
         guard inspected.shrinkSealed, inspected.size >= size else {
             throw TetherError(.invalidArgument, "the rings' memfd must be sealed against shrinking (F_SEAL_SHRINK) and hold at least \(size) bytes for \(layout.sqEntries) + \(layout.cqEntries) entries")
         }
+        // Pages the client never allocated would be allocated by the daemon's first touch of a
+        // slot and charged to the daemon (up to ~2 MiB per connection), as with `mirror`.
+        guard Memfd.unallocatedBytes(fd) == 0 else {
+            throw TetherError(.invalidArgument, "the rings' memfd must have every page allocated (fallocate) before attachRings; pages the daemon touched first would be charged to the daemon")
+        }
         guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else {
             throw TetherError(.resourceExhausted, "cannot map the rings: \(SystemError("mmap"))")
         }
