@@ -222,7 +222,7 @@ int tether_accept_nonblocking(int listener) {
     return accept4(listener, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 }
 
-#define TETHER_MAX_TRACKED 256
+#define TETHER_MAX_TRACKED 4096
 static pthread_mutex_t tracked_lock = PTHREAD_MUTEX_INITIALIZER;
 static int tracked_fds[TETHER_MAX_TRACKED];
 static bool tracked_close[TETHER_MAX_TRACKED];

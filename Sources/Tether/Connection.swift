@@ -135,7 +135,10 @@ final class Connection: @unchecked Sendable {
         // At once: a fork from another thread between connect and here is the one case in
         // which a child would inherit the fd without the atfork handler knowing of it.
         if track { tether_track_device_fd(fd, closeOnFork) }
-        let wake = eventfd(0, Int32(EFD_CLOEXEC))
+        // Closed in every forked child (the fork table): a child that could read it would steal
+        // the wake-ups of close and of deadlines, and one that could write it full would block
+        // them (it is non-blocking too).
+        let wake = tether_private_eventfd()
         if wake < 0 {
             let e = SystemError("eventfd")
             if track { tether_untrack_device_fd(fd) }
@@ -629,7 +632,7 @@ final class Connection: @unchecked Sendable {
             Glibc.close(fd)
         }
         wakeGate.withLock { wakeFd in
-            if wakeFd >= 0 { Glibc.close(wakeFd) }
+            if wakeFd >= 0 { tether_close_tracked_fd(wakeFd) }
             wakeFd = -1
         }
         ringGate.withLock { ring in

@@ -498,7 +498,7 @@ public final class Daemon: @unchecked Sendable {
         case .hello(_, let backendChoice):
             if backendChoice != .auto, backendChoice.rawValue != backend.device.backend.rawValue {
                 throw TetherError(.backendUnavailable,
-                    "this daemon serves the \(backend.device.backend.rawValue) backend (\(backend.device.name)); start one with `tether daemon --backend \(backendChoice.rawValue)`")
+                    "this daemon serves the \(backend.device.backend.rawValue) backend (\(backend.device.name)); leave --backend out to use it, or start a \(backendChoice.rawValue) daemon on another socket (`tether daemon --backend \(backendChoice.rawValue) --socket PATH`, then pass --socket PATH)")
             }
             return .hello(HelloReply(space: space.id, pid: space.pid, policy: space.policy,
                                      backend: backend.device.backend, deviceName: backend.device.name))
@@ -516,7 +516,7 @@ public final class Daemon: @unchecked Sendable {
         case .attachRings(let sq, let cq):
             guard fds.count == 2 else { throw TetherError(.invalidArgument, "attachRings needs two fds attached, the rings' memfd and an eventfd (got \(fds.count))") }
             let memfd = OwnedDescriptor(adopting: fds.removeFirst())
-            try rings.attach(connection, fd: memfd.raw, eventfd: OwnedDescriptor(adopting: fds.removeFirst()), sqEntries: sq, cqEntries: cq)
+            try rings.attach(connection, fd: memfd.raw, eventfd: OwnedDescriptor(adopting: fds.removeFirst()), sqEntries: sq, cqEntries: cq, loopWake: wake)
             // Over the socket: the client starts reading the completion ring once this arrives.
             connection.send(.done, id: id, viaSocket: true)
             return nil

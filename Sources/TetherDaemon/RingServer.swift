@@ -38,13 +38,19 @@ final class ConnectionRings: @unchecked Sendable {
     private let producer = Mutex(Producer())
     /// Replies held in `overflow`, readable without the lock (the event loop polls it).
     let held = Atomic<Int>(0)
+    /// Set when the client's completion head was impossible (`RingLayout.free` refused it): the
+    /// ring's memory was overwritten, and the event loop (woken through `loopWake`) closes the
+    /// connection as it does for a bad submission tail, instead of holding replies for ever.
+    let headCorrupt = Atomic<Bool>(false)
+    private let loopWake: EventFD
     /// When a completion was last posted (CLOCK_MONOTONIC ns): the event loop keeps polling for a
     /// while after it, because the client's next submission usually follows its last completion.
     let lastCompletion: Atomic<UInt64>
 
-    init(memory: RingMemory, eventfd: Int32) {
+    init(memory: RingMemory, eventfd: Int32, loopWake: EventFD) {
         self.memory = memory
         self.eventfd = eventfd
+        self.loopWake = loopWake
         lastCompletion = Atomic(monotonicNanos())
     }
 
@@ -115,7 +121,11 @@ final class ConnectionRings: @unchecked Sendable {
         let layout = memory.layout
         let head = memory.load(RingLayout.cqHeadOffset)
         let slots = RingSlot.count(forMessageBytes: bytes.count)
-        guard let free = RingLayout.free(head: head, tail: state.tail, entries: layout.cqEntries), Int(free) >= slots else { return false }
+        guard let free = RingLayout.free(head: head, tail: state.tail, entries: layout.cqEntries) else {
+            if !headCorrupt.exchange(true, ordering: .relaxed) { loopWake.signal() }
+            return false
+        }
+        guard Int(free) >= slots else { return false }
         RingSlot.writeCompletion(bytes, at: state.tail, layout: layout, base: memory.base)
         state.tail &+= UInt32(slots)
         memory.store(RingLayout.cqTailOffset, state.tail)
@@ -195,7 +205,7 @@ final class ConnectionRings: @unchecked Sendable {
 ///
 /// Touched by the event loop only.
 final class RingServer {
-    /// How long to poll after activity (`--ring-poll-micros`); 0 sleeps at once.
+    /// How long to poll after activity (`--ring-poll-us`); 0 sleeps at once.
     let pollNanos: UInt64
     private var attached: [UInt64: (connection: Connection, rings: ConnectionRings)] = [:]
     private var lastSubmission: UInt64 = 0
@@ -215,8 +225,10 @@ final class RingServer {
     var isEmpty: Bool { attached.isEmpty }
 
     /// Maps a client's rings (the `attachRings` request).
-    /// Takes `eventfd` over (closed on failure and on detach).
-    func attach(_ connection: Connection, fd: Int32, eventfd: consuming OwnedDescriptor, sqEntries: UInt32, cqEntries: UInt32) throws(TetherError) {
+    /// Takes `eventfd` over (closed on failure and on detach). `loopWake` wakes the event loop
+    /// (for a corrupt completion head found on another thread).
+    func attach(_ connection: Connection, fd: Int32, eventfd: consuming OwnedDescriptor, sqEntries: UInt32, cqEntries: UInt32,
+                loopWake: EventFD) throws(TetherError) {
         guard Eventfd.isEventfd(eventfd.raw), Eventfd.setNonBlocking(eventfd.raw) else {
             throw TetherError(.invalidArgument, "the second fd attached to attachRings must be an eventfd (the completion doorbell)")
         }
@@ -228,7 +240,7 @@ final class RingServer {
             memory.unmap()
             throw TetherError(.invalidArgument, "the rings' memory does not start with the ring magic and version \(RingLayout.version); initialise it before attaching")
         }
-        let rings = ConnectionRings(memory: memory, eventfd: eventfd.release())
+        let rings = ConnectionRings(memory: memory, eventfd: eventfd.release(), loopWake: loopWake)
         // The client may have submitted already; its head starts where its tail says nothing is.
         let replaced: Bool = connection.rings.withLock { r in
             if r != nil { return true }
@@ -297,6 +309,10 @@ final class RingServer {
             if held > 0 {
                 if rings.flushHeld() { entry.connection.resumeIfDrained() }
                 if rings.held.load(ordering: .relaxed) < held { progressed = true }
+            }
+            if rings.headCorrupt.load(ordering: .relaxed) {
+                events.append(.corrupt(entry.connection, "the completion ring's head is not within \(layout.cqEntries) entries behind its tail: the ring's memory was overwritten"))
+                continue
             }
             if entry.connection.pauseIfBacklogged() {
                 if rings.held.load(ordering: .relaxed) > 0 { paused = true }
@@ -369,7 +385,7 @@ extension Daemon {
             // space stays for a live owner, whose library resumes it with fresh rings.
             connection.send(.error(TetherError(.malformedMessage, "\(reason); the daemon closed this connection and its rings")), id: 0)
             _ = Glibc.shutdown(connection.rawFD, Int32(SHUT_RDWR))
-            logger.notice("closed a connection with a corrupt submission ring", metadata: ["reason": "\(reason)"])
+            logger.notice("closed a connection with a corrupt ring", metadata: ["reason": "\(reason)"])
             drop(connection, released: false)
         }
     }

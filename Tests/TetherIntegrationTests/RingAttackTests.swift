@@ -294,6 +294,20 @@ import Testing
         try daemon.control().ping()
     }
 
+    @Test("an impossible completion head: a clear error with id 0 and the connection closed, as for a bad submission tail; the daemon carries on")
+    func corruptCompletionHead() throws {
+        let daemon = try TestDaemon()
+        let raw = try Rings(daemon, sq: 4, cq: 4)
+        raw.memory.store(RingLayout.cqHeadOffset, 1000)  // ahead of the daemon's tail (0)
+        var id: UInt64 = 1
+        _ = raw.fill({ MessageCodec.encode(.run(SpawnRequest(program: .builtin(.spin), args: [1], groups: 1)), id: $0) }, nextID: &id)
+        _ = try? SeqPacketSocket.send(raw.fd.raw, MessageCodec.encode(.ringDoorbell, id: 0))
+        let reply = rawReply(raw.fd.raw, timeoutSeconds: 10)
+        #expect(errorCode(reply) == .malformedMessage, "\(String(describing: reply))")
+        if case .error(let e)? = reply { #expect(e.message.contains("completion ring's head")) }
+        try daemon.control().ping()
+    }
+
     @Test("clients that close socket and eventfd while joins are in flight (with cqNeedWakeup set), 40 times: the daemon ends with the fds and mappings it started with")
     func closeMidFlight() throws {
         let daemon = try TestDaemon()
