@@ -48,7 +48,41 @@ public enum LifetimePolicy: UInt8, Sendable, Codable, CaseIterable, CustomString
 }
 
 /// The state of a device thread.
-public enum ThreadState: UInt8, Sendable, Codable, CustomStringConvertible {
+public enum ThreadState: UInt8, Sendable, Codable, CaseIterable, CustomStringConvertible {
     case queued = 0, running = 1, finished = 2, killed = 3, faulted = 4, failed = 5
     public var description: String { ["queued", "running", "finished", "killed", "faulted", "failed"][Int(rawValue)] }
+}
+
+/// Enums that JSON names the way the CLI's text shows them (`"exit"`, `"finished"`, `"normal"`),
+/// not by their wire numbers.
+public protocol NamedInJSON: Codable, CaseIterable, CustomStringConvertible {}
+
+extension NamedInJSON {
+    static func named(_ decoder: any Decoder) throws -> Self {
+        let name = try decoder.singleValueContainer().decode(String.self)
+        guard let value = allCases.first(where: { $0.description == name }) else {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "unknown \(Self.self) \(name)"))
+        }
+        return value
+    }
+
+    func encodeName(_ encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(description)
+    }
+}
+
+// Spelled out in each type: the raw-value enums would otherwise take the standard library's
+// number coding.
+extension LifetimePolicy: NamedInJSON {
+    public init(from decoder: any Decoder) throws { self = try Self.named(decoder) }
+    public func encode(to encoder: any Encoder) throws { try encodeName(encoder) }
+}
+extension ThreadState: NamedInJSON {
+    public init(from decoder: any Decoder) throws { self = try Self.named(decoder) }
+    public func encode(to encoder: any Encoder) throws { try encodeName(encoder) }
+}
+extension PriorityClass: NamedInJSON {
+    public init(from decoder: any Decoder) throws { self = try Self.named(decoder) }
+    public func encode(to encoder: any Encoder) throws { try encodeName(encoder) }
 }
