@@ -69,9 +69,14 @@ public struct SliceLaunch: Sendable {
     public var groupCount: UInt32
     public var groupTotal: UInt32
     public var round: UInt32
+    /// The scheduler has nothing else to run and would only wait for this slice: a backend may
+    /// run a small one on the calling thread instead of handing it over (the software backend
+    /// does, see `WorkerPool.runInline`). False for a direct caller that owns the device.
+    public var mayRunOnCaller: Bool
 
     public init(args: [UInt64], regions: [RegionTableEntry], groupBase: UInt32, groupCount: UInt32,
-                groupTotal: UInt32, round: UInt32 = 0) {
+                groupTotal: UInt32, round: UInt32 = 0, mayRunOnCaller: Bool = false) {
+        self.mayRunOnCaller = mayRunOnCaller
         self.args = args
         self.regions = regions
         self.groupBase = groupBase

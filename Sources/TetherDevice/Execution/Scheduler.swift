@@ -181,7 +181,7 @@ public final class Scheduler: @unchecked Sendable {
         var lastEnd: UInt64 = 0
         monitor.withLock {
             while true {
-                while started.count < slicesInFlight, let slice = start() {
+                while started.count < slicesInFlight, let slice = start(alone: started.isEmpty) {
                     started.append(slice)
                     peakStarted = max(peakStarted, started.count)
                 }
@@ -207,7 +207,15 @@ public final class Scheduler: @unchecked Sendable {
     }
 
     /// Picks the next slice and starts it (lock held; released while the backend starts it).
-    private func start() -> Started? {
+    /// `alone`: no other slice is in flight. Then, if nothing else is runnable either and someone
+    /// already waits for this thread's end (a `run` or `join`), the worker would only wait for
+    /// this slice, so the backend may run a small one on this thread
+    /// (`SliceLaunch.mayRunOnCaller`) and save the hand-offs to its threads and back — tens of
+    /// µs of wake-ups per tiny device thread on a small VM. Otherwise (a backlog, a stream of
+    /// spawns nobody waits for yet) the worker keeps to handing slices over: it is the control
+    /// plane, above device work, and must not take the CPU a submitter needs (measured: inline
+    /// slices for a stream of spawns halved its rate on 2 cores).
+    private func start(alone: Bool) -> Started? {
         guard let pick = queue.pick(), let thread = threads[pick.thread] else { return nil }
         thread.slicesInFlight += 1
         thread.state = .running
@@ -215,7 +223,8 @@ public final class Scheduler: @unchecked Sendable {
         if thread.firstStartNanos == 0 { thread.firstStartNanos = now }
         var slice = Started(pick: pick, thread: thread, startNanos: now)
         let launch = SliceLaunch(args: thread.args, regions: thread.regions.snapshot, groupBase: pick.groupBase,
-                                 groupCount: pick.groupCount, groupTotal: thread.groups, round: pick.round)
+                                 groupCount: pick.groupCount, groupTotal: thread.groups, round: pick.round,
+                                 mayRunOnCaller: alone && !thread.waiters.isEmpty && !queue.hasRunnable)
         monitor.unlocked {
             do throws(TetherError) { try thread.context.startSlice(launch) } catch { slice.failure = error }
         }
