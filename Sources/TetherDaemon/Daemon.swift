@@ -27,6 +27,9 @@ public struct DaemonConfiguration: Sendable {
     /// How long the event loop polls the clients' submission rings after activity before it
     /// sleeps (`RingServer`); 0: never poll, every ring submission rings the doorbell.
     public var ringPollNanos: UInt64 = 20_000
+    /// Whether the scheduler's worker may run a small awaited slice itself when the device is
+    /// otherwise idle (`Scheduler.runsSmallSlicesOnWorker`).
+    public var smallSlicesOnWorker = true
 
     public init(socketPath: String, backend: BackendChoice = .auto, policy: LifetimePolicy = .exit,
                 allowPolicyOverride: Bool = true, quantumNanos: UInt64 = 2_000_000, slicesInFlight: Int? = nil,
@@ -112,7 +115,8 @@ public final class Daemon: @unchecked Sendable {
         registry = Registry(generation: generation, quota: configuration.limits.quota)
         backend = try BackendFactory.open(configuration.backend) { logger.notice("\($0)") }
         scheduler = Scheduler(backend: backend, quantumNanos: configuration.quantumNanos,
-                              slicesInFlight: configuration.slicesInFlight)
+                              slicesInFlight: configuration.slicesInFlight,
+                              runsSmallSlicesOnWorker: configuration.smallSlicesOnWorker)
         chain = ExitNotifierChain(registry: registry, scheduler: scheduler)
         (bpfNotifier, notifierNote) = Self.openNotifier(configuration.notifier)
         if configuration.notifier == .bpf && bpfNotifier == nil {

@@ -50,6 +50,8 @@ struct DaemonCommand: ParsableCommand {
     var allowRawPointers = false
     @Option(name: .customLong("ring-poll-us"), help: "How long the event loop polls clients' submission rings after activity before it sleeps (microseconds; 0: always sleep, clients ring the doorbell).")
     var ringPollMicros: UInt64 = 20
+    @Flag(inversion: .prefixedNo, help: "Let the scheduler's worker run a one-group slice itself when someone waits for its thread and the device is otherwise idle (software backend; saves two thread wake-ups per tiny device thread).")
+    var smallSlicesOnWorker = true
 
     func validate() throws {
         guard (10...1_000_000).contains(quantumMicros) else { throw ValidationError("--quantum-us must be 10…1000000") }
@@ -100,6 +102,7 @@ struct DaemonCommand: ParsableCommand {
             configuration.notifier = notifier
             configuration.limits = limits.daemonLimits
             configuration.ringPollNanos = ringPollMicros * 1000
+            configuration.smallSlicesOnWorker = smallSlicesOnWorker
             return try Daemon(configuration, logger: logger)
         } catch {
             throw fail(error.message)

@@ -15,6 +15,8 @@ public final class Scheduler: @unchecked Sendable {
     public let backend: any ComputeBackend
     /// At most this many slices are on the device at once.
     public let slicesInFlight: Int
+    /// Whether a small awaited slice may run on the worker when the device is otherwise idle.
+    public let runsSmallSlicesOnWorker: Bool
     private let monitor = Monitor()
     private var queue: RunQueue
     private var threads: [ThreadID: DeviceThread] = [:]
@@ -35,7 +37,11 @@ public final class Scheduler: @unchecked Sendable {
     ///   - quantumNanos: the target length of one slice (default 2 ms).
     ///   - slicesInFlight: the cap on slices on the device at once (default: the backend's
     ///     `defaultSlicesInFlight`), at most its `sliceDepth`.
-    public init(backend: any ComputeBackend, quantumNanos: UInt64 = 2_000_000, slicesInFlight: Int? = nil) {
+    ///   - runsSmallSlicesOnWorker: whether the worker may let the backend run a small slice on
+    ///     the worker itself when it would otherwise only wait for it (see `start(alone:)`).
+    public init(backend: any ComputeBackend, quantumNanos: UInt64 = 2_000_000, slicesInFlight: Int? = nil,
+                runsSmallSlicesOnWorker: Bool = true) {
+        self.runsSmallSlicesOnWorker = runsSmallSlicesOnWorker
         self.backend = backend
         self.slicesInFlight = min(max(1, slicesInFlight ?? backend.defaultSlicesInFlight), backend.sliceDepth)
         contexts = ContextPool(backend: backend)
@@ -224,7 +230,8 @@ public final class Scheduler: @unchecked Sendable {
         var slice = Started(pick: pick, thread: thread, startNanos: now)
         let launch = SliceLaunch(args: thread.args, regions: thread.regions.snapshot, groupBase: pick.groupBase,
                                  groupCount: pick.groupCount, groupTotal: thread.groups, round: pick.round,
-                                 mayRunOnCaller: alone && !thread.waiters.isEmpty && !queue.hasRunnable)
+                                 mayRunOnCaller: runsSmallSlicesOnWorker && alone && !thread.waiters.isEmpty
+                                    && !queue.hasRunnable)
         monitor.unlocked {
             do throws(TetherError) { try thread.context.startSlice(launch) } catch { slice.failure = error }
         }

@@ -119,6 +119,10 @@ final class WorkerPool: @unchecked Sendable {
     private let newWork = WakeCounter()
     static let spinNanos: UInt64 = 30_000
     private var stopped = false
+    /// Slices run by their caller so far (`runInline`), under `monitor`.
+    private var inlineCount = 0
+    /// Slices run by their caller so far (for tests).
+    var slicesRunInline: Int { monitor.withLock { inlineCount } }
     let threads: Int
     /// Slices of at most this many groups run on their caller when the pool is idle
     /// (`runInline`); 0 never.
@@ -168,6 +172,7 @@ final class WorkerPool: @unchecked Sendable {
         let claimed: Bool = monitor.withLock {
             guard !stopped, jobs.isEmpty else { return false }
             job.runsInline = true
+            inlineCount += 1
             job.inside.append(tid)
             jobs.append(job)
             return true
