@@ -177,7 +177,8 @@ public final class Scheduler: @unchecked Sendable {
     }
 
     /// The worker belongs to the control plane: it hands slices to the device (lavapipe's
-    /// threads, the software pool) and waits, but executes no device code itself.
+    /// threads, the software pool) and waits. It executes device code itself only for one small
+    /// slice it would otherwise just wait for (`start(alone:)`, `runsSmallSlicesOnWorker`).
     ///
     /// It keeps up to `slicesInFlight` slices started, then waits for the oldest. A slice's device
     /// time is what the backend measured, else — the device runs them in order — from its start,

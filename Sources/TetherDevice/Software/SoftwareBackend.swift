@@ -60,9 +60,10 @@ final class SoftwareMemory: ImportedMemory {
 /// is checked before every group, so a kill waits for at most one group per thread. Slices queue
 /// in start order: a device thread that finds nothing left to claim in one slice goes on to the
 /// next without waiting for the caller, which accounts the finished slice meanwhile. The caller —
-/// the scheduler's worker, part of the control plane — only hands slices over and waits: device
-/// work runs on these threads alone, at the device-work priority, and the worker never holds a
-/// lock the control plane needs while starved of CPU at a low priority.
+/// the scheduler's worker, part of the control plane — hands slices over and waits: device work
+/// runs on these threads, at the device-work priority, and the worker never holds a lock the
+/// control plane needs while starved of CPU at a low priority. The one exception is a small
+/// slice the worker would only wait for (`runInline`): it runs it itself, holding no lock.
 final class WorkerPool: @unchecked Sendable {
     /// One group: a tiny thread's whole grid, and every thread's first (probe) slice.
     static let defaultInlineGroups = 1
