@@ -126,6 +126,9 @@ public protocol ComputeBackend: AnyObject, Sendable {
     func makeContext(program: KernelProgram) throws(TetherError) -> any ThreadContext
     /// What user kernels may use on this device; nil where the backend cannot run them.
     var userKernelLimits: UserKernelLimits? { get }
+    /// A slice of at most this many groups launched with `mayRunOnCaller` runs on the caller
+    /// (the software backend's small slices); 0 where every slice runs on the device's threads.
+    var callerSliceGroups: Int { get }
     /// Compiles a validated user module (once, when it is loaded).
     func prepare(_ module: UserModule) throws(TetherError)
 }
@@ -133,6 +136,7 @@ public protocol ComputeBackend: AnyObject, Sendable {
 extension ComputeBackend {
     public var defaultSlicesInFlight: Int { sliceDepth }
     public var userKernelLimits: UserKernelLimits? { nil }
+    public var callerSliceGroups: Int { 0 }
     public func prepare(_ module: UserModule) throws(TetherError) {
         throw TetherError(.unsupported, "user kernels need a Vulkan backend; this daemon runs \(device.backend.rawValue)")
     }

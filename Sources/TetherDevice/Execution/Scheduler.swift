@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 import TetherCore
 import TetherSys
 
@@ -15,8 +16,15 @@ public final class Scheduler: @unchecked Sendable {
     public let backend: any ComputeBackend
     /// At most this many slices are on the device at once.
     public let slicesInFlight: Int
-    /// Whether a small awaited slice may run on the worker when the device is otherwise idle.
+    /// Whether a small awaited slice may run on the worker when the device is otherwise idle
+    /// (asked for, and the backend can).
     public let runsSmallSlicesOnWorker: Bool
+    /// Started slices that went to the device's own threads (every one but those the worker may
+    /// run itself), read without the lock by the event loop: while this is 0, polling on the event
+    /// loop takes no CPU from device work (`RingServer.sleepTimeout`).
+    private let handedOver = Atomic<Int>(0)
+    /// Whether the device's own threads have slices of this scheduler to run.
+    public var deviceThreadsBusy: Bool { handedOver.load(ordering: .relaxed) > 0 }
     private let monitor = Monitor()
     private var queue: RunQueue
     private var threads: [ThreadID: DeviceThread] = [:]
@@ -41,7 +49,7 @@ public final class Scheduler: @unchecked Sendable {
     ///     the worker itself when it would otherwise only wait for it (see `start(alone:)`).
     public init(backend: any ComputeBackend, quantumNanos: UInt64 = 2_000_000, slicesInFlight: Int? = nil,
                 runsSmallSlicesOnWorker: Bool = true) {
-        self.runsSmallSlicesOnWorker = runsSmallSlicesOnWorker
+        self.runsSmallSlicesOnWorker = runsSmallSlicesOnWorker && backend.callerSliceGroups > 0
         self.backend = backend
         self.slicesInFlight = min(max(1, slicesInFlight ?? backend.defaultSlicesInFlight), backend.sliceDepth)
         contexts = ContextPool(backend: backend)
@@ -174,6 +182,8 @@ public final class Scheduler: @unchecked Sendable {
         var thread: DeviceThread
         var startNanos: UInt64
         var failure: TetherError?
+        /// Counted in `handedOver` until finished.
+        var handedOver = false
     }
 
     /// The worker belongs to the control plane: it hands slices to the device (lavapipe's
@@ -232,7 +242,11 @@ public final class Scheduler: @unchecked Sendable {
         let launch = SliceLaunch(args: thread.args, regions: thread.regions.snapshot, groupBase: pick.groupBase,
                                  groupCount: pick.groupCount, groupTotal: thread.groups, round: pick.round,
                                  mayRunOnCaller: runsSmallSlicesOnWorker && alone && !thread.waiters.isEmpty
-                                    && !queue.hasRunnable)
+                                    && pick.groupCount <= UInt32(backend.callerSliceGroups) && !queue.hasRunnable)
+        if !launch.mayRunOnCaller {
+            slice.handedOver = true
+            handedOver.add(1, ordering: .relaxed)
+        }
         monitor.unlocked {
             do throws(TetherError) { try thread.context.startSlice(launch) } catch { slice.failure = error }
         }
@@ -245,6 +259,7 @@ public final class Scheduler: @unchecked Sendable {
 
     /// Accounts a slice that is done and decides how its thread goes on (lock held).
     private func finish(_ slice: Started, nanos: UInt64, end: UInt64) {
+        if slice.handedOver { handedOver.subtract(1, ordering: .relaxed) }
         let thread = slice.thread
         let completedBefore = thread.outcome != nil
         slices += 1

@@ -41,6 +41,8 @@ public final class SoftwareBackend: ComputeBackend, Sendable {
     /// up and accounts (a futex wake-up here costs tens of µs; a stopped slice is skipped at once).
     public var sliceDepth: Int { 2 }
 
+    public var callerSliceGroups: Int { pool.inlineGroups }
+
     public func makeContext(program: KernelProgram) throws(TetherError) -> any ThreadContext {
         guard case .builtin(let kernel) = program else {
             throw TetherError(.unsupported, "custom SPIR-V kernels need a Vulkan backend; this daemon runs the software backend")
