@@ -82,8 +82,7 @@ final class WorkerPool: @unchecked Sendable {
         /// (both protected by the pool's monitor).
         var inside: [pid_t] = []
         var lent: [pid_t] = []
-        /// Run by its caller (`runInline`), not by the device threads: never lent a priority (the
-        /// caller is the control plane's scheduler worker, already above device work).
+        /// Run by its caller (`runInline`), not by the device threads, which never claim it.
         var runsInline = false
         var active: Int { inside.count }
         /// Time the device threads spent inside `work()`, summed over them.
@@ -166,7 +165,8 @@ final class WorkerPool: @unchecked Sendable {
     /// machine whose other core a client spins on, a sleeping device thread may not even find a
     /// core. Bounded: at most `inlineGroups` groups, each bounded by the kernels' loop cap, with
     /// the control word checked before every group, so a kill still waits for at most one
-    /// group. Only when the pool is idle, so it never runs beside another address space's slice
+    /// group; and run outside the control plane's real-time class (`outsideRealTime`), so a
+    /// client's long group cannot starve the machine through the worker. Only when the pool is idle, so it never runs beside another address space's slice
     /// and takes no device time from it. `register` is called (with the job) before it runs, so
     /// a kill can find the job and wait for it (`waitStopped`).
     func runInline(_ job: Job, register: (Job) -> Void) -> Bool {
@@ -182,14 +182,19 @@ final class WorkerPool: @unchecked Sendable {
         }
         guard claimed else { return false }
         register(job)
-        let entered = monotonicNanos()
-        job.work()
-        let busy = monotonicNanos() - entered
-        monitor.withLock {
-            // Charged like a device thread's time in the pool: the job's share of the device.
-            job.busyNanos &+= busy
-            job.inside.removeAll { $0 == tid }
-            if job.active == 0 { monitor.broadcast() }
+        DeviceThreads.outsideRealTime {
+            let entered = monotonicNanos()
+            job.work()
+            let busy = monotonicNanos() - entered
+            monitor.withLock {
+                // Charged like a device thread's time in the pool: the job's share of the device.
+                job.busyNanos &+= busy
+                // Out of `inside` before the class is restored: a kill lends priority only to
+                // threads inside, so no loan outlives the run.
+                job.inside.removeAll { $0 == tid }
+                job.lent.removeAll { $0 == tid }
+                if job.active == 0 { monitor.broadcast() }
+            }
         }
         return true
     }
@@ -213,7 +218,7 @@ final class WorkerPool: @unchecked Sendable {
     /// priority (a spinning real-time thread would starve the machine).
     func waitStopped(_ job: Job) {
         monitor.withLock {
-            for tid in job.inside where !job.runsInline && !job.lent.contains(tid) && DeviceThreads.lend(tid) {
+            for tid in job.inside where !job.lent.contains(tid) && DeviceThreads.lend(tid) {
                 job.lent.append(tid)
             }
             waitUntilDone(job)
