@@ -114,6 +114,9 @@ public struct RunQueue: Sendable {
     }
 
     public var isEmpty: Bool { threads.isEmpty }
+    /// Whether `pick` would return a slice now.
+    /// - Complexity: O(spaces × their threads) in the worst case; O(1) when one thread is queued.
+    public var hasRunnable: Bool { spaces.values.contains { runnable($0) } }
     public var threadCount: Int { threads.count }
     public func contains(_ id: ThreadID) -> Bool { threads[id] != nil }
     public func deviceNanos(of id: ThreadID) -> UInt64? { threads[id]?.deviceNanos }

@@ -27,6 +27,12 @@ public struct DaemonConfiguration: Sendable {
     /// How long the event loop polls the clients' submission rings after activity before it
     /// sleeps (`RingServer`); 0: never poll, every ring submission rings the doorbell.
     public var ringPollNanos: UInt64 = 20_000
+    /// Whether the scheduler's worker may run a small awaited slice itself when the device is
+    /// otherwise idle (`Scheduler.runsSmallSlicesOnWorker`).
+    public var smallSlicesOnWorker = true
+    /// How long the event loop polls the rings after activity while the device's own threads
+    /// have nothing to run (`RingServer.idlePollNanos`).
+    public var ringIdlePollNanos: UInt64 = 100_000
 
     public init(socketPath: String, backend: BackendChoice = .auto, policy: LifetimePolicy = .exit,
                 allowPolicyOverride: Bool = true, quantumNanos: UInt64 = 2_000_000, slicesInFlight: Int? = nil,
@@ -107,7 +113,7 @@ public final class Daemon: @unchecked Sendable {
         self.configuration = configuration
         self.logger = logger
         ServiceProcess.prepare(logger: logger)
-        rings = RingServer(pollNanos: configuration.ringPollNanos)
+        rings = RingServer(pollNanos: configuration.ringPollNanos, idlePollNanos: configuration.ringIdlePollNanos)
         // Before anything else: a directory someone else prepared is refused (ownership.md, rule 6).
         try SocketPath.prepareDirectory(for: configuration.socketPath)
         let (generation, fallback) = GenerationCounter.next(forSocket: configuration.socketPath)
@@ -115,7 +121,8 @@ public final class Daemon: @unchecked Sendable {
         registry = Registry(generation: generation, quota: configuration.limits.quota)
         backend = try BackendFactory.open(configuration.backend) { logger.notice("\($0)") }
         scheduler = Scheduler(backend: backend, quantumNanos: configuration.quantumNanos,
-                              slicesInFlight: configuration.slicesInFlight)
+                              slicesInFlight: configuration.slicesInFlight,
+                              runsSmallSlicesOnWorker: configuration.smallSlicesOnWorker)
         chain = ExitNotifierChain(registry: registry, scheduler: scheduler)
         (bpfNotifier, notifierNote) = Self.openNotifier(configuration.notifier)
         if configuration.notifier == .bpf && bpfNotifier == nil {
@@ -180,7 +187,7 @@ public final class Daemon: @unchecked Sendable {
         while !stopRequested.load(ordering: .acquiring) {
             let timeout = min(expireTeardownWaiters(), listenerGuard.resume(listener, in: epoll, token: Self.listenerKind << 56),
                               resumeThrottled())
-            for (token, events) in epoll.wait(timeoutMillis: rings.sleepTimeout(timeout)) {
+            for (token, events) in epoll.wait(timeoutMillis: rings.sleepTimeout(timeout, deviceIdle: scheduler.runsSmallSlicesOnWorker && !scheduler.deviceThreadsBusy)) {
                 switch token >> 56 {
                 case Self.listenerKind: acceptAll()
                 case Self.wakeKind:

@@ -69,9 +69,14 @@ public struct SliceLaunch: Sendable {
     public var groupCount: UInt32
     public var groupTotal: UInt32
     public var round: UInt32
+    /// The scheduler has nothing else to run and would only wait for this slice: a backend may
+    /// run a small one on the calling thread instead of handing it over (the software backend
+    /// does, see `WorkerPool.runInline`). False for a direct caller that owns the device.
+    public var mayRunOnCaller: Bool
 
     public init(args: [UInt64], regions: [RegionTableEntry], groupBase: UInt32, groupCount: UInt32,
-                groupTotal: UInt32, round: UInt32 = 0) {
+                groupTotal: UInt32, round: UInt32 = 0, mayRunOnCaller: Bool = false) {
+        self.mayRunOnCaller = mayRunOnCaller
         self.args = args
         self.regions = regions
         self.groupBase = groupBase
@@ -121,6 +126,9 @@ public protocol ComputeBackend: AnyObject, Sendable {
     func makeContext(program: KernelProgram) throws(TetherError) -> any ThreadContext
     /// What user kernels may use on this device; nil where the backend cannot run them.
     var userKernelLimits: UserKernelLimits? { get }
+    /// A slice of at most this many groups launched with `mayRunOnCaller` runs on the caller
+    /// (the software backend's small slices); 0 where every slice runs on the device's threads.
+    var callerSliceGroups: Int { get }
     /// Compiles a validated user module (once, when it is loaded).
     func prepare(_ module: UserModule) throws(TetherError)
 }
@@ -128,6 +136,7 @@ public protocol ComputeBackend: AnyObject, Sendable {
 extension ComputeBackend {
     public var defaultSlicesInFlight: Int { sliceDepth }
     public var userKernelLimits: UserKernelLimits? { nil }
+    public var callerSliceGroups: Int { 0 }
     public func prepare(_ module: UserModule) throws(TetherError) {
         throw TetherError(.unsupported, "user kernels need a Vulkan backend; this daemon runs \(device.backend.rawValue)")
     }

@@ -50,12 +50,17 @@ struct DaemonCommand: ParsableCommand {
     var allowRawPointers = false
     @Option(name: .customLong("ring-poll-us"), help: "How long the event loop polls clients' submission rings after activity before it sleeps (microseconds; 0: always sleep, clients ring the doorbell).")
     var ringPollMicros: UInt64 = 20
+    @Flag(inversion: .prefixedNo, help: "Let the scheduler's worker run a one-group slice itself when someone waits for its thread and the device is otherwise idle (software backend; saves two thread wake-ups per tiny device thread).")
+    var smallSlicesOnWorker = true
+    @Option(name: .customLong("ring-idle-poll-us"), help: "How long the event loop polls the submission rings after activity while no device thread has work (a tiny run just ended on the scheduler's worker), so the client's next submission needs no doorbell (microseconds; --ring-poll-us applies if larger; 0: --ring-poll-us always).")
+    var ringIdlePollMicros: UInt64 = 100
 
     func validate() throws {
         guard (10...1_000_000).contains(quantumMicros) else { throw ValidationError("--quantum-us must be 10…1000000") }
         if let n = slicesInFlight, !(1...2).contains(n) { throw ValidationError("--slices-in-flight must be 1 or 2") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
         guard ringPollMicros <= 1_000_000 else { throw ValidationError("--ring-poll-us must be 0…1000000") }
+        guard ringIdlePollMicros <= 1_000_000 else { throw ValidationError("--ring-idle-poll-us must be 0…1000000") }
     }
 
     func run() throws {
@@ -100,6 +105,8 @@ struct DaemonCommand: ParsableCommand {
             configuration.notifier = notifier
             configuration.limits = limits.daemonLimits
             configuration.ringPollNanos = ringPollMicros * 1000
+            configuration.smallSlicesOnWorker = smallSlicesOnWorker
+            configuration.ringIdlePollNanos = ringIdlePollMicros * 1000
             return try Daemon(configuration, logger: logger)
         } catch {
             throw fail(error.message)

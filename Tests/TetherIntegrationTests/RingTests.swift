@@ -237,12 +237,17 @@ import Testing
         device.close()
     }
 
-    @Test("an idle daemon with a client's rings attached uses no CPU")
-    func idleDaemonUsesNoCPU() throws {
-        let daemon = try TestDaemon()
+    /// Default flags; the worker's small slices and the idle window off; a 100 ms idle window
+    /// (polling after a run that ended on the worker must still stop).
+    static let pollingFlags: [[String]] = [[], ["--no-small-slices-on-worker", "--ring-idle-poll-us", "0"],
+                                           ["--ring-idle-poll-us", "100000"]]
+
+    @Test("an idle daemon with a client's rings attached uses no CPU once its polling window is over", arguments: pollingFlags)
+    func idleDaemonUsesNoCPU(flags: [String]) throws {
+        let daemon = try TestDaemon(extra: flags)
         let device = try Device(daemon.options())
-        #expect(try device.run(.spin, args: [1], groups: 1).state == .finished)
-        usleep(100_000)  // past the polling window
+        for _ in 0..<100 { #expect(try device.run(.spin, args: [1], groups: 1).state == .finished) }
+        usleep(300_000)  // past the polling window
         let before = daemon.cpuTicks()
         usleep(1_000_000)
         let after = daemon.cpuTicks()

@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 import TetherCore
 import TetherSys
 
@@ -15,6 +16,15 @@ public final class Scheduler: @unchecked Sendable {
     public let backend: any ComputeBackend
     /// At most this many slices are on the device at once.
     public let slicesInFlight: Int
+    /// Whether a small awaited slice may run on the worker when the device is otherwise idle
+    /// (asked for, and the backend can).
+    public let runsSmallSlicesOnWorker: Bool
+    /// Started slices that went to the device's own threads (every one but those the worker may
+    /// run itself), read without the lock by the event loop: while this is 0, polling on the event
+    /// loop takes no CPU from device work (`RingServer.sleepTimeout`).
+    private let handedOver = Atomic<Int>(0)
+    /// Whether the device's own threads have slices of this scheduler to run.
+    public var deviceThreadsBusy: Bool { handedOver.load(ordering: .relaxed) > 0 }
     private let monitor = Monitor()
     private var queue: RunQueue
     private var threads: [ThreadID: DeviceThread] = [:]
@@ -35,7 +45,11 @@ public final class Scheduler: @unchecked Sendable {
     ///   - quantumNanos: the target length of one slice (default 2 ms).
     ///   - slicesInFlight: the cap on slices on the device at once (default: the backend's
     ///     `defaultSlicesInFlight`), at most its `sliceDepth`.
-    public init(backend: any ComputeBackend, quantumNanos: UInt64 = 2_000_000, slicesInFlight: Int? = nil) {
+    ///   - runsSmallSlicesOnWorker: whether the worker may let the backend run a small slice on
+    ///     the worker itself when it would otherwise only wait for it (see `start(alone:)`).
+    public init(backend: any ComputeBackend, quantumNanos: UInt64 = 2_000_000, slicesInFlight: Int? = nil,
+                runsSmallSlicesOnWorker: Bool = true) {
+        self.runsSmallSlicesOnWorker = runsSmallSlicesOnWorker && backend.callerSliceGroups > 0
         self.backend = backend
         self.slicesInFlight = min(max(1, slicesInFlight ?? backend.defaultSlicesInFlight), backend.sliceDepth)
         contexts = ContextPool(backend: backend)
@@ -168,10 +182,13 @@ public final class Scheduler: @unchecked Sendable {
         var thread: DeviceThread
         var startNanos: UInt64
         var failure: TetherError?
+        /// Counted in `handedOver` until finished.
+        var handedOver = false
     }
 
     /// The worker belongs to the control plane: it hands slices to the device (lavapipe's
-    /// threads, the software pool) and waits, but executes no device code itself.
+    /// threads, the software pool) and waits. It executes device code itself only for one small
+    /// slice it would otherwise just wait for (`start(alone:)`, `runsSmallSlicesOnWorker`).
     ///
     /// It keeps up to `slicesInFlight` slices started, then waits for the oldest. A slice's device
     /// time is what the backend measured, else — the device runs them in order — from its start,
@@ -181,7 +198,7 @@ public final class Scheduler: @unchecked Sendable {
         var lastEnd: UInt64 = 0
         monitor.withLock {
             while true {
-                while started.count < slicesInFlight, let slice = start() {
+                while started.count < slicesInFlight, let slice = start(alone: started.isEmpty) {
                     started.append(slice)
                     peakStarted = max(peakStarted, started.count)
                 }
@@ -207,7 +224,15 @@ public final class Scheduler: @unchecked Sendable {
     }
 
     /// Picks the next slice and starts it (lock held; released while the backend starts it).
-    private func start() -> Started? {
+    /// `alone`: no other slice is in flight. Then, if nothing else is runnable either and someone
+    /// already waits for this thread's end (a `run` or `join`), the worker would only wait for
+    /// this slice, so the backend may run a small one on this thread
+    /// (`SliceLaunch.mayRunOnCaller`) and save the hand-offs to its threads and back — tens of
+    /// µs of wake-ups per tiny device thread on a small VM. Otherwise (a backlog, a stream of
+    /// spawns nobody waits for yet) the worker keeps to handing slices over: it is the control
+    /// plane, above device work, and must not take the CPU a submitter needs (measured: inline
+    /// slices for a stream of spawns halved its rate on 2 cores).
+    private func start(alone: Bool) -> Started? {
         guard let pick = queue.pick(), let thread = threads[pick.thread] else { return nil }
         thread.slicesInFlight += 1
         thread.state = .running
@@ -215,7 +240,13 @@ public final class Scheduler: @unchecked Sendable {
         if thread.firstStartNanos == 0 { thread.firstStartNanos = now }
         var slice = Started(pick: pick, thread: thread, startNanos: now)
         let launch = SliceLaunch(args: thread.args, regions: thread.regions.snapshot, groupBase: pick.groupBase,
-                                 groupCount: pick.groupCount, groupTotal: thread.groups, round: pick.round)
+                                 groupCount: pick.groupCount, groupTotal: thread.groups, round: pick.round,
+                                 mayRunOnCaller: runsSmallSlicesOnWorker && alone && !thread.waiters.isEmpty
+                                    && pick.groupCount <= UInt32(backend.callerSliceGroups) && !queue.hasRunnable)
+        if !launch.mayRunOnCaller {
+            slice.handedOver = true
+            handedOver.add(1, ordering: .relaxed)
+        }
         monitor.unlocked {
             do throws(TetherError) { try thread.context.startSlice(launch) } catch { slice.failure = error }
         }
@@ -228,6 +259,7 @@ public final class Scheduler: @unchecked Sendable {
 
     /// Accounts a slice that is done and decides how its thread goes on (lock held).
     private func finish(_ slice: Started, nanos: UInt64, end: UInt64) {
+        if slice.handedOver { handedOver.subtract(1, ordering: .relaxed) }
         let thread = slice.thread
         let completedBefore = thread.outcome != nil
         slices += 1

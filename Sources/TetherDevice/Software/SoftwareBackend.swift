@@ -41,6 +41,8 @@ public final class SoftwareBackend: ComputeBackend, Sendable {
     /// up and accounts (a futex wake-up here costs tens of µs; a stopped slice is skipped at once).
     public var sliceDepth: Int { 2 }
 
+    public var callerSliceGroups: Int { pool.inlineGroups }
+
     public func makeContext(program: KernelProgram) throws(TetherError) -> any ThreadContext {
         guard case .builtin(let kernel) = program else {
             throw TetherError(.unsupported, "custom SPIR-V kernels need a Vulkan backend; this daemon runs the software backend")
@@ -60,10 +62,14 @@ final class SoftwareMemory: ImportedMemory {
 /// is checked before every group, so a kill waits for at most one group per thread. Slices queue
 /// in start order: a device thread that finds nothing left to claim in one slice goes on to the
 /// next without waiting for the caller, which accounts the finished slice meanwhile. The caller —
-/// the scheduler's worker, part of the control plane — only hands slices over and waits: device
-/// work runs on these threads alone, at the device-work priority, and the worker never holds a
-/// lock the control plane needs while starved of CPU at a low priority.
+/// the scheduler's worker, part of the control plane — hands slices over and waits: device work
+/// runs on these threads, at the device-work priority, and the worker never holds a lock the
+/// control plane needs while starved of CPU at a low priority. The one exception is a small
+/// slice the worker would only wait for (`runInline`): it runs it itself, holding no lock.
 final class WorkerPool: @unchecked Sendable {
+    /// One group: a tiny thread's whole grid, and every thread's first (probe) slice.
+    static let defaultInlineGroups = 1
+
     final class Job: @unchecked Sendable {
         let run: (UInt32) -> Void
         let shouldStop: () -> Bool
@@ -76,6 +82,8 @@ final class WorkerPool: @unchecked Sendable {
         /// (both protected by the pool's monitor).
         var inside: [pid_t] = []
         var lent: [pid_t] = []
+        /// Run by its caller (`runInline`), not by the device threads, which never claim it.
+        var runsInline = false
         var active: Int { inside.count }
         /// Time the device threads spent inside `work()`, summed over them.
         var busyNanos: UInt64 = 0
@@ -113,10 +121,18 @@ final class WorkerPool: @unchecked Sendable {
     private let newWork = WakeCounter()
     static let spinNanos: UInt64 = 30_000
     private var stopped = false
+    /// Slices run by their caller so far (`runInline`), under `monitor`.
+    private var inlineCount = 0
+    /// Slices run by their caller so far (for tests).
+    var slicesRunInline: Int { monitor.withLock { inlineCount } }
     let threads: Int
+    /// Slices of at most this many groups run on their caller when the pool is idle
+    /// (`runInline`); 0 never.
+    let inlineGroups: Int
 
-    init(threads: Int) {
+    init(threads: Int, inlineGroups: Int = WorkerPool.defaultInlineGroups) {
         self.threads = max(1, threads)
+        self.inlineGroups = max(0, inlineGroups)
         for i in 0..<self.threads {
             startThread(name: "tether-sw\(i)") { [self] in deviceThreadLoop() }
         }
@@ -139,6 +155,48 @@ final class WorkerPool: @unchecked Sendable {
         monitor.withLock { jobs.append(job) }
         newWork.advance()
         return job
+    }
+
+    /// Runs a small slice (at most `inlineGroups` groups) on the calling thread — the scheduler's
+    /// worker — when no other slice is on the device threads; false (nothing run) otherwise.
+    ///
+    /// Why: handing a tiny slice to the device threads costs two wake-ups (a device thread, then
+    /// the worker waiting for it), tens of µs each on this VM, for a few µs of work; on a 2-core
+    /// machine whose other core a client spins on, a sleeping device thread may not even find a
+    /// core. Bounded: at most `inlineGroups` groups, each bounded by the kernels' loop cap, with
+    /// the control word checked before every group, so a kill still waits for at most one
+    /// group; and run outside the control plane's real-time class (`outsideRealTime`), so a
+    /// client's long group cannot starve the machine through the worker. Only when the pool is idle, so it never runs beside another address space's slice
+    /// and takes no device time from it. `register` is called (with the job) before it runs, so
+    /// a kill can find the job and wait for it (`waitStopped`).
+    func runInline(_ job: Job, register: (Job) -> Void) -> Bool {
+        guard job.end - job.next.load(ordering: .relaxed) <= UInt32(inlineGroups) else { return false }
+        let tid = DeviceThreads.currentID
+        let claimed: Bool = monitor.withLock {
+            guard !stopped, jobs.isEmpty else { return false }
+            job.runsInline = true
+            inlineCount += 1
+            job.inside.append(tid)
+            jobs.append(job)
+            return true
+        }
+        guard claimed else { return false }
+        register(job)
+        DeviceThreads.outsideRealTime {
+            let entered = monotonicNanos()
+            job.work()
+            let busy = monotonicNanos() - entered
+            monitor.withLock {
+                // Charged like a device thread's time in the pool: the job's share of the device.
+                job.busyNanos &+= busy
+                // Out of `inside` before the class is restored: a kill lends priority only to
+                // threads inside, so no loan outlives the run.
+                job.inside.removeAll { $0 == tid }
+                job.lent.removeAll { $0 == tid }
+                if job.active == 0 { monitor.broadcast() }
+            }
+        }
+        return true
     }
 
     /// Returns when every group of `job` is done, or as soon as its `shouldStop` holds and no
@@ -178,7 +236,7 @@ final class WorkerPool: @unchecked Sendable {
             let seen = newWork.value
             let found: Job?? = monitor.withLock {
                 if stopped { return nil }
-                guard let job = jobs.first(where: { !$0.exhausted }) else { return .some(nil) }
+                guard let job = jobs.first(where: { !$0.runsInline && !$0.exhausted }) else { return .some(nil) }
                 job.inside.append(tid)
                 return job
             }
@@ -229,10 +287,13 @@ final class SoftwareThreadContext: ThreadContext, @unchecked Sendable {
         let context = SoftwareKernelContext(args: slice.args, regions: slice.regions, control: control,
                                             groupTotal: slice.groupTotal, round: slice.round)
         let kernel = self.kernel
-        let job = pool.start(base: slice.groupBase, end: slice.groupBase + slice.groupCount,
-                             shouldStop: { context.shouldStop }) { group in
-            SoftwareKernels.runGroup(kernel, group: group, context: context)
+        let run: (UInt32) -> Void = { group in SoftwareKernels.runGroup(kernel, group: group, context: context) }
+        let end = slice.groupBase + slice.groupCount
+        if slice.mayRunOnCaller && slice.groupCount <= UInt32(pool.inlineGroups) {
+            let small = WorkerPool.Job(base: slice.groupBase, end: end, threads: 1, shouldStop: { context.shouldStop }, run: run)
+            if pool.runInline(small, register: { job in pending.withLock { $0.append(job) } }) { return }
         }
+        let job = pool.start(base: slice.groupBase, end: end, shouldStop: { context.shouldStop }, run)
         pending.withLock { $0.append(job) }
     }
 

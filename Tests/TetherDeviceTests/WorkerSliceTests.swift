@@ -1,0 +1,91 @@
+import Glibc
+import TetherCore
+@testable import TetherDevice
+import TetherSys
+import Testing
+
+/// The scheduler's worker runs a small slice itself only when it would otherwise just wait for it
+/// (`Scheduler.start(alone:)`, `WorkerPool.runInline`), and such a slice still dies at a kill.
+@Suite(.serialized) struct WorkerSliceTests {
+    /// A thread of `groups` spin groups, with a waiter registered before the scheduler sees it
+    /// (as the daemon's `run` does right after submitting).
+    static func spawn(_ scheduler: Scheduler, id: UInt64, iterations: UInt64, groups: UInt32 = 1,
+                      persistentNanos: UInt64 = 0, awaited: Bool, done: Monitor? = nil,
+                      ended: UnsafeMutablePointer<Int>? = nil) throws -> DeviceThread {
+        let program = KernelProgram.builtin(.spin)
+        let thread = DeviceThread(id: ThreadID(rawValue: id), space: SpaceID(rawValue: 1), program: program,
+                                  args: [iterations], groups: groups, persistentNanos: persistentNanos, priority: .normal,
+                                  context: try scheduler.contexts.acquire(program), regions: RegionTable())
+        if awaited {
+            let box = UncheckedBox(done: done, ended: ended)
+            thread.waiters.append { _ in
+                box.done?.withLock {
+                    box.ended?.pointee += 1
+                    box.done?.broadcast()
+                }
+            }
+        }
+        try scheduler.submit(thread)
+        return thread
+    }
+
+    struct UncheckedBox: @unchecked Sendable {
+        let done: Monitor?
+        let ended: UnsafeMutablePointer<Int>?
+    }
+
+    @Test("a one-group thread someone waits for runs on the worker when the device is idle; one nobody waits for goes to the device threads")
+    func smallAwaitedSliceRunsOnWorker() throws {
+        let backend = SoftwareBackend(workers: 2)
+        let scheduler = Scheduler(backend: backend)
+        defer { scheduler.shutdown() }
+        let done = Monitor()
+        let ended = UnsafeMutablePointer<Int>.allocate(capacity: 1)
+        ended.initialize(to: 0)
+        defer { ended.deallocate() }
+        let awaited = try Self.spawn(scheduler, id: 1, iterations: 1, awaited: true, done: done, ended: ended)
+        #expect(scheduler.wait(awaited, timeoutNanos: 10_000_000_000)?.state == .finished)
+        #expect(done.withLock { () -> Bool in
+            let deadline = monotonicNanos() + 10_000_000_000
+            while ended.pointee < 1 && monotonicNanos() < deadline { done.wait(untilNanos: deadline) }
+            return ended.pointee == 1
+        })
+        #expect(backend.pool.slicesRunInline == 1)
+        let unawaited = try Self.spawn(scheduler, id: 2, iterations: 1, awaited: false)
+        #expect(scheduler.wait(unawaited, timeoutNanos: 10_000_000_000)?.state == .finished)
+        #expect(backend.pool.slicesRunInline == 1, "a thread nobody waits for must not run on the worker")
+        // A grid of more than one group is not small: its first slice probes with one group, and
+        // the worker may run that probe, but never a larger slice.
+        let big = try Self.spawn(scheduler, id: 3, iterations: 64, groups: 256, awaited: true)
+        #expect(scheduler.wait(big, timeoutNanos: 10_000_000_000)?.state == .finished)
+        #expect(backend.pool.slicesRunInline <= 2)
+    }
+
+    @Test("with the option off the worker never runs a slice itself")
+    func optionOff() throws {
+        let backend = SoftwareBackend(workers: 2)
+        let scheduler = Scheduler(backend: backend, runsSmallSlicesOnWorker: false)
+        defer { scheduler.shutdown() }
+        let t = try Self.spawn(scheduler, id: 1, iterations: 1, awaited: true)
+        #expect(scheduler.wait(t, timeoutNanos: 10_000_000_000)?.state == .finished)
+        #expect(backend.pool.slicesRunInline == 0)
+    }
+
+    @Test("a kill of a thread whose slice runs on the worker returns within 50 ms, with the thread killed")
+    func killStopsSliceOnWorker() throws {
+        let backend = SoftwareBackend(workers: 2)
+        let scheduler = Scheduler(backend: backend)
+        defer { scheduler.shutdown() }
+        // One group of the longest spin, persistent for a minute: it runs until killed.
+        let t = try Self.spawn(scheduler, id: 1, iterations: BuiltinKernel.maxSpinIterations,
+                               persistentNanos: 60_000_000_000, awaited: true)
+        let deadline = monotonicNanos() + 10_000_000_000
+        while backend.pool.slicesRunInline == 0 && monotonicNanos() < deadline { usleep(1000) }
+        try #require(backend.pool.slicesRunInline == 1, "the first slice should run on the worker")
+        let start = monotonicNanos()
+        #expect(scheduler.kill(t))
+        let took = monotonicNanos() - start
+        #expect(t.outcome?.state == .killed)
+        #expect(took < 50_000_000, "kill took \(took / 1000) µs")
+    }
+}
