@@ -365,13 +365,15 @@ final class Connection: @unchecked Sendable {
         }
     }
 
-    /// Tells the daemon to look at the rings (it sleeps, or holds completions). A doorbell that
-    /// cannot be sent is a dead daemon, which the reader reports to every waiter; so it is sent
-    /// without the error handling of a call (which may wait for the reader).
+    /// Tells the daemon to look at the rings (it sleeps, or holds completions). Never blocks: a
+    /// socket too full to take it holds messages the daemon has not read yet (it stopped reading
+    /// this connection: back-pressure), and the daemon looks at the rings after reading them — a
+    /// caller blocked here would stop draining the very completions that end the pause. A
+    /// doorbell lost to a dead daemon is reported by the reader to every waiter.
     private func ringDoorbell() {
         let bytes = MessageCodec.encode(.ringDoorbell, id: 0)
         sendGate.withLock { open in
-            if open { try? SeqPacketSocket.send(fd, bytes) }
+            if open { _ = SeqPacketSocket.trySend(fd, bytes) }
         }
     }
 

@@ -226,10 +226,12 @@ final class RingServer {
     static let batch = 32
     /// Whether the last `poll` left a connection paused with replies held for its completion ring.
     /// Such a client's `ringDoorbell` waits unread in its paused socket, so only `poll` sees the
-    /// room it makes: the event loop sleeps at most `backlogMillis` then, backing off (1 → 64 ms)
-    /// while a client makes no room, so a client that never drains costs ~16 wake-ups a second.
+    /// room it makes: the event loop then sleeps at most 1 ms while held replies moved within the
+    /// last 100 ms, and 64 ms after that, so a client that never drains costs ~16 wake-ups a
+    /// second. (Time, not rounds: the polling window makes many rounds in which a client that
+    /// drains every 100 µs has not drained yet.)
     private var backlogged = false
-    private var backlogMillis: Int32 = 1
+    private var lastBacklogProgress: UInt64 = 0
 
     init(pollNanos: UInt64, idlePollNanos: UInt64 = 0) {
         self.pollNanos = pollNanos
@@ -295,7 +297,8 @@ final class RingServer {
             setFlags(1)
             return 0
         }
-        return backlogged ? min(millis, backlogMillis) : millis
+        guard backlogged else { return millis }
+        return min(millis, now &- lastBacklogProgress < 100_000_000 ? 1 : 64)
     }
 
     private func setFlags(_ value: UInt32) {
@@ -361,7 +364,7 @@ final class RingServer {
             }
             memory.store(RingLayout.sqHeadOffset, rings.sqHead)
         }
-        backlogMillis = !paused || progressed ? 1 : min(backlogMillis * 2, 64)
+        if progressed || (paused && !backlogged) { lastBacklogProgress = monotonicNanos() }
         backlogged = paused
         guard !events.isEmpty else { return }
         // Only packets count as activity: a throttled ring must not keep the loop polling.

@@ -117,6 +117,13 @@ public enum SeqPacketSocket {
         if n < 0 { throw SystemError("sendmsg") }
     }
 
+    /// Sends one message without fds and without blocking (`MSG_DONTWAIT`). False when the
+    /// socket's buffer is full or the peer is gone.
+    public static func trySend(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+        let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT) | Int32(MSG_NOSIGNAL)) }
+        return n == bytes.count
+    }
+
     public static func receive(_ fd: Int32, capacity: Int) throws(SystemError) -> ReceiveResult {
         try receive(fd, into: ReceiveBuffer(capacity: capacity))
     }
