@@ -172,14 +172,7 @@ final class Connection: @unchecked Sendable {
     /// leaves its replies unread stops being read (its requests wait in its socket, so its client
     /// blocks in `sendmsg`) until `flush` has drained the queue.
     func mayReadMore() -> Bool {
-        state.withLock { s in
-            guard s.fd >= 0 else { return false }
-            if !s.readPaused && (s.queue.isFull || ringsBacklogged) {
-                s.readPaused = true
-                updateInterest(&s)
-            }
-            return !s.readPaused && !s.throttled
-        }
+        !pauseIfBacklogged() && !isThrottled
     }
 
     func close() {
