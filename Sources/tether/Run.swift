@@ -50,7 +50,7 @@ struct Run: ParsableCommand {
         var w: any Workload
         if shader.spirv != nil {
             guard workload == nil, !local else { throw fail("--spirv runs your shader through a daemon: give no workload and no --local") }
-            return try ShaderRun(options: shader, socketPath: socket.path, backend: backendOptions.backend, json: json).run()
+            return try ShaderRun(options: shader, socketPath: socket.socket, backend: backendOptions.backend, json: json).run()
         }
         guard let workload else { throw fail("name a workload (\(Workloads.names.joined(separator: ", "))) or a shader with --spirv FILE") }
         do {
@@ -69,7 +69,7 @@ struct Run: ParsableCommand {
         if json {
             try printJSON(report)
         } else {
-            print("\(report.workload) on \(report.device) (\(report.backend)), size \(report.size): "
+            print("\(report.workload) on \(report.device) (\(report.backend), \(report.path)), size \(report.size): "
                 + "\(report.verified ? "verified" : "NOT VERIFIED") — \(report.detail)")
             var line = "  \(formatDouble(report.seconds * 1000, 3)) ms"
             if let g = report.gbps { line += ", \(formatDouble(g)) GB/s" }
@@ -98,7 +98,7 @@ struct Run: ParsableCommand {
     /// Runs through the daemon at the socket path; when none answers, through a private daemon
     /// started for this run (with the requested backend) and stopped after.
     func runThroughDaemon(_ w: inout any Workload, choice: BackendChoice) throws(TetherError) -> RunReport {
-        let (device, privateDaemon) = try openDevice(socketPath: socket.path, backend: choice)
+        let (device, privateDaemon) = try openDevice(socketPath: socket.socket, backend: choice)
         defer {
             device.close()
             privateDaemon?.stop()
@@ -137,13 +137,14 @@ struct Run: ParsableCommand {
     }
 }
 
-/// A connection to the daemon at `socketPath`; when none answers, to a private daemon started
+/// A connection to the daemon at `socketPath`; when none answers — or, at the default socket,
+/// the daemon there serves another backend than the one asked for — to a private daemon started
 /// for this run (with `backend`), which the caller stops when done.
 func openDevice(socketPath: String?, backend: BackendChoice) throws(TetherError) -> (Device, PrivateDaemon?) {
     var options = DeviceOptions(socketPath: socketPath, backend: backend)
     do {
         return (try Device(options), nil)
-    } catch let error where error.code == .deviceLost {
+    } catch let error where error.code == .deviceLost || (error.code == .backendUnavailable && socketPath == nil) {
         let privateDaemon: PrivateDaemon
         do { privateDaemon = try PrivateDaemon(backend: backend, policy: .exit) } catch let e as TetherError { throw e } catch {
             throw TetherError(.deviceLost, "\(error)")
