@@ -744,6 +744,10 @@ public final class Daemon: @unchecked Sendable {
     /// Says when a handle is from another daemon instance (ownership.md, rule 5).
     private func noSuchThread(_ id: ThreadID, _ place: String) -> TetherError {
         let g = registry.generation
+        // Generation 0 is never a daemon's: a bare number, typed by hand.
+        if id.generation == .local {
+            return TetherError(.noSuchThread, "no device thread \(id) \(place): a thread id names its daemon too (`tether ps` shows them, like t3.17)")
+        }
         if id.generation != g {
             return TetherError(.noSuchThread, "no device thread \(id) \(place): it was made by another daemon (\(id.generation); this one is \(g)), and handles do not survive a daemon restart")
         }
