@@ -94,6 +94,12 @@ public final class WakeCounter: @unchecked Sendable {
 
 /// Starts a detached thread, named `name` (the first 15 bytes) for `ps -L` and debuggers.
 public func startThread(name: String, _ body: @escaping @Sendable () -> Void) {
+    pthread_detach(startJoinableThread(name: name, body))
+}
+
+/// Starts a thread to be ended with `pthread_join` (a plain pthread, no Dispatch: it works in a
+/// forked child). `name`, when given, is its name for `ps -L` and debuggers (the first 15 bytes).
+public func startJoinableThread(name: String = "", _ body: @escaping @Sendable () -> Void) -> pthread_t {
     final class Box: @unchecked Sendable {
         let body: @Sendable () -> Void
         let name: String
@@ -101,17 +107,14 @@ public func startThread(name: String, _ body: @escaping @Sendable () -> Void) {
     }
     let box = Unmanaged.passRetained(Box(body, name)).toOpaque()
     var thread = pthread_t()
-    var attr = pthread_attr_t()
-    pthread_attr_init(&attr)
-    pthread_attr_setdetachstate(&attr, Int32(PTHREAD_CREATE_DETACHED))
-    let rc = pthread_create(&thread, &attr, { raw in
+    let rc = pthread_create(&thread, nil, { raw in
         let box = Unmanaged<AnyObject>.fromOpaque(raw!).takeRetainedValue() as! Box
-        tether_set_thread_name(box.name)
+        if !box.name.isEmpty { tether_set_thread_name(box.name) }
         box.body()
         return nil
     }, box)
-    pthread_attr_destroy(&attr)
     precondition(rc == 0, "pthread_create failed: \(rc)")
+    return thread
 }
 
 /// The nice value of device work where `SCHED_IDLE` is refused (and the value it keeps inside it).

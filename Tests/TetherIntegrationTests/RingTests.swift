@@ -271,15 +271,3 @@ func ringMappings() -> Int {
     }
     return String(decoding: bytes, as: UTF8.self).split(separator: "\n").filter { $0.contains("memfd:tether-mirror") }.count
 }
-
-/// A pthread running `body`, to be joined (the tests' own threads, no Dispatch: some fork).
-func startJoinableThread(_ body: @escaping @Sendable () -> Void) -> pthread_t {
-    final class Box: @unchecked Sendable { let body: @Sendable () -> Void; init(_ b: @escaping @Sendable () -> Void) { body = b } }
-    var thread = pthread_t()
-    let box = Unmanaged.passRetained(Box(body)).toOpaque()
-    pthread_create(&thread, nil, { raw in
-        Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue().body()
-        return nil
-    }, box)
-    return thread
-}

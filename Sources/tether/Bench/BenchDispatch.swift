@@ -160,7 +160,7 @@ struct BenchDispatch: ParsableCommand {
             let failures = Locked(0)
             let start = monotonicNanos()
             let threads = (0..<clients).map { c in
-                startBenchThread {
+                startJoinableThread {
                     var mine: [DeviceThreadHandle] = []
                     mine.reserveCapacity(perClient)
                     for _ in 0..<perClient {
@@ -266,20 +266,4 @@ struct BenchDispatch: ParsableCommand {
         }
         print(lines.joined(separator: "\n"))
     }
-}
-
-
-/// A joinable pthread for the stream's clients.
-func startBenchThread(_ body: @escaping @Sendable () -> Void) -> pthread_t {
-    final class Box: @unchecked Sendable {
-        let body: @Sendable () -> Void
-        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
-    }
-    var thread = pthread_t()
-    let box = Unmanaged.passRetained(Box(body)).toOpaque()
-    pthread_create(&thread, nil, { raw in
-        Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue().body()
-        return nil
-    }, box)
-    return thread
 }
