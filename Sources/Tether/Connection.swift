@@ -232,9 +232,15 @@ final class Connection: @unchecked Sendable {
             throw error
         }
         let deadline = timeoutSeconds.map { monotonicNanos() &+ nanos($0) }
+        return try awaitReply(slot, id: id, until: deadline, what: what, timeoutSeconds: timeoutSeconds)
+    }
+
+    /// Sleeps for a blocking call's reply until `deadline` (nil: none). Timed out, unless the
+    /// reader claimed the waiter just now: then its reply is being handed over and takes no time
+    /// to arrive.
+    private func awaitReply(_ slot: Slot, id: UInt64, until deadline: UInt64?, what: String,
+                            timeoutSeconds: Double?) throws(TetherError) -> Reply {
         if let result = slot.wait(untilNanos: deadline) { return try result.get() }
-        // Timed out, unless the reader claimed the waiter just now: then its reply is being
-        // handed over and takes no time to arrive.
         if remove(id) != nil {
             throw Self.timeoutError(what, seconds: timeoutSeconds ?? 0, path: socketPath)
         }
@@ -332,11 +338,7 @@ final class Connection: @unchecked Sendable {
             ring.armWakeup()
             consumeCompletions(ring)
         }
-        if let result = slot.wait(untilNanos: deadline) { return try result.get() }
-        if remove(id) != nil {
-            throw Self.timeoutError(what, seconds: timeoutSeconds ?? 0, path: socketPath)
-        }
-        return try slot.wait(untilNanos: nil)!.get()
+        return try awaitReply(slot, id: id, until: deadline, what: what, timeoutSeconds: timeoutSeconds)
     }
 
     /// Queues `request` (id with the ring bit) in the submission ring, ringing the daemon's
@@ -471,13 +473,10 @@ final class Connection: @unchecked Sendable {
                 failure = TetherError(.deviceLost, "the Tether daemon at \(socketPath) went away (\(SystemError("poll")))")
                 break
             }
-            if fds[1].revents != 0 {
-                var counter: UInt64 = 0
-                _ = read(wakeFd, &counter, 8)
-            }
+            if fds[1].revents != 0 { Eventfd.drain(wakeFd) }
             expireDeadlines()
             if fds[2].revents != 0 {
-                Eventfd.reset(fds[2].fd)
+                Eventfd.drain(fds[2].fd)
                 serviceRings()
             }
             guard fds[0].revents != 0 else { continue }
@@ -585,8 +584,7 @@ final class Connection: @unchecked Sendable {
 
     private func wake() {
         wakeGate.withLock { wakeFd in
-            var one: UInt64 = 1
-            if wakeFd >= 0 { _ = write(wakeFd, &one, 8) }
+            if wakeFd >= 0 { Eventfd.signal(wakeFd) }
         }
     }
 

@@ -44,12 +44,6 @@ public final class EventFD: @unchecked Sendable {
         fd = try retryingInterrupts("eventfd") { eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK)) }
     }
     deinit { close(fd) }
-    public func signal() {
-        var one: UInt64 = 1
-        _ = write(fd, &one, 8)
-    }
-    public func drain() {
-        var value: UInt64 = 0
-        _ = read(fd, &value, 8)
-    }
+    public func signal() { Eventfd.signal(fd) }
+    public func drain() { Eventfd.drain(fd) }
 }

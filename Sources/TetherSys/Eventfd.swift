@@ -1,8 +1,10 @@
 import Glibc
 
-/// The eventfd a client passes with `attachRings`: the daemon signals it when a client thread
-/// sleeps on the completion ring. The client made it, so the daemon checks what it is before
-/// writing to it — a pipe or a file in its place would block the event loop or take the write.
+/// Operations on raw eventfds: the wake-ups of the daemon's event loop (`EventFD`) and of the
+/// library's reader, and the completion doorbell a client passes with `attachRings`. The daemon
+/// signals that one when a client thread sleeps on the completion ring; the client made it, so
+/// the daemon checks what it is before writing to it — a pipe or a file in its place would block
+/// the event loop or take the write.
 public enum Eventfd {
     /// Whether `fd` is an eventfd: its `/proc/self/fd` link reads `anon_inode:[eventfd]`, which
     /// only the kernel's eventfd file has.
@@ -28,7 +30,7 @@ public enum Eventfd {
     }
 
     /// Resets the counter of a non-blocking eventfd (after poll said it is readable).
-    public static func reset(_ fd: Int32) {
+    public static func drain(_ fd: Int32) {
         var counter: UInt64 = 0
         _ = read(fd, &counter, 8)
     }
