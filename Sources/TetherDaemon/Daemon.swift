@@ -287,9 +287,7 @@ public final class Daemon: @unchecked Sendable {
         let due = budget.hasToken(now: now) ? nil : budget.nextToken()
         budget.spend(now: now)
         newConnections[connection.uid] = budget
-        guard let due else { return }
-        connection.setThrottled(true)
-        throttled.append((due, connection.id, false))
+        if let due { throttle(connection, until: due) }
     }
 
     /// Replies may go out (`EPOLLOUT`), requests may come in, or the peer went away.
@@ -313,7 +311,8 @@ public final class Daemon: @unchecked Sendable {
     /// Out of requests for now: its socket (or its submission ring) is not read until its next
     /// token (`resumeThrottled`). The two budgets are apart: a stream over the ring that spills
     /// onto the socket when the ring is full does not stop the ring.
-    func throttle(_ connection: Connection, ring: Bool = false) {
+    /// `until`: when to read again (default: the transport budget's next token).
+    func throttle(_ connection: Connection, ring: Bool = false, until due: UInt64? = nil) {
         if ring {
             guard !connection.ringWaits else { return }
             connection.ringWaits = true
@@ -321,7 +320,7 @@ public final class Daemon: @unchecked Sendable {
             guard !connection.isThrottled else { return }
             connection.setThrottled(true)
         }
-        throttled.append(((ring ? connection.ringBudget : connection.budget).nextToken(), connection.id, ring))
+        throttled.append((due ?? (ring ? connection.ringBudget : connection.budget).nextToken(), connection.id, ring))
     }
 
     /// Reads again from the connections whose next request token is due; returns how long epoll
