@@ -53,8 +53,7 @@ public func tether_module_binding(_ module: OpaquePointer?, _ index: Int,
     api { () throws(TetherError) in
         let bindings = try Handles.module(module).0.description.bindings
         let out = try required(info, "info")
-        guard index >= 0, index < bindings.count else { throw invalid("binding index \(UInt(bitPattern: index)) is not below \(bindings.count)") }
-        let b = bindings[index]
+        let b = try element(bindings, index, "binding")
         var i = tether_module_binding_info()
         i.set = b.set
         i.binding = b.binding
@@ -71,8 +70,7 @@ public func tether_module_spec_constant(_ module: OpaquePointer?, _ index: Int,
     api { () throws(TetherError) in
         let specs = try Handles.module(module).0.description.specConstants
         let out = try required(info, "info")
-        guard index >= 0, index < specs.count else { throw invalid("constant index \(UInt(bitPattern: index)) is not below \(specs.count)") }
-        let s = specs[index]
+        let s = try element(specs, index, "constant")
         var i = tether_module_spec_info()
         i.constant_id = s.id
         i.type = Int32(s.type.rawValue)
@@ -144,4 +142,10 @@ public func tether_run_module(_ device: OpaquePointer?, _ module: OpaquePointer?
                           timeoutSeconds: try optionalTimeout(timeoutSeconds, "timeout_seconds"))
         out.pointee = tether_thread_report(r)
     }
+}
+
+/// `list[index]`, or `invalidArgument` naming the index (a C caller's `size_t`, shown unsigned).
+private func element<T>(_ list: [T], _ index: Int, _ what: String) throws(TetherError) -> T {
+    guard index >= 0, index < list.count else { throw invalid("\(what) index \(UInt(bitPattern: index)) is not below \(list.count)") }
+    return list[index]
 }
