@@ -33,7 +33,10 @@
 /// - Slices are sized from the thread's measured cost per workgroup (decayed sums of time and groups) to
 ///   `quantumNanos`; the first slice of a thread probes with one workgroup, and a slice that ran
 ///   under half the quantum lets the next one at least double — quadruple under a quarter — (the first estimates still include
-///   the fixed cost of a dispatch; a slice measured at 0 ns also doubles).
+///   the fixed cost of a dispatch; a slice measured at 0 ns also doubles). A thread doing work its
+///   space did before (same `costKey`: the daemon's built-in kernel with the same arguments)
+///   skips the probe and starts from that work's measured cost: a loop that runs the same kernel
+///   over and over does not pay ~log₄(groups) extra slices, each a turn of the scheduler, per launch.
 /// - A thread that is not persistent and has completed its grid is not picked again; it stays
 ///   queued until `remove`.
 ///
@@ -72,6 +75,8 @@ public struct RunQueue: Sendable {
         var persistent: Bool
         /// Runs its whole grid in one slice (a user kernel that reads `gl_NumWorkGroups`).
         var unsliced = false
+        /// Names the work it does (see `add`): its cost is remembered under this key in its space.
+        var costKey: Int?
         /// Measured time and groups, both decayed by 0.7 per slice: their ratio is the cost per group.
         var decayedNanos = 0.0
         var decayedGroups = 0.0
@@ -93,10 +98,15 @@ public struct RunQueue: Sendable {
         var deviceNanos: UInt64 = 0
         /// Estimated cost of its slices in flight.
         var pendingNanos: UInt64 = 0
+        /// The decayed cost sums of its threads' last slices, by `costKey` (at most
+        /// `rememberedCosts` keys).
+        var costs: [Int: (nanos: Double, groups: Double)] = [:]
         /// The key that orders spaces of a class.
         var key: (UInt64, UInt64) { (virtualNanos &+ pendingNanos, arrival) }
     }
 
+    /// Cost keys remembered per space.
+    static let rememberedCosts = 64
     public var quantumNanos: UInt64
     public var floorInterval: Int
     public let slicesPerThread: Int
@@ -114,6 +124,8 @@ public struct RunQueue: Sendable {
     }
 
     public var isEmpty: Bool { threads.isEmpty }
+    /// Address spaces with threads queued (runnable, in flight or waiting for `remove`).
+    public private(set) var activeSpaces = 0
     /// Whether `pick` would return a slice now.
     /// - Complexity: O(spaces × their threads) in the worst case; O(1) when one thread is queued.
     public var hasRunnable: Bool { spaces.values.contains { runnable($0) } }
@@ -124,12 +136,18 @@ public struct RunQueue: Sendable {
 
     /// Queues a device thread of `groups` workgroups. A space's priority is that of its most
     /// recent thread (an address space is one entity, as in the DRM scheduler). An `unsliced`
-    /// thread gets its whole remaining grid in one slice.
+    /// thread gets its whole remaining grid in one slice. `costKey` names the work (the caller
+    /// says which threads cost the same per group): a thread whose key its space ran before
+    /// starts from that thread's measured cost instead of a one-group probe.
     public mutating func add(_ id: ThreadID, space: SpaceID, priority: PriorityClass, groups: UInt32, persistent: Bool,
-                             unsliced: Bool = false) {
+                             unsliced: Bool = false, costKey: Int? = nil) {
         precondition(threads[id] == nil, "thread \(id) queued twice")
-        threads[id] = Thread(space: space, priority: priority, groupTotal: max(groups, 1), persistent: persistent,
-                             unsliced: unsliced)
+        var thread = Thread(space: space, priority: priority, groupTotal: max(groups, 1), persistent: persistent,
+                            unsliced: unsliced, costKey: costKey)
+        if let costKey, let cost = spaces[space]?.costs[costKey] {
+            (thread.decayedNanos, thread.decayedGroups) = cost
+        }
+        threads[id] = thread
         if spaces[space] == nil {
             arrivals += 1
             spaces[space] = Space(priority: priority, virtualNanos: minimumVirtualNanos(priority), arrival: arrivals)
@@ -141,6 +159,7 @@ public struct RunQueue: Sendable {
             spaces[space]!.virtualNanos = max(spaces[space]!.virtualNanos, minimumVirtualNanos(priority))
         }
         spaces[space]!.priority = priority
+        if spaces[space]!.turns.isEmpty { activeSpaces += 1 }
         spaces[space]!.turns.append(id)
     }
 
@@ -150,12 +169,14 @@ public struct RunQueue: Sendable {
     public mutating func remove(_ id: ThreadID) -> Bool {
         guard let t = threads.removeValue(forKey: id) else { return false }
         spaces[t.space]?.turns.remove(id)
+        if spaces[t.space]?.turns.isEmpty == true { activeSpaces -= 1 }
         return true
     }
 
     /// Removes every thread of an address space and forgets the space; returns the removed ids.
     public mutating func removeSpace(_ space: SpaceID) -> [ThreadID] {
         guard let removed = spaces.removeValue(forKey: space) else { return [] }
+        if !removed.turns.isEmpty { activeSpaces -= 1 }
         let ids = removed.turns.all.sorted()
         for id in ids { threads[id] = nil }
         return ids
@@ -231,12 +252,16 @@ public struct RunQueue: Sendable {
         return pick
     }
 
-    /// Records that `pick` ran for `nanos` and advances the thread.
+    /// Records that `pick` ran for `nanos` and advances the thread. `heldNanos`: how long the
+    /// slice kept the device from others, from its start (or the previous slice's end) to the
+    /// moment its end was seen; the space's virtual time is charged the larger of the two, so a
+    /// stream of tiny slices pays for the fixed cost of each dispatch and does not get hundreds of
+    /// slices for each one of a neighbour's.
     @discardableResult
-    public mutating func account(_ pick: Pick, nanos: UInt64) -> Progress {
+    public mutating func account(_ pick: Pick, nanos: UInt64, heldNanos: UInt64 = 0) -> Progress {
         if var s = spaces[pick.space] {
             s.pendingNanos -= min(s.pendingNanos, pick.estimateNanos)
-            s.virtualNanos &+= nanos
+            s.virtualNanos &+= max(nanos, heldNanos)
             s.deviceNanos &+= nanos
             spaces[pick.space] = s
             classFloor[s.priority] = minimumVirtualNanos(s.priority)
@@ -252,12 +277,20 @@ public struct RunQueue: Sendable {
         t.lastCount = pick.groupCount
         t.lastNanos = nanos
         threads[pick.thread] = t
+        if let key = t.costKey, spaces[t.space] != nil {
+            // Bounded: a space that runs more kinds of work than this starts over.
+            if spaces[t.space]!.costs.count >= Self.rememberedCosts, spaces[t.space]!.costs[key] == nil {
+                spaces[t.space]!.costs.removeAll()
+            }
+            spaces[t.space]!.costs[key] = (t.decayedNanos, t.decayedGroups)
+        }
         // The slice that ends the grid completes it (a persistent thread's next round was picked).
         return pick.groupBase + pick.groupCount >= t.groupTotal ? .gridComplete : .more
     }
 
     /// Verifies the internal invariants (tests call it after every mutation).
     public func checkInvariants() {
+        precondition(activeSpaces == spaces.values.filter { !$0.turns.isEmpty }.count, "active spaces miscounted")
         for (id, t) in threads {
             precondition(spaces[t.space] != nil, "thread \(id) has no space")
             precondition(spaces[t.space]!.turns.contains(id), "thread \(id) not in its turns")

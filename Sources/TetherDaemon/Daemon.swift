@@ -113,7 +113,6 @@ public final class Daemon: @unchecked Sendable {
         self.configuration = configuration
         self.logger = logger
         ServiceProcess.prepare(logger: logger)
-        rings = RingServer(pollNanos: configuration.ringPollNanos, idlePollNanos: configuration.ringIdlePollNanos)
         // Before anything else: a directory someone else prepared is refused (ownership.md, rule 6).
         try SocketPath.prepareDirectory(for: configuration.socketPath)
         let (generation, fallback) = GenerationCounter.next(forSocket: configuration.socketPath)
@@ -124,6 +123,9 @@ public final class Daemon: @unchecked Sendable {
                               slicesInFlight: configuration.slicesInFlight,
                               runsSmallSlicesOnWorker: configuration.smallSlicesOnWorker)
         chain = ExitNotifierChain(registry: registry, scheduler: scheduler)
+        rings = RingServer(pollNanos: configuration.ringPollNanos, idlePollNanos: configuration.ringIdlePollNanos) {
+            [limits = configuration.limits, scheduler] in $0.hasQueuedEnough(limits, on: scheduler)
+        }
         (bpfNotifier, notifierNote) = Self.openNotifier(configuration.notifier)
         if configuration.notifier == .bpf && bpfNotifier == nil {
             scheduler.shutdown()
@@ -305,6 +307,9 @@ public final class Daemon: @unchecked Sendable {
         }
     }
 
+    /// How soon a connection whose space has as many threads queued as it may is read again.
+    static let queuedRecheckNanos: UInt64 = 1_000_000
+
     /// Requests taken from one connection per event-loop round.
     static let messagesPerTurn = 8
 
@@ -350,6 +355,10 @@ public final class Daemon: @unchecked Sendable {
             let now = monotonicNanos()
             guard connection.budget.hasToken(now: now) else {
                 throttle(connection)
+                return
+            }
+            if connection.space?.hasQueuedEnough(configuration.limits, on: scheduler) == true {
+                throttle(connection, until: now + Self.queuedRecheckNanos)
                 return
             }
             let result: ReceiveResult
@@ -685,7 +694,7 @@ public final class Daemon: @unchecked Sendable {
         let context = try scheduler.contexts.acquire(program)
         let thread = DeviceThread(id: threadID, space: space.id, program: program, args: s.args,
                                   groups: groups, persistentNanos: s.persistentNanos, priority: s.priority,
-                                  context: context, regions: space.table)
+                                  context: context, regions: space.table, queued: space.queued)
         do {
             try registry.add(thread, to: space)
         } catch {

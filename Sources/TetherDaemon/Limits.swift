@@ -22,6 +22,13 @@ public struct DaemonLimits: Sendable, Equatable {
     public var mirroredBytesPerUser: UInt64 = 32 << 40
     /// Open connections of one uid (each is an fd in the daemon).
     public var connectionsPerUser: UInt64 = 4_096
+    /// Device threads of one address space queued and not yet started, while other spaces have
+    /// work on the device too. Not a refusal: at the limit the daemon stops reading the space's
+    /// connections until the scheduler starts one (`QueuedThreads`), so a client spawning faster
+    /// than its share of the device waits in its own calls instead of costing the others the
+    /// control plane's time (measured: a ring spawn flood took a neighbour's saxpy from 0.3 ms
+    /// to 2–7 ms without it). 256 is a submission ring's worth of spawns four times over.
+    public var queuedThreadsPerSpace: UInt64 = 256
     /// Joins and runs of one connection waiting for their thread.
     public var pendingJoinsPerConnection: UInt64 = 262_144
     /// `awaitTeardown` waiters: per connection, and per uid over all its connections.
@@ -66,5 +73,14 @@ public struct DaemonLimits: Sendable, Equatable {
             bytesPerSpace: Limit(mirroredBytesPerSpace, "mirrored bytes per address space", flag: "--max-mirrored-mib-per-space"),
             bytesPerUser: Limit(mirroredBytesPerUser, "mirrored bytes per user", flag: "--max-mirrored-mib-per-user"),
             modulesPerSpace: Limit(modulesPerSpace, "modules per address space", flag: "--max-modules-per-space"))
+    }
+}
+
+extension AddressSpace {
+    /// Whether the space has as many device threads queued (not started) as it may while it
+    /// shares the device: its connections are then not read until the scheduler starts one
+    /// (`QueuedThreads`). Alone on the device, a space may queue up to its thread limit.
+    func hasQueuedEnough(_ limits: DaemonLimits, on scheduler: Scheduler) -> Bool {
+        UInt64(queued.value) >= limits.queuedThreadsPerSpace && scheduler.isShared
     }
 }

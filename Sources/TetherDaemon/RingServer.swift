@@ -233,7 +233,14 @@ final class RingServer {
     private var backlogged = false
     private var lastBacklogProgress: UInt64 = 0
 
-    init(pollNanos: UInt64, idlePollNanos: UInt64 = 0) {
+    /// Whether a space has as many threads queued as it may (`AddressSpace.hasQueuedEnough`).
+    private let holdsBack: (AddressSpace) -> Bool
+    /// Whether the last `poll` left a ring unread because its space had as many threads queued
+    /// as it may.
+    private var waitsForDevice = false
+
+    init(pollNanos: UInt64, idlePollNanos: UInt64 = 0, holdsBack: @escaping (AddressSpace) -> Bool = { _ in false }) {
+        self.holdsBack = holdsBack
         self.pollNanos = pollNanos
         self.idlePollNanos = idlePollNanos
     }
@@ -297,6 +304,7 @@ final class RingServer {
             setFlags(1)
             return 0
         }
+        if waitsForDevice { return min(millis, 1) }
         guard backlogged else { return millis }
         return min(millis, now &- lastBacklogProgress < 100_000_000 ? 1 : 64)
     }
@@ -321,6 +329,7 @@ final class RingServer {
     func poll(_ handle: (Event) -> Void) {
         var events: [Event] = []
         var paused = false, progressed = false
+        waitsForDevice = false
         for (_, entry) in attached {
             let rings = entry.rings, memory = rings.memory, layout = memory.layout
             // Replies held for a full completion ring go first; a connection with too many held
@@ -336,6 +345,12 @@ final class RingServer {
             }
             if entry.connection.pauseIfBacklogged() {
                 if rings.held.load(ordering: .relaxed) > 0 { paused = true }
+                continue
+            }
+            // Its space has as many threads queued as it may: the rest waits in the ring until
+            // the scheduler starts one (looked at again within a millisecond).
+            if let space = entry.connection.space, holdsBack(space) {
+                waitsForDevice = true
                 continue
             }
             let tail = memory.load(RingLayout.sqTailOffset)

@@ -8,6 +8,8 @@ struct LimitOptions: ParsableArguments {
 
     @Option(help: "Device threads not yet joined, per address space.") var maxThreadsPerSpace = d.threadsPerSpace
     @Option(help: "Device threads not yet joined, per user.") var maxThreadsPerUser = d.threadsPerUser
+    @Option(help: "Device threads queued and not yet started, per address space (beyond it, the space's requests wait to be read).")
+    var maxQueuedThreadsPerSpace = d.queuedThreadsPerSpace
     @Option(help: "Mirrored regions per address space.") var maxRegionsPerSpace = d.regionsPerSpace
     @Option(help: "Mirrored regions per user.") var maxRegionsPerUser = d.regionsPerUser
     @Option(help: "Mirrored MiB per address space.") var maxMirroredMibPerSpace = d.mirroredBytesPerSpace >> 20
@@ -29,7 +31,7 @@ struct LimitOptions: ParsableArguments {
     func validate() throws {
         let all: [(String, UInt64)] = [
             ("--max-threads-per-space", maxThreadsPerSpace), ("--max-threads-per-user", maxThreadsPerUser),
-            ("--max-regions-per-space", maxRegionsPerSpace), ("--max-regions-per-user", maxRegionsPerUser),
+            ("--max-queued-threads-per-space", maxQueuedThreadsPerSpace), ("--max-regions-per-space", maxRegionsPerSpace), ("--max-regions-per-user", maxRegionsPerUser),
             ("--max-mirrored-mib-per-space", maxMirroredMibPerSpace), ("--max-mirrored-mib-per-user", maxMirroredMibPerUser),
             ("--max-connections-per-user", maxConnectionsPerUser),
             ("--max-pending-joins-per-connection", maxPendingJoinsPerConnection),
@@ -47,6 +49,7 @@ struct LimitOptions: ParsableArguments {
         var l = DaemonLimits()
         l.threadsPerSpace = maxThreadsPerSpace
         l.threadsPerUser = maxThreadsPerUser
+        l.queuedThreadsPerSpace = maxQueuedThreadsPerSpace
         l.regionsPerSpace = maxRegionsPerSpace
         l.regionsPerUser = maxRegionsPerUser
         l.mirroredBytesPerSpace = maxMirroredMibPerSpace << 20

@@ -236,6 +236,53 @@ struct RunQueueTests {
         expectExactCover(sim.slices.map(\.pick), groups: 1 << 20)
     }
 
+    @Test func workItsSpaceRanBeforeSkipsTheProbe() throws {
+        var queue = RunQueue(quantumNanos: 2_000_000)
+        let (a, b, c) = (ThreadID(rawValue: 1), ThreadID(rawValue: 2), ThreadID(rawValue: 3))
+        let space = SpaceID(rawValue: 1)
+        // 4,096 groups at 50 ns each: 0.2 ms, a tenth of the quantum.
+        queue.add(a, space: space, priority: .normal, groups: 4096, persistent: false, costKey: 7)
+        var firstSlices = 0
+        while let pick = queue.pick() {
+            firstSlices += 1
+            if queue.account(pick, nanos: 50 * UInt64(pick.groupCount)) == .gridComplete { break }
+        }
+        #expect(firstSlices > 1, "the first thread probes")
+        queue.remove(a)
+        queue.add(b, space: space, priority: .normal, groups: 4096, persistent: false, costKey: 7)
+        let next = queue.pick()
+        let again = try #require(next)
+        #expect(again.groupCount == 4096, "the same work again runs in one slice")
+        #expect(queue.account(again, nanos: 50 * 4096) == .gridComplete)
+        queue.remove(b)
+        queue.add(c, space: space, priority: .normal, groups: 4096, persistent: false, costKey: 8)
+        #expect(queue.pick()?.groupCount == 1, "other work probes")
+        queue.checkInvariants()
+    }
+
+    @Test func tinySlicesPayForHowLongTheyHeldTheDevice() throws {
+        // Space 1's slices run 1 µs but keep the device 30 µs (the dispatch around them); space 2's
+        // run 30 µs. Charged what they held, they alternate; charged 1 µs, space 1 would get ~30
+        // slices for each of space 2's.
+        var queue = RunQueue(quantumNanos: 2_000_000)
+        queue.add(ThreadID(rawValue: 1), space: SpaceID(rawValue: 1), priority: .normal, groups: 1 << 20, persistent: true)
+        queue.add(ThreadID(rawValue: 2), space: SpaceID(rawValue: 2), priority: .normal, groups: 1 << 20, persistent: true)
+        var ofSpace1 = 0
+        for _ in 0..<200 {
+            let next = queue.pick()
+            let pick = try #require(next)
+            if pick.space == SpaceID(rawValue: 1) {
+                ofSpace1 += 1
+                queue.account(pick, nanos: 1_000, heldNanos: 30_000)
+            } else {
+                queue.account(pick, nanos: 30_000, heldNanos: 30_000)
+            }
+        }
+        #expect((90...110).contains(ofSpace1), "space 1 got \(ofSpace1) of 200 slices")
+        #expect(queue.deviceNanos(ofSpace: SpaceID(rawValue: 1)) == UInt64(ofSpace1) * 1_000, "device time stays what ran")
+        queue.checkInvariants()
+    }
+
     @Test func persistentThreadsStartEachRoundAtZero() {
         let groups: UInt32 = 5_000
         var sim = Simulator(quantum: 1_000_000, overhead: 10_000)

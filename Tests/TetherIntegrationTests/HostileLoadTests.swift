@@ -173,6 +173,38 @@ import Testing
         #expect(try daemon.control().ps().spaces.first { $0.pid == flooder }?.threads.count == 3000)
     }
 
+    @Test("beside another space's work, a client's spawns wait (not refused) once it has --max-queued-threads-per-space not started")
+    func queuedThreadsHoldBackSpawns() throws {
+        let limit = 8
+        let daemon = try TestDaemon(extra: ["--max-queued-threads-per-space", "\(limit)"])
+        let h = Handshake()
+        defer { h.close() }
+        // Another address space with work on the device for the whole test.
+        let neighbour = forkChild {
+            guard let device = try? Device(daemon.options()),
+                  (try? device.spawn(.spin, args: [1000], groups: 4, persistentSeconds: 600)) != nil else { return 2 }
+            h.send("busy")
+            pause()
+            return 0
+        }
+        defer { kill(neighbour, SIGKILL); _ = waitChild(neighbour) }
+        #expect(h.receive(timeoutSeconds: 30) == "busy")
+        // 32 long threads as fast as the library sends them: each starts with a probe of one
+        // group of the longest spin, so they start far slower than they are spawned.
+        let device = try Device(daemon.options())
+        var spawned: [DeviceThreadHandle] = []
+        for _ in 0..<32 {
+            spawned.append(try device.spawn(.spin, args: [BuiltinKernel.maxSpinIterations], groups: 4096))
+        }
+        // When the last spawn was read, at most `limit` were waiting to start; since then some
+        // can only have started.
+        let mine = try #require(try daemon.control().ps().spaces.first { $0.pid == getpid() })
+        let queued = mine.threads.filter { $0.state == .queued }.count
+        #expect(mine.threads.count == 32)
+        #expect(queued <= limit, "\(queued) threads queued, more than --max-queued-threads-per-space \(limit)")
+        for t in spawned { _ = try device.kill(t) }
+    }
+
     @Test("a client with 100,000 threads is torn down in linear time, and ps pages through them")
     func hundredThousandThreads() throws {
         let daemon = try TestDaemon(extra: ["--max-threads-per-space", "200000"])

@@ -10,6 +10,18 @@ public final class RegionTable: Sendable {
     public func set(_ new: [RegionTableEntry]) { entries.withLock { $0 = new } }
 }
 
+/// How many of one address space's device threads are queued and have not started yet (read
+/// without a lock). The daemon stops reading a space's requests while this is at its limit
+/// (`--max-queued-threads-per-space`): a client that spawns faster than the scheduler gives it the
+/// device then waits in its own calls, at the rate its fair share of the device allows, instead of
+/// making the daemon admit (and spend its control plane on) work it will not run soon.
+public final class QueuedThreads: Sendable {
+    private let count = Atomic<Int>(0)
+    public init() {}
+    public var value: Int { count.load(ordering: .relaxed) }
+    func add(_ n: Int) { count.add(n, ordering: .relaxed) }
+}
+
 /// How a device thread ended.
 public struct ThreadOutcome: Sendable, Equatable {
     public var state: ThreadState
@@ -31,11 +43,14 @@ public final class DeviceThread: @unchecked Sendable {
     public let priority: PriorityClass
     let context: any ThreadContext
     let regions: RegionTable
+    let queued: QueuedThreads
 
     // Protected by the scheduler's monitor.
     public internal(set) var state: ThreadState = .queued
     public internal(set) var deviceNanos: UInt64 = 0
     var firstStartNanos: UInt64 = 0
+    /// Counted in `queued` (from submission to its first slice, or its end without one).
+    var countedQueued = false
     var slicesInFlight = 0
     var killRequested = false
     /// How it ends once its slices in flight are done.
@@ -45,7 +60,7 @@ public final class DeviceThread: @unchecked Sendable {
 
     public init(id: ThreadID, space: SpaceID, program: KernelProgram, args: [UInt64], groups: UInt32,
                 persistentNanos: UInt64 = 0, priority: PriorityClass = .normal,
-                context: any ThreadContext, regions: RegionTable) {
+                context: any ThreadContext, regions: RegionTable, queued: QueuedThreads = QueuedThreads()) {
         self.id = id
         self.space = space
         self.program = program
@@ -55,5 +70,27 @@ public final class DeviceThread: @unchecked Sendable {
         self.priority = priority
         self.context = context
         self.regions = regions
+        self.queued = queued
+    }
+}
+
+extension DeviceThread {
+    /// No longer counted as queued: it started, or ended without starting (lock held).
+    func leaveQueued() {
+        guard countedQueued else { return }
+        countedQueued = false
+        queued.add(-1)
+    }
+
+    /// Names what this thread's workgroups cost: the same built-in kernel with the same arguments
+    /// costs the same per group, so the scheduler sizes its first slice from the last such
+    /// thread of its space instead of probing again (`RunQueue.add`). Nil for user kernels,
+    /// whose cost depends on bindings and constants too.
+    var costKey: Int? {
+        guard case .builtin(let kernel) = program else { return nil }
+        var hasher = Hasher()
+        hasher.combine(kernel)
+        hasher.combine(args)
+        return hasher.finalize()
     }
 }

@@ -23,10 +23,19 @@ public final class Scheduler: @unchecked Sendable {
     /// run itself), read without the lock by the event loop: while this is 0, polling on the event
     /// loop takes no CPU from device work (`RingServer.sleepTimeout`).
     private let handedOver = Atomic<Int>(0)
+    /// How many address spaces have device threads queued or running (`RunQueue.activeSpaces`),
+    /// read without the lock.
+    private let activeSpaceCount = Atomic<Int>(0)
+    /// Whether device threads of more than one address space are queued or running: a space
+    /// then has others to share the device with.
+    public var isShared: Bool { activeSpaceCount.load(ordering: .relaxed) > 1 }
     /// Whether the device's own threads have slices of this scheduler to run.
     public var deviceThreadsBusy: Bool { handedOver.load(ordering: .relaxed) > 0 }
     private let monitor = Monitor()
-    private var queue: RunQueue
+    private var queue: RunQueue {
+        // No `oldValue`: the queue is still modified in place (SE-0268).
+        didSet { activeSpaceCount.store(queue.activeSpaces, ordering: .relaxed) }
+    }
     private var threads: [ThreadID: DeviceThread] = [:]
     private var stopping = false
     private var workerRunning = true
@@ -46,7 +55,7 @@ public final class Scheduler: @unchecked Sendable {
     ///   - slicesInFlight: the cap on slices on the device at once (default: the backend's
     ///     `defaultSlicesInFlight`), at most its `sliceDepth`.
     ///   - runsSmallSlicesOnWorker: whether the worker may let the backend run a small slice on
-    ///     the worker itself when it would otherwise only wait for it (see `start(alone:)`).
+    ///     the worker itself when someone already waits for it (see `start()`).
     public init(backend: any ComputeBackend, quantumNanos: UInt64 = 2_000_000, slicesInFlight: Int? = nil,
                 runsSmallSlicesOnWorker: Bool = true) {
         self.runsSmallSlicesOnWorker = runsSmallSlicesOnWorker && backend.callerSliceGroups > 0
@@ -62,8 +71,11 @@ public final class Scheduler: @unchecked Sendable {
         try monitor.withLock { () throws(TetherError) in
             guard !stopping else { throw TetherError(.deviceLost, "the device is shutting down") }
             threads[thread.id] = thread
+            thread.countedQueued = true
+            thread.queued.add(1)
             queue.add(thread.id, space: thread.space, priority: thread.priority, groups: thread.groups,
-                      persistent: thread.persistentNanos > 0, unsliced: thread.program.runsUnsliced)
+                      persistent: thread.persistentNanos > 0, unsliced: thread.program.runsUnsliced,
+                      costKey: thread.costKey)
             monitor.broadcast()
         }
     }
@@ -161,6 +173,7 @@ public final class Scheduler: @unchecked Sendable {
     private func complete(_ t: DeviceThread, _ state: ThreadState, _ error: TetherError?)
         -> (ThreadOutcome, [@Sendable (ThreadOutcome) -> Void])? {
         guard t.outcome == nil else { return nil }
+        t.leaveQueued()
         t.state = state
         let outcome = ThreadOutcome(state: state, error: error, deviceNanos: t.deviceNanos)
         t.outcome = outcome
@@ -188,7 +201,7 @@ public final class Scheduler: @unchecked Sendable {
 
     /// The worker belongs to the control plane: it hands slices to the device (lavapipe's
     /// threads, the software pool) and waits. It executes device code itself only for one small
-    /// slice it would otherwise just wait for (`start(alone:)`, `runsSmallSlicesOnWorker`).
+    /// slice someone already waits for (`start()`, `runsSmallSlicesOnWorker`).
     ///
     /// It keeps up to `slicesInFlight` slices started, then waits for the oldest. A slice's device
     /// time is what the backend measured, else — the device runs them in order — from its start,
@@ -198,7 +211,17 @@ public final class Scheduler: @unchecked Sendable {
         var lastEnd: UInt64 = 0
         monitor.withLock {
             while true {
-                while started.count < slicesInFlight, let slice = start(alone: started.isEmpty) {
+                while started.count < slicesInFlight, var slice = start() {
+                    guard slice.handedOver || slice.failure != nil else {
+                        // It ran on this thread: done already, whatever else is in flight.
+                        var measured: UInt64?
+                        monitor.unlocked {
+                            do throws(TetherError) { measured = try slice.thread.context.finishSlice() } catch { slice.failure = error }
+                        }
+                        let end = monotonicNanos()
+                        finish(slice, nanos: measured ?? end - slice.startNanos, held: end - slice.startNanos, end: end)
+                        continue
+                    }
                     started.append(slice)
                     peakStarted = max(peakStarted, started.count)
                 }
@@ -215,7 +238,8 @@ public final class Scheduler: @unchecked Sendable {
                     }
                 }
                 let end = monotonicNanos()
-                finish(slice, nanos: measured ?? end - max(slice.startNanos, lastEnd), end: end)
+                let held = end - max(slice.startNanos, lastEnd)
+                finish(slice, nanos: measured ?? held, held: held, end: end)
                 lastEnd = end
             }
             workerRunning = false
@@ -224,25 +248,28 @@ public final class Scheduler: @unchecked Sendable {
     }
 
     /// Picks the next slice and starts it (lock held; released while the backend starts it).
-    /// `alone`: no other slice is in flight. Then, if nothing else is runnable either and someone
-    /// already waits for this thread's end (a `run` or `join`), the worker would only wait for
-    /// this slice, so the backend may run a small one on this thread
-    /// (`SliceLaunch.mayRunOnCaller`) and save the hand-offs to its threads and back — tens of
-    /// µs of wake-ups per tiny device thread on a small VM. Otherwise (a backlog, a stream of
-    /// spawns nobody waits for yet) the worker keeps to handing slices over: it is the control
-    /// plane, above device work, and must not take the CPU a submitter needs (measured: inline
-    /// slices for a stream of spawns halved its rate on 2 cores).
-    private func start(alone: Bool) -> Started? {
+    /// When someone already waits for the thread's end (a `run` or `join`) and the slice is
+    /// small, the backend may run it on this thread (`SliceLaunch.mayRunOnCaller`) and save the
+    /// hand-offs to its threads and back — tens of µs of wake-ups per tiny device thread on a
+    /// small VM — even beside other spaces' slices on the device's threads: the slice is bounded
+    /// (`callerSliceGroups`), charged to its space like any other, and it keeps a client's
+    /// round trip from queueing behind a flood of other work in the pool (measured: `tether bench
+    /// load`'s dispatch beside a spawn flood, 3–4× → ~1× its time alone). A stream of spawns
+    /// nobody waits for yet is handed over: the worker is the control plane, above device work,
+    /// and must not take the CPU a submitter needs (measured: inline slices for a stream of spawns
+    /// halved its rate on 2 cores).
+    private func start() -> Started? {
         guard let pick = queue.pick(), let thread = threads[pick.thread] else { return nil }
         thread.slicesInFlight += 1
         thread.state = .running
         let now = monotonicNanos()
         if thread.firstStartNanos == 0 { thread.firstStartNanos = now }
+        thread.leaveQueued()
         var slice = Started(pick: pick, thread: thread, startNanos: now)
         let launch = SliceLaunch(args: thread.args, regions: thread.regions.snapshot, groupBase: pick.groupBase,
                                  groupCount: pick.groupCount, groupTotal: thread.groups, round: pick.round,
-                                 mayRunOnCaller: runsSmallSlicesOnWorker && alone && !thread.waiters.isEmpty
-                                    && pick.groupCount <= UInt32(backend.callerSliceGroups) && !queue.hasRunnable)
+                                 mayRunOnCaller: runsSmallSlicesOnWorker && !thread.waiters.isEmpty
+                                    && pick.groupCount <= UInt32(backend.callerSliceGroups))
         if !launch.mayRunOnCaller {
             slice.handedOver = true
             handedOver.add(1, ordering: .relaxed)
@@ -258,14 +285,14 @@ public final class Scheduler: @unchecked Sendable {
     }
 
     /// Accounts a slice that is done and decides how its thread goes on (lock held).
-    private func finish(_ slice: Started, nanos: UInt64, end: UInt64) {
+    private func finish(_ slice: Started, nanos: UInt64, held: UInt64, end: UInt64) {
         if slice.handedOver { handedOver.subtract(1, ordering: .relaxed) }
         let thread = slice.thread
         let completedBefore = thread.outcome != nil
         slices += 1
         thread.slicesInFlight -= 1
         thread.deviceNanos &+= nanos
-        let progress = queue.account(slice.pick, nanos: nanos)
+        let progress = queue.account(slice.pick, nanos: nanos, heldNanos: held)
         if completedBefore {
             if thread.slicesInFlight == 0 { contexts.recycle(thread.context, program: thread.program) }
             return

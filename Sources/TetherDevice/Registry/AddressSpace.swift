@@ -28,6 +28,8 @@ public final class AddressSpace: @unchecked Sendable {
     /// another process, dead or alive. nil where the kernel lacks pidfs.
     public let identity: UInt64?
     public let table = RegionTable()
+    /// Its threads not started yet.
+    public let queued = QueuedThreads()
 
     // Protected by the registry lock.
     public internal(set) var phase: Phase = .live

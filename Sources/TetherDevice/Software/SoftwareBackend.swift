@@ -158,7 +158,7 @@ final class WorkerPool: @unchecked Sendable {
     }
 
     /// Runs a small slice (at most `inlineGroups` groups) on the calling thread — the scheduler's
-    /// worker — when no other slice is on the device threads; false (nothing run) otherwise.
+    /// worker; false (nothing run) once the pool is stopped.
     ///
     /// Why: handing a tiny slice to the device threads costs two wake-ups (a device thread, then
     /// the worker waiting for it), tens of µs each on this VM, for a few µs of work; on a 2-core
@@ -166,14 +166,15 @@ final class WorkerPool: @unchecked Sendable {
     /// core. Bounded: at most `inlineGroups` groups, each bounded by the kernels' loop cap, with
     /// the control word checked before every group, so a kill still waits for at most one
     /// group; and run outside the control plane's real-time class (`outsideRealTime`), so a
-    /// client's long group cannot starve the machine through the worker. Only when the pool is idle, so it never runs beside another address space's slice
-    /// and takes no device time from it. `register` is called (with the job) before it runs, so
-    /// a kill can find the job and wait for it (`waitStopped`).
+    /// client's long group cannot starve the machine through the worker. It may run beside other
+    /// slices in the pool (whose threads skip an inline job); its time is charged to its own
+    /// thread like theirs. `register` is called (with the job) before it runs, so a kill can find
+    /// the job and wait for it (`waitStopped`).
     func runInline(_ job: Job, register: (Job) -> Void) -> Bool {
         guard job.end - job.next.load(ordering: .relaxed) <= UInt32(inlineGroups) else { return false }
         let tid = DeviceThreads.currentID
         let claimed: Bool = monitor.withLock {
-            guard !stopped, jobs.isEmpty else { return false }
+            guard !stopped else { return false }
             job.runsInline = true
             inlineCount += 1
             job.inside.append(tid)

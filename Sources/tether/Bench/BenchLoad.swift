@@ -15,6 +15,9 @@ struct LoadReport: Codable {
         /// Against "none", measured in the same run.
         var dispatchRatio: Double
         var saxpyRatio: Double
+        /// Requests of the flooder the daemon did (answered without an error) per second while
+        /// the cell was timed: how hard it pressed.
+        var floodPerSecond: Double
         /// What the flooder was told (its last error), if anything.
         var flooderSaw: String
     }
@@ -35,16 +38,27 @@ struct BenchLoad: ParsableCommand {
     @OptionGroup var backendOptions: BackendOptions
     @Option(help: "Tiny runs timed per cell.") var runs = 300
     @Option(help: "Elements of the timed saxpy.") var saxpyElements = 1 << 20
-    @Option(help: "Saxpys timed per cell (the median is reported).") var saxpys = 25
+    @Option(help: "Saxpys timed per cell (the median is reported).") var saxpys = 200
     @Option(help: "Seconds each flood runs before the measurement starts.") var warmup: Double = 0.5
+    @Option(parsing: .upToNextOption, help: "The floods to run beside the baseline (default: all of \(Self.allFloods.joined(separator: ", "))).")
+    var floods: [String] = allFloods
+    @Option(name: .customLong("daemon-arg"), parsing: .unconditionalSingleValue,
+            help: "One more argument for the private daemon, e.g. --daemon-arg --max-requests-per-second=5000 (repeatable).")
+    var daemonArgs: [String] = []
     @Flag(help: "Print one JSON object.") var json = false
 
-    static let floods = ["none", "spawns", "connections", "waiters", "paused-reader"]
+    static let allFloods = ["spawns", "ring-spawns", "connections", "waiters", "paused-reader"]
+
+    func validate() throws {
+        for f in floods where !Self.allFloods.contains(f) {
+            throw ValidationError("unknown flood '\(f)'; the floods are \(Self.allFloods.joined(separator: ", "))")
+        }
+    }
 
     func run() throws {
         // Limits low enough that a flood reaches them within the warm-up.
         let d = try PrivateDaemon(backend: backendOptions.backend, policy: .exit,
-                                  extra: ["--max-threads-per-space", "20000", "--max-waiters-per-connection", "1000"])
+                                  extra: ["--max-threads-per-space", "20000", "--max-waiters-per-connection", "1000"] + daemonArgs)
         defer { d.stop() }
         let device = try Device(DeviceOptions(socketPath: d.socketPath))
         let bytes = saxpyElements * 8 + 4096
@@ -72,11 +86,13 @@ struct BenchLoad: ParsableCommand {
 
         var cells: [LoadReport.Cell] = []
         var baseline: (Double, Double) = (1, 1)
-        for flood in Self.floods {
+        for flood in ["none"] + floods {
             let report = FloodReport()
             let child = flood == "none" ? nil : startFlood(flood, socket: d.socketPath, report: report)
             if child != nil { usleep(useconds_t(warmup * 1e6)) }
+            let (served0, t0) = (report.served, monotonicNanos())
             let (dispatch, saxpy) = try measure()
+            let floodRate = Double(report.served &- served0) * 1e9 / Double(monotonicNanos() - t0)
             var saw = ""
             if let child {
                 kill(child, SIGKILL)
@@ -89,16 +105,16 @@ struct BenchLoad: ParsableCommand {
             report.close()
             if flood == "none" { baseline = (dispatch.p50Micros, saxpy) }
             cells.append(.init(flood: flood, dispatch: dispatch, saxpyMillis: saxpy, dispatchRatio: dispatch.p50Micros / baseline.0,
-                               saxpyRatio: saxpy / baseline.1, flooderSaw: saw))
+                               saxpyRatio: saxpy / baseline.1, floodPerSecond: floodRate, flooderSaw: saw))
             if !json { printError("\(flood): dispatch p50 \(formatDouble(dispatch.p50Micros, 1)) µs, saxpy \(formatDouble(saxpy, 2)) ms") }
         }
         let result = LoadReport(backend: backend, cells: cells)
         if json { return try printJSON(result) }
         printLine("A well-behaved client beside a hostile one (\(backend) backend; \(runs) tiny runs and \(saxpys) saxpys of \(saxpyElements) per cell; a noisy 2-core machine)")
-        print(table(["flood", "dispatch p50 µs", "p99 µs", "× alone", "saxpy ms", "× alone", "the flooder was told"],
+        print(table(["flood", "dispatch p50 µs", "p99 µs", "× alone", "saxpy ms", "× alone", "flood done/s", "the flooder was told"],
                    cells.map { [$0.flood, formatDouble($0.dispatch.p50Micros, 1), formatDouble($0.dispatch.p99Micros, 1),
                                 formatDouble($0.dispatchRatio, 2), formatDouble($0.saxpyMillis, 2), formatDouble($0.saxpyRatio, 2),
-                                String($0.flooderSaw.prefix(60))] }))
+                                formatDouble($0.floodPerSecond, 0), String($0.flooderSaw.prefix(60))] }))
     }
 
     /// Forks the flooder; it writes the last error it got to `report` before it is killed.
@@ -107,7 +123,9 @@ struct BenchLoad: ParsableCommand {
         if pid != 0 { return pid }
         var last = ""
         func note(_ reply: Reply?) {
-            if case .error(let e)? = reply, e.message != last { last = e.message; report.send(e.message) }
+            guard let reply else { return }
+            guard case .error(let e) = reply else { return report.countServed() }
+            if e.message != last { last = e.message; report.send(e.message) }
         }
         func raw() -> Int32? {
             guard let fd = try? SeqPacketSocket.connect(path: socket, timeoutSeconds: 5).release() else { return nil }
@@ -130,6 +148,17 @@ struct BenchLoad: ParsableCommand {
             while true {
                 for _ in 0..<64 { send(fd, .spawn(spawn), id); id += 1 }
                 for _ in 0..<64 { note(reply(fd)) }
+            }
+        case "ring-spawns":
+            // The library's own path (the submission ring), spawning without joining.
+            guard let device = try? Device(DeviceOptions(socketPath: socket)) else { tether_exit_now(1) }
+            while true {
+                do {
+                    _ = try device.spawn(.spin, args: [1], groups: 1)
+                    report.countServed()
+                } catch {
+                    if "\(error)" != last { last = "\(error)"; report.send(last) }
+                }
             }
         case "connections":
             while true {
@@ -159,17 +188,25 @@ struct BenchLoad: ParsableCommand {
     }
 }
 
-/// A pipe on which a flooder writes what the daemon told it (one line per new sentence).
+/// A pipe on which a flooder writes what the daemon told it (one line per new sentence), and a
+/// shared counter of the requests the daemon did for it.
 struct FloodReport {
     var read: Int32
     var write: Int32
+    private let counter: UnsafeMutablePointer<UInt32>
     init() {
         var fds: [Int32] = [0, 0]
         precondition(pipe(&fds) == 0)
         read = fds[0]
         write = fds[1]
         for fd in fds { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
+        let page = mmap(nil, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0)
+        precondition(page != MAP_FAILED)
+        counter = page!.bindMemory(to: UInt32.self, capacity: 1)
     }
+    /// Requests of the flooder answered without an error so far (written by the flooder only).
+    var served: UInt32 { tether_atomic_load_u32(counter) }
+    func countServed() { tether_atomic_store_u32(counter, served &+ 1) }
     func send(_ s: String) {
         var b = Array((s + "\n").utf8)
         _ = Glibc.write(write, &b, b.count)
@@ -188,5 +225,6 @@ struct FloodReport {
     func close() {
         Glibc.close(read)
         Glibc.close(write)
+        munmap(counter, 4096)
     }
 }
