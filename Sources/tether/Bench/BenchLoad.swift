@@ -12,7 +12,10 @@ struct LoadReport: Codable {
         var flood: String
         var dispatch: LatencySummary
         var saxpyMillis: Double
-        /// Against "none", measured in the same run.
+        /// The same client alone, measured right before this cell's flood started.
+        var aloneDispatchP50Micros: Double
+        var aloneSaxpyMillis: Double
+        /// Against the client alone right before (`alone…`).
         var dispatchRatio: Double
         var saxpyRatio: Double
         /// Requests of the flooder the daemon did (answered without an error) per second while
@@ -26,14 +29,15 @@ struct LoadReport: Codable {
 }
 
 /// A well-behaved client's dispatch latency (a tiny `run`) and a saxpy's time, alone and while a
-/// hostile client floods the daemon: spawns without joining, connections, teardown waiters, or
-/// requests it never reads the replies of. One private daemon, one run; ratios against the
-/// unloaded baseline of the same run. The flooders are forked children of this process (it
-/// never loads Vulkan), each killed after its cell.
+/// hostile client floods the daemon: spawns without joining (over the socket, or through the
+/// library's submission ring), connections, teardown waiters, or requests it never reads the
+/// replies of. One private daemon, one run; each cell's ratios are against the client alone,
+/// measured right before that flood started. The flooders are forked children of this process
+/// (it never loads Vulkan), each killed after its cell.
 struct BenchLoad: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "load",
-        abstract: "A well-behaved client's latency alone and beside floods (spawns, connections, waiters, a paused reader).")
+        abstract: "A well-behaved client's latency alone and beside floods (spawns, ring spawns, connections, waiters, a paused reader).")
 
     @OptionGroup var backendOptions: BackendOptions
     @Option(help: "Tiny runs timed per cell.") var runs = 300
@@ -47,7 +51,7 @@ struct BenchLoad: ParsableCommand {
     var daemonArgs: [String] = []
     @Flag(help: "Print one JSON object.") var json = false
 
-    static let allFloods = ["spawns", "ring-spawns", "connections", "waiters", "paused-reader"]
+    static let allFloods = ["spawns", "ring-spawns", "connections", "waiters", "paused-reader", "cpu"]
 
     func validate() throws {
         for f in floods where !Self.allFloods.contains(f) {
@@ -85,8 +89,10 @@ struct BenchLoad: ParsableCommand {
         }
 
         var cells: [LoadReport.Cell] = []
-        var baseline: (Double, Double) = (1, 1)
         for flood in ["none"] + floods {
+            // The client alone again right before each flood: the ratio compares measurements
+            // seconds apart, not the first cell's (a VM's speed drifts over a run).
+            let baseline = flood == "none" ? nil : try measure()
             let report = FloodReport()
             let child = flood == "none" ? nil : startFlood(flood, socket: d.socketPath, report: report)
             if child != nil { usleep(useconds_t(warmup * 1e6)) }
@@ -103,9 +109,10 @@ struct BenchLoad: ParsableCommand {
                 _ = try? DaemonControl(socketPath: d.socketPath).awaitTeardown(pid: child, timeoutSeconds: 30)
             }
             report.close()
-            if flood == "none" { baseline = (dispatch.p50Micros, saxpy) }
-            cells.append(.init(flood: flood, dispatch: dispatch, saxpyMillis: saxpy, dispatchRatio: dispatch.p50Micros / baseline.0,
-                               saxpyRatio: saxpy / baseline.1, floodPerSecond: floodRate, flooderSaw: saw))
+            let alone = baseline ?? (dispatch, saxpy)
+            cells.append(.init(flood: flood, dispatch: dispatch, saxpyMillis: saxpy, aloneDispatchP50Micros: alone.0.p50Micros,
+                               aloneSaxpyMillis: alone.1, dispatchRatio: dispatch.p50Micros / alone.0.p50Micros,
+                               saxpyRatio: saxpy / alone.1, floodPerSecond: floodRate, flooderSaw: saw))
             if !json { printError("\(flood): dispatch p50 \(formatDouble(dispatch.p50Micros, 1)) µs, saxpy \(formatDouble(saxpy, 2)) ms") }
         }
         let result = LoadReport(backend: backend, cells: cells)
@@ -160,6 +167,11 @@ struct BenchLoad: ParsableCommand {
                     if "\(error)" != last { last = "\(error)"; report.send(last) }
                 }
             }
+        case "cpu":
+            // The control: a process that only spins on one CPU and never talks to the daemon.
+            // What it costs the client is what any busy neighbour on the machine would.
+            var x: UInt64 = 1
+            while true { x = x &* 6364136223846793005 &+ 1442695040888963407 }
         case "connections":
             while true {
                 guard let fd = raw() else { continue }
