@@ -132,6 +132,9 @@ public struct RunQueue: Sendable {
     public var threadCount: Int { threads.count }
     public func contains(_ id: ThreadID) -> Bool { threads[id] != nil }
     public func deviceNanos(of id: ThreadID) -> UInt64? { threads[id]?.deviceNanos }
+    /// A queued thread's cost per workgroup as measured so far (its own slices, or its space's
+    /// last thread of the same `costKey`); nil while unknown.
+    public func nanosPerGroup(of id: ThreadID) -> Double? { threads[id]?.nanosPerGroup }
     public func deviceNanos(ofSpace id: SpaceID) -> UInt64? { spaces[id]?.deviceNanos }
 
     /// Queues a device thread of `groups` workgroups. A space's priority is that of its most

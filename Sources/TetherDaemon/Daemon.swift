@@ -548,7 +548,16 @@ public final class Daemon: @unchecked Sendable {
                 let limit = configuration.limits.pendingJoins
                 throw limit.exceeded(have: limit.value, hint: "wait for some to be answered first")
             }
-            try answerJoin(try spawn(s, space: space), space: space, id: id, on: connection)
+            // The join is in place before the scheduler sees the thread, so that a tiny one may
+            // run right here (`Scheduler.submit(_:runHere:)`).
+            let thread = try spawn(s, space: space, submit: false)
+            do {
+                try answerJoin(thread, space: space, id: id, on: connection)
+            } catch {
+                try scheduler.submit(thread)
+                throw error
+            }
+            try scheduler.submit(thread, runHere: true)
             return nil
         case .kill(let threadID):
             let thread = try ownThread(threadID, of: space)
@@ -647,7 +656,8 @@ public final class Daemon: @unchecked Sendable {
         return region.id
     }
 
-    private func spawn(_ s: SpawnRequest, space: AddressSpace) throws(TetherError) -> DeviceThread {
+    /// `submit`: false leaves the thread registered but not yet queued; the caller submits it.
+    private func spawn(_ s: SpawnRequest, space: AddressSpace, submit: Bool = true) throws(TetherError) -> DeviceThread {
         // A module's grid is checked per dimension against the device (`UserLaunch`).
         let isModule = if case .module = s.program { true } else { false }
         guard isModule || (s.groups >= 1 && s.groups <= Self.maxGroups) else {
@@ -702,7 +712,7 @@ public final class Daemon: @unchecked Sendable {
             scheduler.contexts.recycle(context, program: program)
             throw error
         }
-        try scheduler.submit(thread)
+        if submit { try scheduler.submit(thread) }
         return thread
     }
 

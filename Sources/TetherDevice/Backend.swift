@@ -73,6 +73,11 @@ public struct SliceLaunch: Sendable {
     /// run a small one on the calling thread instead of handing it over (the software backend
     /// does, see `WorkerPool.runInline`). False for a direct caller that owns the device.
     public var mayRunOnCaller: Bool
+    /// With `mayRunOnCaller`: the slice is known to be tiny (measured before at most
+    /// `Scheduler.maxNanosOnSubmitter`, for work whose cost does not depend on memory), so the
+    /// caller runs it without leaving its scheduling class — two `sched_setscheduler` calls,
+    /// ~20 % of a tiny `run`'s time in the daemon on a VM, for no protection worth having.
+    public var isKnownTiny = false
 
     public init(args: [UInt64], regions: [RegionTableEntry], groupBase: UInt32, groupCount: UInt32,
                 groupTotal: UInt32, round: UInt32 = 0, mayRunOnCaller: Bool = false) {

@@ -61,6 +61,39 @@ import Testing
         #expect(backend.pool.slicesRunInline <= 2)
     }
 
+    @Test("a submitter runs a tiny awaited thread itself once its space has measured that work")
+    func submitterRunsKnownTinyWork() throws {
+        let backend = SoftwareBackend(workers: 2)
+        let scheduler = Scheduler(backend: backend)
+        defer { scheduler.shutdown() }
+        func awaitedThread(_ id: UInt64, _ kernel: BuiltinKernel, args: [UInt64]) throws -> DeviceThread {
+            let program = KernelProgram.builtin(kernel)
+            let thread = DeviceThread(id: ThreadID(rawValue: id), space: SpaceID(rawValue: 1), program: program,
+                                      args: args, groups: 1, context: try scheduler.contexts.acquire(program), regions: RegionTable())
+            scheduler.onCompletion(thread) { _ in }
+            return thread
+        }
+        // Unknown work goes to the worker first...
+        let first = try awaitedThread(1, .spin, args: [1])
+        try scheduler.submit(first, runHere: true)
+        #expect(scheduler.wait(first, timeoutNanos: 10_000_000_000)?.state == .finished)
+        // ...then the same work is done before `submit` returns.
+        let again = try awaitedThread(2, .spin, args: [1])
+        try scheduler.submit(again, runHere: true)
+        #expect(again.outcome?.state == .finished, "the known tiny thread should have run in submit")
+    }
+
+    @Test("a list walk is never run by the submitter: its cost is in the client's memory, not its arguments")
+    func listWalkIsNotRunBySubmitter() throws {
+        let program = KernelProgram.builtin(.listwalk)
+        let thread = DeviceThread(id: ThreadID(rawValue: 1), space: SpaceID(rawValue: 1), program: program, args: [0, 0, 0],
+                                  groups: 1, context: try SoftwareBackend(workers: 1).makeContext(program: program), regions: RegionTable())
+        #expect(!thread.costIsInArguments)
+        let spin = DeviceThread(id: ThreadID(rawValue: 2), space: SpaceID(rawValue: 1), program: .builtin(.spin), args: [1],
+                                groups: 1, context: try SoftwareBackend(workers: 1).makeContext(program: .builtin(.spin)), regions: RegionTable())
+        #expect(spin.costIsInArguments)
+    }
+
     @Test("with the option off the worker never runs a slice itself")
     func optionOff() throws {
         let backend = SoftwareBackend(workers: 2)

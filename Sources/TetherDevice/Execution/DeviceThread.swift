@@ -75,6 +75,14 @@ public final class DeviceThread: @unchecked Sendable {
 }
 
 extension DeviceThread {
+    /// Whether what its groups cost follows from the kernel and its arguments alone: every
+    /// built-in but `listwalk`, which follows lists in the client's memory (the client can make
+    /// the same arguments cost up to the loop cap per group by rewriting them).
+    var costIsInArguments: Bool {
+        guard case .builtin(let kernel) = program else { return false }
+        return kernel != .listwalk
+    }
+
     /// No longer counted as queued: it started, or ended without starting (lock held).
     func leaveQueued() {
         guard countedQueued else { return }

@@ -40,6 +40,10 @@ public final class Scheduler: @unchecked Sendable {
     private var stopping = false
     private var workerRunning = true
     private var slices = 0
+    /// Slices started and not finished (by the worker or a submitter).
+    private var inFlight = 0
+    /// Callers of `wait` and `kill` sleeping until a thread has its outcome.
+    private var outcomeWaiters = 0
     private var peakStarted = 0
 
     /// Slices run since start (for benchmarks).
@@ -66,8 +70,21 @@ public final class Scheduler: @unchecked Sendable {
         startThread(name: "tether-sched") { [self] in workerLoop() }
     }
 
+    /// The longest a slice may be expected to take (its measured cost per group) to run on the
+    /// thread that submits it (`submit(_:runHere:)`): the daemon's event loop, whose other
+    /// clients wait meanwhile. A tenth of the ~200 µs a loaded 2-core VM here takes to wake a
+    /// sleeping thread in another process and back.
+    public static let maxNanosOnSubmitter = 20_000.0
+
     /// Queues a thread. Its completion is reported through `onCompletion`.
-    public func submit(_ thread: DeviceThread) throws(TetherError) {
+    ///
+    /// `runHere`: the caller may run the thread's one slice itself, before this returns, instead
+    /// of waking the worker — when the device has nothing else queued or in flight, someone
+    /// already waits for the thread, and it is a one-group built-in whose cost does not depend on
+    /// memory and that its space ran before at most `maxNanosOnSubmitter` a group. A tiny `run`
+    /// then costs no hand-off between threads at all (the event loop would otherwise wake the
+    /// worker: ~20 µs on this VM). Killed like any slice on the worker (one group at most).
+    public func submit(_ thread: DeviceThread, runHere: Bool = false) throws(TetherError) {
         try monitor.withLock { () throws(TetherError) in
             guard !stopping else { throw TetherError(.deviceLost, "the device is shutting down") }
             threads[thread.id] = thread
@@ -76,8 +93,32 @@ public final class Scheduler: @unchecked Sendable {
             queue.add(thread.id, space: thread.space, priority: thread.priority, groups: thread.groups,
                       persistent: thread.persistentNanos > 0, unsliced: thread.program.runsUnsliced,
                       costKey: thread.costKey)
-            monitor.broadcast()
+            guard runHere && mayRunOnSubmitter(thread), var slice = start(), !slice.handedOver else {
+                monitor.broadcast()
+                return
+            }
+            finishOnCaller(&slice)
         }
+    }
+
+    /// See `submit(_:runHere:)` (lock held).
+    private func mayRunOnSubmitter(_ thread: DeviceThread) -> Bool {
+        guard runsSmallSlicesOnWorker, inFlight == 0, queue.threadCount == 1, !thread.waiters.isEmpty,
+              thread.persistentNanos == 0, thread.groups <= UInt32(backend.callerSliceGroups),
+              thread.costIsInArguments, let cost = queue.nanosPerGroup(of: thread.id) else { return false }
+        return cost <= Self.maxNanosOnSubmitter
+    }
+
+    /// Finishes a slice that ran on the calling thread (lock held; released meanwhile).
+    private func finishOnCaller(_ slice: inout Started) {
+        var measured: UInt64?
+        if slice.failure == nil {
+            monitor.unlocked {
+                do throws(TetherError) { measured = try slice.thread.context.finishSlice() } catch { slice.failure = error }
+            }
+        }
+        let end = monotonicNanos()
+        finish(slice, nanos: measured ?? end - slice.startNanos, held: end - slice.startNanos, end: end)
     }
 
     /// Calls `body` once the thread has ended (at once if it already has).
@@ -94,6 +135,8 @@ public final class Scheduler: @unchecked Sendable {
     public func wait(_ thread: DeviceThread, timeoutNanos: UInt64? = nil) -> ThreadOutcome? {
         let deadline = timeoutNanos.map { monotonicNanos() + $0 }
         return monitor.withLock {
+            outcomeWaiters += 1
+            defer { outcomeWaiters -= 1 }
             while thread.outcome == nil {
                 if !monitor.wait(untilNanos: deadline), let deadline, monotonicNanos() >= deadline { break }
             }
@@ -134,6 +177,8 @@ public final class Scheduler: @unchecked Sendable {
             if victims.contains(where: { $0.outcome == nil }) {
                 // Waiting for the worker: lend our priority to the device threads running the slices.
                 DeviceThreads.withPriorityLent {
+                    outcomeWaiters += 1
+                    defer { outcomeWaiters -= 1 }
                     while victims.contains(where: { $0.outcome == nil }) { monitor.wait() }
                 }
             }
@@ -185,7 +230,9 @@ public final class Scheduler: @unchecked Sendable {
         t.waiters = []
         threads[t.id] = nil
         queue.remove(t.id)
-        monitor.broadcast()
+        // Only `wait` and `kill` sleep for an outcome. Waking the worker for nothing costs a
+        // cross-CPU wake-up (5–10 µs of the caller's time on a VM) per thread.
+        if outcomeWaiters > 0 { monitor.broadcast() }
         return (outcome, waiters)
     }
 
@@ -214,12 +261,7 @@ public final class Scheduler: @unchecked Sendable {
                 while started.count < slicesInFlight, var slice = start() {
                     guard slice.handedOver || slice.failure != nil else {
                         // It ran on this thread: done already, whatever else is in flight.
-                        var measured: UInt64?
-                        monitor.unlocked {
-                            do throws(TetherError) { measured = try slice.thread.context.finishSlice() } catch { slice.failure = error }
-                        }
-                        let end = monotonicNanos()
-                        finish(slice, nanos: measured ?? end - slice.startNanos, held: end - slice.startNanos, end: end)
+                        finishOnCaller(&slice)
                         continue
                     }
                     started.append(slice)
@@ -260,16 +302,19 @@ public final class Scheduler: @unchecked Sendable {
     /// halved its rate on 2 cores).
     private func start() -> Started? {
         guard let pick = queue.pick(), let thread = threads[pick.thread] else { return nil }
+        inFlight += 1
         thread.slicesInFlight += 1
         thread.state = .running
         let now = monotonicNanos()
         if thread.firstStartNanos == 0 { thread.firstStartNanos = now }
         thread.leaveQueued()
         var slice = Started(pick: pick, thread: thread, startNanos: now)
-        let launch = SliceLaunch(args: thread.args, regions: thread.regions.snapshot, groupBase: pick.groupBase,
+        var launch = SliceLaunch(args: thread.args, regions: thread.regions.snapshot, groupBase: pick.groupBase,
                                  groupCount: pick.groupCount, groupTotal: thread.groups, round: pick.round,
                                  mayRunOnCaller: runsSmallSlicesOnWorker && !thread.waiters.isEmpty
                                     && pick.groupCount <= UInt32(backend.callerSliceGroups))
+        launch.isKnownTiny = thread.costIsInArguments
+            && (queue.nanosPerGroup(of: thread.id) ?? .infinity) * Double(pick.groupCount) <= Self.maxNanosOnSubmitter
         if !launch.mayRunOnCaller {
             slice.handedOver = true
             handedOver.add(1, ordering: .relaxed)
@@ -290,6 +335,7 @@ public final class Scheduler: @unchecked Sendable {
         let thread = slice.thread
         let completedBefore = thread.outcome != nil
         slices += 1
+        inFlight -= 1
         thread.slicesInFlight -= 1
         thread.deviceNanos &+= nanos
         let progress = queue.account(slice.pick, nanos: nanos, heldNanos: held)

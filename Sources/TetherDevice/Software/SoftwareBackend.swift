@@ -166,11 +166,12 @@ final class WorkerPool: @unchecked Sendable {
     /// core. Bounded: at most `inlineGroups` groups, each bounded by the kernels' loop cap, with
     /// the control word checked before every group, so a kill still waits for at most one
     /// group; and run outside the control plane's real-time class (`outsideRealTime`), so a
-    /// client's long group cannot starve the machine through the worker. It may run beside other
+    /// client's long group cannot starve the machine through the worker (`keepingClass`: a slice
+    /// known to be tiny stays in the caller's class). It may run beside other
     /// slices in the pool (whose threads skip an inline job); its time is charged to its own
     /// thread like theirs. `register` is called (with the job) before it runs, so a kill can find
     /// the job and wait for it (`waitStopped`).
-    func runInline(_ job: Job, register: (Job) -> Void) -> Bool {
+    func runInline(_ job: Job, keepingClass: Bool = false, register: (Job) -> Void) -> Bool {
         guard job.end - job.next.load(ordering: .relaxed) <= UInt32(inlineGroups) else { return false }
         let tid = DeviceThreads.currentID
         let claimed: Bool = monitor.withLock {
@@ -183,7 +184,8 @@ final class WorkerPool: @unchecked Sendable {
         }
         guard claimed else { return false }
         register(job)
-        DeviceThreads.outsideRealTime {
+        let inClass: (() -> Void) -> Void = keepingClass ? { $0() } : { DeviceThreads.outsideRealTime($0) }
+        inClass {
             let entered = monotonicNanos()
             job.work()
             let busy = monotonicNanos() - entered
@@ -292,7 +294,7 @@ final class SoftwareThreadContext: ThreadContext, @unchecked Sendable {
         let end = slice.groupBase + slice.groupCount
         if slice.mayRunOnCaller && slice.groupCount <= UInt32(pool.inlineGroups) {
             let small = WorkerPool.Job(base: slice.groupBase, end: end, threads: 1, shouldStop: { context.shouldStop }, run: run)
-            if pool.runInline(small, register: { job in pending.withLock { $0.append(job) } }) { return }
+            if pool.runInline(small, keepingClass: slice.isKnownTiny, register: { job in pending.withLock { $0.append(job) } }) { return }
         }
         let job = pool.start(base: slice.groupBase, end: end, shouldStop: { context.shouldStop }, run)
         pending.withLock { $0.append(job) }
