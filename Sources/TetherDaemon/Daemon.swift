@@ -307,6 +307,12 @@ public final class Daemon: @unchecked Sendable {
         }
     }
 
+    /// Users whose `run` overran on the event loop (`Scheduler.submit(_:runHere:)`); event loop only.
+    private var eventLoopRunsDenied: Set<UInt32> = []
+    /// A run on the event loop that takes longer than this (50× what it was measured to cost)
+    /// costs its user the event loop for good.
+    static let eventLoopOverrunNanos: UInt64 = 1_000_000
+
     /// How soon a connection whose space has as many threads queued as it may is read again.
     static let queuedRecheckNanos: UInt64 = 1_000_000
 
@@ -557,7 +563,14 @@ public final class Daemon: @unchecked Sendable {
                 try scheduler.submit(thread)
                 throw error
             }
-            try scheduler.submit(thread, runHere: true)
+            let ran = try scheduler.submit(thread, runHere: !eventLoopRunsDenied.contains(space.uid))
+            if let ran, ran > Self.eventLoopOverrunNanos {
+                // The measured cost lied (data-dependent float speed, say): this user's work
+                // never runs on the event loop again, so one stall of a few ms is all it gets.
+                eventLoopRunsDenied.insert(space.uid)
+                logger.warning("a run expected to take under \(Int(Scheduler.maxNanosOnSubmitter / 1000)) µs took \(ran / 1000) µs on the event loop; this user's runs go to the scheduler's worker from now on",
+                               metadata: ["uid": "\(space.uid)", "pid": "\(space.pid)"])
+            }
             return nil
         case .kill(let threadID):
             let thread = try ownThread(threadID, of: space)

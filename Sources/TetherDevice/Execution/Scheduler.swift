@@ -84,8 +84,12 @@ public final class Scheduler: @unchecked Sendable {
     /// memory and that its space ran before at most `maxNanosOnSubmitter` a group. A tiny `run`
     /// then costs no hand-off between threads at all (the event loop would otherwise wake the
     /// worker: ~20 µs on this VM). Killed like any slice on the worker (one group at most).
-    public func submit(_ thread: DeviceThread, runHere: Bool = false) throws(TetherError) {
-        try monitor.withLock { () throws(TetherError) in
+    ///
+    /// - Returns: how long it ran here (ns: from its start to its end being accounted), or nil
+    ///   when it was handed to the worker.
+    @discardableResult
+    public func submit(_ thread: DeviceThread, runHere: Bool = false) throws(TetherError) -> UInt64? {
+        try monitor.withLock { () throws(TetherError) -> UInt64? in
             guard !stopping else { throw TetherError(.deviceLost, "the device is shutting down") }
             threads[thread.id] = thread
             thread.countedQueued = true
@@ -95,9 +99,10 @@ public final class Scheduler: @unchecked Sendable {
                       costKey: thread.costKey)
             guard runHere && mayRunOnSubmitter(thread), var slice = start(), !slice.handedOver else {
                 monitor.broadcast()
-                return
+                return nil
             }
             finishOnCaller(&slice)
+            return monotonicNanos() - slice.startNanos
         }
     }
 
