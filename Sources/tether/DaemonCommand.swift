@@ -8,11 +8,18 @@ import TetherSys
 
 extension ExitNotifierChoice: ExpressibleByArgument {}
 
-extension LifetimePolicy: ExpressibleByArgument {
-    public init?(argument: String) { self.init(name: argument) }
-    /// The names people type (the default would offer the raw values 0 and 1, which are refused).
-    public static var allValueStrings: [String] { allCases.map(\.description) }
-    public var defaultValueDescription: String { description }
+/// `--policy`, by the names people type: `LifetimePolicy`'s raw values are its wire numbers, which
+/// ArgumentParser would show as the default and offer as the values.
+enum PolicyName: String, CaseIterable, ExpressibleByArgument {
+    case exit, release
+    var policy: LifetimePolicy { self == .exit ? .exit : .release }
+    /// What each one means (listed under the option in `--help`).
+    var defaultValueDescription: String {
+        switch self {
+        case .exit: "tear down at the owner's exit or the last release, whichever is first"
+        case .release: "tear down only at the last release (a classic device file)"
+        }
+    }
 }
 
 struct SocketOption: ParsableArguments {
@@ -34,8 +41,8 @@ struct DaemonCommand: ParsableCommand {
 
     @OptionGroup var socket: SocketOption
     @OptionGroup var backendOptions: BackendOptions
-    @Option(help: "Lifetime policy: exit (tear down at owner exit or last release, whichever is first) or release (only at last release).")
-    var policy: LifetimePolicy = .exit
+    @Option(help: "Lifetime policy.")
+    var policy: PolicyName = .exit
     @Flag(help: "Refuse clients that ask for the other policy.") var noPolicyOverride = false
     @Option(name: .customLong("quantum-us"), help: "Target length of one device slice in microseconds.")
     var quantumMicros: UInt64 = 2000
@@ -99,7 +106,7 @@ struct DaemonCommand: ParsableCommand {
     func makeDaemon(logger: Logger) throws -> Daemon {
         do {
             var configuration = DaemonConfiguration(
-                socketPath: socket.path, backend: try BackendFactory.resolve(backendOptions.backend), policy: policy,
+                socketPath: socket.path, backend: try BackendFactory.resolve(backendOptions.backend), policy: policy.policy,
                 allowPolicyOverride: !noPolicyOverride, quantumNanos: quantumMicros * 1000,
                 slicesInFlight: slicesInFlight, allowRawPointers: allowRawPointers)
             configuration.notifier = notifier

@@ -43,7 +43,7 @@ struct ForkExit: ParsableCommand {
         Under --policy exit, A's device work dies with A; under release it lives while B holds the fd.
         """)
 
-    @Option(help: "Lifetime policy of the private daemon (ignored with --socket).") var policy: LifetimePolicy = .exit
+    @Option(help: "Lifetime policy of the private daemon (ignored with --socket).") var policy: PolicyName = .exit
     @OptionGroup var backendOptions: BackendOptions
     @Option(help: "Use this running daemon instead of starting a private one.") var socket: String?
     @Flag(help: "Run A with the closeOnFork workaround on.") var closeOnFork = false
@@ -64,12 +64,12 @@ struct ForkExit: ParsableCommand {
 
     func runScenario() throws -> ForkExitReport {
         _ = tether_set_child_subreaper()  // B becomes our child when A dies, so we can reap it
-        let daemon = try BenchDaemon(socket: socket, backend: backendOptions.backend, policy: policy)
+        let daemon = try BenchDaemon(socket: socket, backend: backendOptions.backend, policy: policy.policy)
         defer { daemon.stop() }
         let path = daemon.path
         let control = try DaemonControl(socketPath: path)
         let table = try control.ps()
-        let effectivePolicy = socket == nil ? policy : table.policy
+        let effectivePolicy = socket == nil ? policy.policy : table.policy
 
         let victim = try Victim.launch(VictimSpec(socketPath: path, privateMiB: 0, threads: 1, deviceWork: true,
                                                   mirroredMiB: mib, forkHolder: true, closeOnFork: closeOnFork))

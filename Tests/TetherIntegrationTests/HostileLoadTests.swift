@@ -380,10 +380,13 @@ import Testing
         #expect((try? String(contentsOfFile: path, encoding: .utf8)) == "keep me")
     }
 
-    @Test("the CLI names what was wrong: --policy 0, --size -1")
+    @Test("the CLI names what was wrong: --policy 0, --size -1; --policy's help names its default")
     func cliMessages() throws {
         let policy = try runTetherBounded(["daemon", "--policy", "0"])
         #expect(policy.status != 0 && policy.stderr.contains("'exit'") && !policy.stderr.contains("'1'"))
+        // The help names the default and says what each policy means.
+        let help = try runTether(["daemon", "--help"])
+        #expect(help.stdout.contains("(default: exit)") && help.stdout.contains("whichever is first"), "\(help.stdout)")
         let size = try runTetherBounded(["run", "saxpy", "--local", "--size", "-1"])
         #expect(size.status != 0 && size.stderr.contains("--size must be a positive whole number"))
     }
