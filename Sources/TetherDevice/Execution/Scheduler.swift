@@ -97,10 +97,12 @@ public final class Scheduler: @unchecked Sendable {
             queue.add(thread.id, space: thread.space, priority: thread.priority, groups: thread.groups,
                       persistent: thread.persistentNanos > 0, unsliced: thread.program.runsUnsliced,
                       costKey: thread.costKey)
-            guard runHere && mayRunOnSubmitter(thread), var slice = start(), !slice.handedOver else {
+            guard runHere && mayRunOnSubmitter(thread), var slice = start() else {
                 monitor.broadcast()
                 return nil
             }
+            // It ran here; had the backend handed it to its threads after all (a pool that is
+            // stopping), this waits for it: the worker never learns of a slice started here.
             finishOnCaller(&slice)
             return monotonicNanos() - slice.startNanos
         }
