@@ -33,10 +33,12 @@
 /// - Slices are sized from the thread's measured cost per workgroup (decayed sums of time and groups) to
 ///   `quantumNanos`; the first slice of a thread probes with one workgroup, and a slice that ran
 ///   under half the quantum lets the next one at least double — quadruple under a quarter — (the first estimates still include
-///   the fixed cost of a dispatch; a slice measured at 0 ns also doubles). A thread doing work its
-///   space did before (same `costKey`: the daemon's built-in kernel with the same arguments)
-///   skips the probe and starts from that work's measured cost: a loop that runs the same kernel
-///   over and over does not pay ~log₄(groups) extra slices, each a turn of the scheduler, per launch.
+///   the fixed cost of a dispatch; a slice measured at 0 ns also doubles). A one-group thread
+///   doing work its space did before (same `costKey`: the daemon's built-in kernel with the same
+///   arguments and grid) starts with that work's measured cost known, so the daemon can tell a
+///   tiny `run` before it runs it. A larger grid always probes: a cost averaged over its groups
+///   says nothing about the first ones (a grid of one real group and a million that return at
+///   once would otherwise start with one slice of every real group — review, issue 14).
 /// - A thread that is not persistent and has completed its grid is not picked again; it stays
 ///   queued until `remove`.
 ///
@@ -140,14 +142,14 @@ public struct RunQueue: Sendable {
     /// Queues a device thread of `groups` workgroups. A space's priority is that of its most
     /// recent thread (an address space is one entity, as in the DRM scheduler). An `unsliced`
     /// thread gets its whole remaining grid in one slice. `costKey` names the work (the caller
-    /// says which threads cost the same per group): a thread whose key its space ran before
-    /// starts from that thread's measured cost instead of a one-group probe.
+    /// says which threads do the same work): a one-group thread whose key its space ran before
+    /// starts with that thread's measured cost (`nanosPerGroup(of:)`).
     public mutating func add(_ id: ThreadID, space: SpaceID, priority: PriorityClass, groups: UInt32, persistent: Bool,
                              unsliced: Bool = false, costKey: Int? = nil) {
         precondition(threads[id] == nil, "thread \(id) queued twice")
         var thread = Thread(space: space, priority: priority, groupTotal: max(groups, 1), persistent: persistent,
                             unsliced: unsliced, costKey: costKey)
-        if let costKey, let cost = spaces[space]?.costs[costKey] {
+        if groups == 1, let costKey, let cost = spaces[space]?.costs[costKey] {
             (thread.decayedNanos, thread.decayedGroups) = cost
         }
         threads[id] = thread
@@ -280,7 +282,7 @@ public struct RunQueue: Sendable {
         t.lastCount = pick.groupCount
         t.lastNanos = nanos
         threads[pick.thread] = t
-        if let key = t.costKey, spaces[t.space] != nil {
+        if t.groupTotal == 1, let key = t.costKey, spaces[t.space] != nil {
             // Bounded: a space that runs more kinds of work than this starts over.
             if spaces[t.space]!.costs.count >= Self.rememberedCosts, spaces[t.space]!.costs[key] == nil {
                 spaces[t.space]!.costs.removeAll()

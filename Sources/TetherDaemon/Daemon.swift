@@ -307,11 +307,14 @@ public final class Daemon: @unchecked Sendable {
         }
     }
 
-    /// Users whose `run` overran on the event loop (`Scheduler.submit(_:runHere:)`); event loop only.
-    private var eventLoopRunsDenied: Set<UInt32> = []
-    /// A run on the event loop that takes longer than this (50× what it was measured to cost)
-    /// costs its user the event loop for good.
-    static let eventLoopOverrunNanos: UInt64 = 1_000_000
+    /// Users whose `run` overran on the event loop (`Scheduler.submit(_:runHere:)`), and until
+    /// when their runs go to the worker instead; event loop only (one entry per uid that ever
+    /// overran).
+    private var eventLoopRunsDenied: [UInt32: UInt64] = [:]
+    /// A run on the event loop that takes longer than this (10× what it may be measured to cost)
+    /// sends its user's runs to the worker for `eventLoopDenialNanos`.
+    static let eventLoopOverrunNanos: UInt64 = 200_000
+    static let eventLoopDenialNanos: UInt64 = 1_000_000_000
 
     /// How soon a connection whose space has as many threads queued as it may is read again.
     static let queuedRecheckNanos: UInt64 = 1_000_000
@@ -563,13 +566,15 @@ public final class Daemon: @unchecked Sendable {
                 try scheduler.submit(thread)
                 throw error
             }
-            let ran = try scheduler.submit(thread, runHere: !eventLoopRunsDenied.contains(space.uid))
+            let now = monotonicNanos()
+            let ran = try scheduler.submit(thread, runHere: eventLoopRunsDenied[space.uid].map { $0 <= now } ?? true)
             if let ran, ran > Self.eventLoopOverrunNanos {
-                // The measured cost lied (data-dependent float speed, say): this user's work
-                // never runs on the event loop again, so one stall of a few ms is all it gets.
-                eventLoopRunsDenied.insert(space.uid)
-                logger.warning("a run expected to take under \(Int(Scheduler.maxNanosOnSubmitter / 1000)) µs took \(ran / 1000) µs on the event loop; this user's runs go to the scheduler's worker from now on",
-                               metadata: ["uid": "\(space.uid)", "pid": "\(space.pid)"])
+                // The measured cost lied (data-dependent float speed, a stall of the machine):
+                // this user's runs go to the worker for a while, so a client that makes them lie
+                // on purpose stalls the event loop once a second at most.
+                eventLoopRunsDenied[space.uid] = now + Self.eventLoopDenialNanos
+                logger.notice("a run expected to take under \(Int(Scheduler.maxNanosOnSubmitter / 1000)) µs took \(ran / 1000) µs on the event loop; this user's runs go to the scheduler's worker for a second",
+                              metadata: ["uid": "\(space.uid)", "pid": "\(space.pid)"])
             }
             return nil
         case .kill(let threadID):

@@ -69,15 +69,12 @@ public struct SliceLaunch: Sendable {
     public var groupCount: UInt32
     public var groupTotal: UInt32
     public var round: UInt32
-    /// The scheduler has nothing else to run and would only wait for this slice: a backend may
-    /// run a small one on the calling thread instead of handing it over (the software backend
-    /// does, see `WorkerPool.runInline`). False for a direct caller that owns the device.
+    /// Someone waits for this slice and it is known to be tiny (measured before at most
+    /// `Scheduler.maxNanosOnSubmitter`, for work whose cost does not depend on memory): a
+    /// backend may run it on the calling thread, in the caller's scheduling class, instead of
+    /// handing it over (the software backend does, see `WorkerPool.runInline`). False for a
+    /// direct caller that owns the device.
     public var mayRunOnCaller: Bool
-    /// With `mayRunOnCaller`: the slice is known to be tiny (measured before at most
-    /// `Scheduler.maxNanosOnSubmitter`, for work whose cost does not depend on memory), so the
-    /// caller runs it without leaving its scheduling class — two `sched_setscheduler` calls,
-    /// ~20 % of a tiny `run`'s time in the daemon on a VM, for no protection worth having.
-    public var isKnownTiny = false
 
     public init(args: [UInt64], regions: [RegionTableEntry], groupBase: UInt32, groupCount: UInt32,
                 groupTotal: UInt32, round: UInt32 = 0, mayRunOnCaller: Bool = false) {

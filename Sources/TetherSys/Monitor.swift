@@ -197,20 +197,6 @@ public enum DeviceThreads {
             && setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(tid), controlPlaneNice) == 0
     }
 
-    /// Runs `body` — device code the calling control-plane thread runs itself (the scheduler's
-    /// worker with a small slice) — outside any real-time class: a thread in one (`SCHED_FIFO`)
-    /// goes to the ordinary class for it and back afterwards (two system calls), so device code
-    /// never starves the machine's ordinary processes, whatever a client's kernel does. A kill
-    /// that waits for it lends it priority like any device thread (`lend`).
-    public static func outsideRealTime<T>(_ body: () -> T) -> T {
-        var policy: Int32 = 0
-        var param = sched_param()
-        let realTime = pthread_getschedparam(pthread_self(), &policy, &param) == 0 && policy != SCHED_OTHER
-            && tether_set_thread_idle(0, false) == 0
-        defer { if realTime { _ = pthread_setschedparam(pthread_self(), policy, &param) } }
-        return body()
-    }
-
     /// Runs `body` (a wait for device work) with every device thread at the control plane's priority.
     public static func withPriorityLent<T>(_ body: () -> T) -> T {
         monitor.withLock {

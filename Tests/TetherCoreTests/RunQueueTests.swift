@@ -236,27 +236,29 @@ struct RunQueueTests {
         expectExactCover(sim.slices.map(\.pick), groups: 1 << 20)
     }
 
-    @Test func workItsSpaceRanBeforeSkipsTheProbe() throws {
+    @Test func aOneGroupThreadOfWorkItsSpaceRanBeforeHasItsCostKnown() throws {
         var queue = RunQueue(quantumNanos: 2_000_000)
-        let (a, b, c) = (ThreadID(rawValue: 1), ThreadID(rawValue: 2), ThreadID(rawValue: 3))
         let space = SpaceID(rawValue: 1)
-        // 4,096 groups at 50 ns each: 0.2 ms, a tenth of the quantum.
-        queue.add(a, space: space, priority: .normal, groups: 4096, persistent: false, costKey: 7)
-        var firstSlices = 0
-        while let pick = queue.pick() {
-            firstSlices += 1
-            if queue.account(pick, nanos: 50 * UInt64(pick.groupCount)) == .gridComplete { break }
+        func runOnce(_ id: UInt64, groups: UInt32, key: Int, nanosPerGroup: UInt64) throws {
+            queue.add(ThreadID(rawValue: id), space: space, priority: .normal, groups: groups, persistent: false, costKey: key)
+            while let pick = queue.pick() {
+                if queue.account(pick, nanos: nanosPerGroup * UInt64(pick.groupCount)) == .gridComplete { break }
+            }
+            queue.remove(ThreadID(rawValue: id))
         }
-        #expect(firstSlices > 1, "the first thread probes")
-        queue.remove(a)
-        queue.add(b, space: space, priority: .normal, groups: 4096, persistent: false, costKey: 7)
-        let next = queue.pick()
-        let again = try #require(next)
-        #expect(again.groupCount == 4096, "the same work again runs in one slice")
-        #expect(queue.account(again, nanos: 50 * 4096) == .gridComplete)
-        queue.remove(b)
-        queue.add(c, space: space, priority: .normal, groups: 4096, persistent: false, costKey: 8)
-        #expect(queue.pick()?.groupCount == 1, "other work probes")
+        try runOnce(1, groups: 1, key: 7, nanosPerGroup: 3_000)
+        queue.add(ThreadID(rawValue: 2), space: space, priority: .normal, groups: 1, persistent: false, costKey: 7)
+        #expect(queue.nanosPerGroup(of: ThreadID(rawValue: 2)) == 3_000, "the same one-group work: its cost is known")
+        queue.add(ThreadID(rawValue: 3), space: space, priority: .normal, groups: 1, persistent: false, costKey: 8)
+        #expect(queue.nanosPerGroup(of: ThreadID(rawValue: 3)) == nil, "other work: unknown")
+        // A grid that ran cheap on average still probes with one group next time: its first
+        // groups may be the expensive ones.
+        try runOnce(4, groups: 4096, key: 9, nanosPerGroup: 50)
+        queue.add(ThreadID(rawValue: 5), space: space, priority: .normal, groups: 4096, persistent: false, costKey: 9)
+        #expect(queue.nanosPerGroup(of: ThreadID(rawValue: 5)) == nil)
+        queue.remove(ThreadID(rawValue: 2))
+        queue.remove(ThreadID(rawValue: 3))
+        #expect(queue.pick()?.groupCount == 1)
         queue.checkInvariants()
     }
 

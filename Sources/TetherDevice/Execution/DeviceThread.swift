@@ -91,14 +91,17 @@ extension DeviceThread {
     }
 
     /// Names what this thread's workgroups cost: the same built-in kernel with the same arguments
-    /// costs the same per group, so the scheduler sizes its first slice from the last such
-    /// thread of its space instead of probing again (`RunQueue.add`). Nil for user kernels,
-    /// whose cost depends on bindings and constants too.
+    /// over the same grid does the same work, so the scheduler sizes its first slice from the
+    /// last such thread of its space instead of probing again (`RunQueue.add`). The grid is part
+    /// of the name because the measured cost is an average over the groups run, and groups differ
+    /// (a grid past the data has groups that return at once: a million of them would make one
+    /// real group look free). Nil for user kernels, whose cost depends on bindings and constants.
     var costKey: Int? {
         guard case .builtin(let kernel) = program else { return nil }
         var hasher = Hasher()
         hasher.combine(kernel)
         hasher.combine(args)
+        hasher.combine(groups)
         return hasher.finalize()
     }
 }

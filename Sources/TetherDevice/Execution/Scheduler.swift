@@ -110,10 +110,16 @@ public final class Scheduler: @unchecked Sendable {
 
     /// See `submit(_:runHere:)` (lock held).
     private func mayRunOnSubmitter(_ thread: DeviceThread) -> Bool {
-        guard runsSmallSlicesOnWorker, inFlight == 0, queue.threadCount == 1, !thread.waiters.isEmpty,
-              thread.persistentNanos == 0, thread.groups <= UInt32(backend.callerSliceGroups),
-              thread.costIsInArguments, let cost = queue.nanosPerGroup(of: thread.id) else { return false }
-        return cost <= Self.maxNanosOnSubmitter
+        runsSmallSlicesOnWorker && inFlight == 0 && queue.threadCount == 1 && !thread.waiters.isEmpty
+            && thread.persistentNanos == 0 && thread.groups <= UInt32(backend.callerSliceGroups)
+            && isKnownTiny(thread, groups: thread.groups)
+    }
+
+    /// Whether `groups` groups of the thread are known to take at most `maxNanosOnSubmitter`:
+    /// work whose cost is in its arguments, measured before (lock held).
+    private func isKnownTiny(_ thread: DeviceThread, groups: UInt32) -> Bool {
+        guard thread.costIsInArguments, let cost = queue.nanosPerGroup(of: thread.id) else { return false }
+        return cost * Double(groups) <= Self.maxNanosOnSubmitter
     }
 
     /// Finishes a slice that ran on the calling thread (lock held; released meanwhile).
@@ -298,10 +304,11 @@ public final class Scheduler: @unchecked Sendable {
 
     /// Picks the next slice and starts it (lock held; released while the backend starts it).
     /// When someone already waits for the thread's end (a `run` or `join`) and the slice is
-    /// small, the backend may run it on this thread (`SliceLaunch.mayRunOnCaller`) and save the
+    /// known to be tiny (`isKnownTiny`), the backend may run it on this thread
+    /// (`SliceLaunch.mayRunOnCaller`) and save the
     /// hand-offs to its threads and back — tens of µs of wake-ups per tiny device thread on a
     /// small VM — even beside other spaces' slices on the device's threads: the slice is bounded
-    /// (`callerSliceGroups`), charged to its space like any other, and it keeps a client's
+    /// (`callerSliceGroups`, `maxNanosOnSubmitter`), charged to its space like any other, and it keeps a client's
     /// round trip from queueing behind a flood of other work in the pool (measured: `tether bench
     /// load`'s dispatch beside a spawn flood, 3–4× → ~1× its time alone). A stream of spawns
     /// nobody waits for yet is handed over: the worker is the control plane, above device work,
@@ -316,12 +323,10 @@ public final class Scheduler: @unchecked Sendable {
         if thread.firstStartNanos == 0 { thread.firstStartNanos = now }
         thread.leaveQueued()
         var slice = Started(pick: pick, thread: thread, startNanos: now)
-        var launch = SliceLaunch(args: thread.args, regions: thread.regions.snapshot, groupBase: pick.groupBase,
+        let launch = SliceLaunch(args: thread.args, regions: thread.regions.snapshot, groupBase: pick.groupBase,
                                  groupCount: pick.groupCount, groupTotal: thread.groups, round: pick.round,
                                  mayRunOnCaller: runsSmallSlicesOnWorker && !thread.waiters.isEmpty
-                                    && pick.groupCount <= UInt32(backend.callerSliceGroups))
-        launch.isKnownTiny = thread.costIsInArguments
-            && (queue.nanosPerGroup(of: thread.id) ?? .infinity) * Double(pick.groupCount) <= Self.maxNanosOnSubmitter
+                                    && pick.groupCount <= UInt32(backend.callerSliceGroups) && isKnownTiny(thread, groups: pick.groupCount))
         if !launch.mayRunOnCaller {
             slice.handedOver = true
             handedOver.add(1, ordering: .relaxed)

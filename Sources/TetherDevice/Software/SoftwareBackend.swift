@@ -163,15 +163,15 @@ final class WorkerPool: @unchecked Sendable {
     /// Why: handing a tiny slice to the device threads costs two wake-ups (a device thread, then
     /// the worker waiting for it), tens of µs each on this VM, for a few µs of work; on a 2-core
     /// machine whose other core a client spins on, a sleeping device thread may not even find a
-    /// core. Bounded: at most `inlineGroups` groups, each bounded by the kernels' loop cap, with
-    /// the control word checked before every group, so a kill still waits for at most one
-    /// group; and run outside the control plane's real-time class (`outsideRealTime`), so a
-    /// client's long group cannot starve the machine through the worker (`keepingClass`: a slice
-    /// known to be tiny stays in the caller's class). It may run beside other
+    /// core. Bounded: at most `inlineGroups` groups, and the scheduler asks only for a slice
+    /// known to take at most `Scheduler.maxNanosOnSubmitter` (so it stays in the caller's
+    /// real-time class: leaving it would cost two `sched_setscheduler` calls, ~20 % of a tiny
+    /// `run`'s time in the daemon on a VM; a slice of unknown cost, which could be a whole loop
+    /// cap's worth, goes to the device threads). It may run beside other
     /// slices in the pool (whose threads skip an inline job); its time is charged to its own
     /// thread like theirs. `register` is called (with the job) before it runs, so a kill can find
     /// the job and wait for it (`waitStopped`).
-    func runInline(_ job: Job, keepingClass: Bool = false, register: (Job) -> Void) -> Bool {
+    func runInline(_ job: Job, register: (Job) -> Void) -> Bool {
         guard job.end - job.next.load(ordering: .relaxed) <= UInt32(inlineGroups) else { return false }
         let tid = DeviceThreads.currentID
         let claimed: Bool = monitor.withLock {
@@ -184,20 +184,15 @@ final class WorkerPool: @unchecked Sendable {
         }
         guard claimed else { return false }
         register(job)
-        let inClass: (() -> Void) -> Void = keepingClass ? { $0() } : { DeviceThreads.outsideRealTime($0) }
-        inClass {
-            let entered = monotonicNanos()
-            job.work()
-            let busy = monotonicNanos() - entered
-            monitor.withLock {
-                // Charged like a device thread's time in the pool: the job's share of the device.
-                job.busyNanos &+= busy
-                // Out of `inside` before the class is restored: a kill lends priority only to
-                // threads inside, so no loan outlives the run.
-                job.inside.removeAll { $0 == tid }
-                job.lent.removeAll { $0 == tid }
-                if job.active == 0 { monitor.broadcast() }
-            }
+        let entered = monotonicNanos()
+        job.work()
+        let busy = monotonicNanos() - entered
+        monitor.withLock {
+            // Charged like a device thread's time in the pool: the job's share of the device.
+            job.busyNanos &+= busy
+            job.inside.removeAll { $0 == tid }
+            job.lent.removeAll { $0 == tid }
+            if job.active == 0 { monitor.broadcast() }
         }
         return true
     }
@@ -294,7 +289,7 @@ final class SoftwareThreadContext: ThreadContext, @unchecked Sendable {
         let end = slice.groupBase + slice.groupCount
         if slice.mayRunOnCaller && slice.groupCount <= UInt32(pool.inlineGroups) {
             let small = WorkerPool.Job(base: slice.groupBase, end: end, threads: 1, shouldStop: { context.shouldStop }, run: run)
-            if pool.runInline(small, keepingClass: slice.isKnownTiny, register: { job in pending.withLock { $0.append(job) } }) { return }
+            if pool.runInline(small, register: { job in pending.withLock { $0.append(job) } }) { return }
         }
         let job = pool.start(base: slice.groupBase, end: end, shouldStop: { context.shouldStop }, run)
         pending.withLock { $0.append(job) }
