@@ -51,7 +51,7 @@ struct DaemonCommand: ParsableCommand {
     @Option(help: "Early exit notices: auto (BPF where this daemon may load it, else the pidfd), bpf (or refuse to start), pidfd.")
     var notifier: ExitNotifierChoice = .auto
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel: String = "notice"
-    @OptionGroup(title: "Limits (a client that reaches one gets a resourceExhausted error naming it)")
+    @OptionGroup(title: "Limits (a client that reaches a cap gets a resourceExhausted error naming it; past a budget or the queued-threads limit its requests wait instead)")
     var limits: LimitOptions
     @Flag(help: "Let clients of this daemon's own uid run kernels with raw device pointers (the pointer-ABI SPIR-V path, modules with PhysicalStorageBufferAddresses). Such kernels can reach any memory the device reaches; other uids are always refused.")
     var allowRawPointers = false

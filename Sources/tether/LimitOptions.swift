@@ -8,7 +8,7 @@ struct LimitOptions: ParsableArguments {
 
     @Option(help: "Device threads not yet joined, per address space.") var maxThreadsPerSpace = d.threadsPerSpace
     @Option(help: "Device threads not yet joined, per user.") var maxThreadsPerUser = d.threadsPerUser
-    @Option(help: "Device threads queued and not yet started, per address space (beyond it, the space's requests wait to be read).")
+    @Option(help: "Device threads queued and not yet started, per address space, while other spaces have work on the device (beyond it, all of the space's requests wait to be read).")
     var maxQueuedThreadsPerSpace = d.queuedThreadsPerSpace
     @Option(help: "Mirrored regions per address space.") var maxRegionsPerSpace = d.regionsPerSpace
     @Option(help: "Mirrored regions per user.") var maxRegionsPerUser = d.regionsPerUser

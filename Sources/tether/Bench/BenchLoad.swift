@@ -118,9 +118,11 @@ struct BenchLoad: ParsableCommand {
         let result = LoadReport(backend: backend, cells: cells)
         if json { return try printJSON(result) }
         printLine("A well-behaved client beside a hostile one (\(backend) backend; \(runs) tiny runs and \(saxpys) saxpys of \(saxpyElements) per cell; a noisy 2-core machine)")
-        print(table(["flood", "dispatch p50 µs", "p99 µs", "× alone", "saxpy ms", "× alone", "flood done/s", "the flooder was told"],
+        print(table(["flood", "dispatch p50 µs", "p99 µs", "alone p50 µs", "× alone", "saxpy ms", "alone ms", "× alone",
+                     "flood done/s", "the flooder was told"],
                    cells.map { [$0.flood, formatDouble($0.dispatch.p50Micros, 1), formatDouble($0.dispatch.p99Micros, 1),
-                                formatDouble($0.dispatchRatio, 2), formatDouble($0.saxpyMillis, 2), formatDouble($0.saxpyRatio, 2),
+                                formatDouble($0.aloneDispatchP50Micros, 1), formatDouble($0.dispatchRatio, 2),
+                                formatDouble($0.saxpyMillis, 2), formatDouble($0.aloneSaxpyMillis, 2), formatDouble($0.saxpyRatio, 2),
                                 formatDouble($0.floodPerSecond, 0), String($0.flooderSaw.prefix(60))] }))
     }
 
