@@ -319,8 +319,10 @@ public final class Daemon: @unchecked Sendable {
     /// How soon a connection whose space has as many threads queued as it may is read again.
     static let queuedRecheckNanos: UInt64 = 1_000_000
 
-    /// Requests taken from one connection per event-loop round.
-    static let messagesPerTurn = 8
+    /// Requests taken from one connection per event-loop round. One: a ring request (polled
+    /// after every round) then waits behind one message of each busy socket, not eight — it
+    /// takes ~10 µs alone now, and eight spawns of a flooding socket are ~100 µs (measured with
+    /// `tether bench load --floods spawns waiters`: 1.05–1.24× alone mostly, against 1.06–4.1×).
 
     /// Out of requests for now: its socket (or its submission ring) is not read until its next
     /// token (`resumeThrottled`). The two budgets are apart: a stream over the ring that spills
@@ -356,7 +358,7 @@ public final class Daemon: @unchecked Sendable {
 
     private func readable(_ token: UInt64, events: UInt32) {
         guard let connection = connections[token] else { return }
-        // A few messages per wake-up (fair admission: a flooding connection waits its turn like
+        // One message per round (fair admission: a flooding connection waits its turn like
         // everyone else; epoll is level-triggered, so the rest come at the next round). A hang-up
         // is seen as EOF after the last message.
         for _ in 0..<Self.messagesPerTurn {
