@@ -323,6 +323,7 @@ public final class Daemon: @unchecked Sendable {
     /// after every round) then waits behind one message of each busy socket, not eight — it
     /// takes ~10 µs alone now, and eight spawns of a flooding socket are ~100 µs (measured with
     /// `tether bench load --floods spawns waiters`: 1.05–1.24× alone mostly, against 1.06–4.1×).
+    static let messagesPerTurn = 1
 
     /// Out of requests for now: its socket (or its submission ring) is not read until its next
     /// token (`resumeThrottled`). The two budgets are apart: a stream over the ring that spills
