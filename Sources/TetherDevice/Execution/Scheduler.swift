@@ -91,6 +91,9 @@ public final class Scheduler: @unchecked Sendable {
     public func submit(_ thread: DeviceThread, runHere: Bool = false) throws(TetherError) -> UInt64? {
         try monitor.withLock { () throws(TetherError) -> UInt64? in
             guard !stopping else { throw TetherError(.deviceLost, "the device is shutting down") }
+            // Killed between its registration and now (its space's teardown runs on another
+            // thread): it has its outcome and its context is back in the pool; nothing to run.
+            guard thread.outcome == nil else { return nil }
             threads[thread.id] = thread
             thread.countedQueued = true
             thread.queued.add(1)
@@ -305,12 +308,12 @@ public final class Scheduler: @unchecked Sendable {
     /// Picks the next slice and starts it (lock held; released while the backend starts it).
     /// When someone already waits for the thread's end (a `run` or `join`) and the slice is
     /// known to be tiny (`isKnownTiny`), the backend may run it on this thread
-    /// (`SliceLaunch.mayRunOnCaller`) and save the
-    /// hand-offs to its threads and back — tens of µs of wake-ups per tiny device thread on a
-    /// small VM — even beside other spaces' slices on the device's threads: the slice is bounded
-    /// (`callerSliceGroups`, `maxNanosOnSubmitter`), charged to its space like any other, and it keeps a client's
-    /// round trip from queueing behind a flood of other work in the pool (measured: `tether bench
-    /// load`'s dispatch beside a spawn flood, 3–4× → ~1× its time alone). A stream of spawns
+    /// (`SliceLaunch.mayRunOnCaller`) and save the hand-offs to its threads and back — tens of µs
+    /// of wake-ups per tiny device thread on a small VM — even beside other spaces' slices on the
+    /// device's threads: the slice is bounded (`callerSliceGroups`, `maxNanosOnSubmitter`),
+    /// charged to its space like any other, and it keeps a client's round trip from queueing
+    /// behind a flood of other work in the pool (measured: `tether bench load`'s dispatch beside a
+    /// spawn flood, 3–4× → ~1× its time alone). A stream of spawns
     /// nobody waits for yet is handed over: the worker is the control plane, above device work,
     /// and must not take the CPU a submitter needs (measured: inline slices for a stream of spawns
     /// halved its rate on 2 cores).
