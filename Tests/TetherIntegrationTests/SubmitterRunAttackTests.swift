@@ -91,10 +91,13 @@ import Testing
         // A ping read after the run waits for all of it when the event loop runs the tile itself.
         // Kept to work measured at most 20 µs a group, the event loop answers the ping within a
         // fraction of the attacker's own run time (the worker and the pool run it meanwhile).
+        // A loaded machine delays pings whoever runs the tile (the control's pings too), so the
+        // bound is the larger of half the run and twice the control's median ping.
         let groupNanos = Self.percentile(hostile.runs, 0.5)
         let medianPing = Self.percentile(hostile.pings, 0.5)
+        let bound = max(groupNanos / 2, 2 * Self.percentile(control.pings, 0.5))
         // (Found in review: the cost memory was keyed without the grid and averaged its groups.)
-        #expect(medianPing < groupNanos / 2, "a ping sent right after the one-group run waited \(medianPing / 1000) µs (the run took \(groupNanos / 1000) µs): the event loop ran the tile itself")
+        #expect(medianPing < bound, "a ping sent right after the one-group run waited \(medianPing / 1000) µs (the run took \(groupNanos / 1000) µs, bound \(bound / 1000) µs): the event loop ran the tile itself")
     }
 
     @Test("work its space measured cheap over no-op groups still runs in quantum-sized slices: a neighbour is not shut out")
