@@ -128,9 +128,6 @@ public struct RunQueue: Sendable {
     public var isEmpty: Bool { threads.isEmpty }
     /// Address spaces with threads queued (runnable, in flight or waiting for `remove`).
     public private(set) var activeSpaces = 0
-    /// Whether `pick` would return a slice now.
-    /// - Complexity: O(spaces × their threads) in the worst case; O(1) when one thread is queued.
-    public var hasRunnable: Bool { spaces.values.contains { runnable($0) } }
     public var threadCount: Int { threads.count }
     public func contains(_ id: ThreadID) -> Bool { threads[id] != nil }
     public func deviceNanos(of id: ThreadID) -> UInt64? { threads[id]?.deviceNanos }

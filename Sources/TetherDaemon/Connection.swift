@@ -146,10 +146,6 @@ final class Connection: @unchecked Sendable {
         }
     }
 
-    /// Whether requests are not read because the client leaves its replies unread (its
-    /// submission ring is not consumed either).
-    var isBackPressured: Bool { state.withLock { $0.readPaused } }
-
     /// Before its submission ring is read: stops reading the connection (socket and ring) once
     /// the replies waiting for it reached the bound, and says whether it is paused. The ring's
     /// own check: a client that only submits through the ring never sends a socket message, so

@@ -569,16 +569,7 @@ public final class Daemon: @unchecked Sendable {
                 try scheduler.submit(thread)
                 throw error
             }
-            let now = monotonicNanos()
-            let ran = try scheduler.submit(thread, runHere: eventLoopRunsDenied[space.uid].map { $0 <= now } ?? true)
-            if let ran, ran > Self.eventLoopOverrunNanos {
-                // The measured cost lied (data-dependent float speed, a stall of the machine):
-                // this user's runs go to the worker for a while, so a client that makes them lie
-                // on purpose stalls the event loop once a second at most.
-                eventLoopRunsDenied[space.uid] = now + Self.eventLoopDenialNanos
-                logger.notice("a run expected to take under \(Int(Scheduler.maxNanosOnSubmitter / 1000)) µs took \(ran / 1000) µs on the event loop; this user's runs go to the scheduler's worker for a second",
-                              metadata: ["uid": "\(space.uid)", "pid": "\(space.pid)"])
-            }
+            try submitRun(thread, space: space)
             return nil
         case .kill(let threadID):
             let thread = try ownThread(threadID, of: space)
@@ -675,6 +666,20 @@ public final class Daemon: @unchecked Sendable {
             throw error
         }
         return region.id
+    }
+
+    /// Submits a `run`'s thread, letting the scheduler run it here on the event loop when it is
+    /// known to be tiny — unless this user's runs overran here within the last second.
+    private func submitRun(_ thread: DeviceThread, space: AddressSpace) throws(TetherError) {
+        let now = monotonicNanos()
+        let ran = try scheduler.submit(thread, runHere: eventLoopRunsDenied[space.uid].map { $0 <= now } ?? true)
+        guard let ran, ran > Self.eventLoopOverrunNanos else { return }
+        // The measured cost lied (data-dependent float speed, a stall of the machine): this
+        // user's runs go to the worker for a while, so a client that makes them lie on purpose
+        // stalls the event loop once a second at most.
+        eventLoopRunsDenied[space.uid] = now + Self.eventLoopDenialNanos
+        logger.notice("a run expected to take under \(Int(Scheduler.maxNanosOnSubmitter / 1000)) µs took \(ran / 1000) µs on the event loop; this user's runs go to the scheduler's worker for a second",
+                      metadata: ["uid": "\(space.uid)", "pid": "\(space.pid)"])
     }
 
     /// `submit`: false leaves the thread registered but not yet queued; the caller submits it.

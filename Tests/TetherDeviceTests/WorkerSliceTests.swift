@@ -8,9 +8,10 @@ import Testing
 /// (`Scheduler.start(alone:)`, `WorkerPool.runInline`), and such a slice still dies at a kill.
 @Suite(.serialized) struct WorkerSliceTests {
     /// A thread of `groups` spin groups, with a waiter registered before the scheduler sees it
-    /// (as the daemon's `run` does right after submitting).
+    /// (as the daemon's `run` does before submitting). `runHere`: submitted as the daemon's event
+    /// loop submits a `run` (`Scheduler.submit(_:runHere:)`).
     static func spawn(_ scheduler: Scheduler, id: UInt64, iterations: UInt64, groups: UInt32 = 1,
-                      persistentNanos: UInt64 = 0, awaited: Bool, done: Monitor? = nil,
+                      persistentNanos: UInt64 = 0, awaited: Bool, runHere: Bool = false, done: Monitor? = nil,
                       ended: UnsafeMutablePointer<Int>? = nil) throws -> DeviceThread {
         let program = KernelProgram.builtin(.spin)
         let thread = DeviceThread(id: ThreadID(rawValue: id), space: SpaceID(rawValue: 1), program: program,
@@ -25,7 +26,7 @@ import Testing
                 }
             }
         }
-        try scheduler.submit(thread)
+        try scheduler.submit(thread, runHere: runHere)
         return thread
     }
 
@@ -69,20 +70,11 @@ import Testing
         let backend = SoftwareBackend(workers: 2)
         let scheduler = Scheduler(backend: backend)
         defer { scheduler.shutdown() }
-        func awaitedThread(_ id: UInt64, _ kernel: BuiltinKernel, args: [UInt64]) throws -> DeviceThread {
-            let program = KernelProgram.builtin(kernel)
-            let thread = DeviceThread(id: ThreadID(rawValue: id), space: SpaceID(rawValue: 1), program: program,
-                                      args: args, groups: 1, context: try scheduler.contexts.acquire(program), regions: RegionTable())
-            scheduler.onCompletion(thread) { _ in }
-            return thread
-        }
         // Unknown work goes to the worker first...
-        let first = try awaitedThread(1, .spin, args: [1])
-        try scheduler.submit(first, runHere: true)
+        let first = try Self.spawn(scheduler, id: 1, iterations: 1, awaited: true, runHere: true)
         #expect(scheduler.wait(first, timeoutNanos: 10_000_000_000)?.state == .finished)
         // ...then the same work is done before `submit` returns.
-        let again = try awaitedThread(2, .spin, args: [1])
-        try scheduler.submit(again, runHere: true)
+        let again = try Self.spawn(scheduler, id: 2, iterations: 1, awaited: true, runHere: true)
         #expect(again.outcome?.state == .finished, "the known tiny thread should have run in submit")
     }
 

@@ -90,12 +90,12 @@ extension DeviceThread {
         queued.add(-1)
     }
 
-    /// Names what this thread's workgroups cost: the same built-in kernel with the same arguments
-    /// over the same grid does the same work, so the scheduler sizes its first slice from the
-    /// last such thread of its space instead of probing again (`RunQueue.add`). The grid is part
-    /// of the name because the measured cost is an average over the groups run, and groups differ
-    /// (a grid past the data has groups that return at once: a million of them would make one
-    /// real group look free). Nil for user kernels, whose cost depends on bindings and constants.
+    /// Names the work this thread does: the same built-in kernel with the same arguments over the
+    /// same grid does the same work, so a one-group thread of work its space ran before starts
+    /// with that work's measured cost known (`RunQueue.add`). The grid is part of the name because
+    /// a measured cost is an average over the groups run, and groups differ (a grid past the data
+    /// has groups that return at once: a million of them would make one real group look free).
+    /// Nil for user kernels, whose cost depends on bindings and constants too.
     var costKey: Int? {
         guard case .builtin(let kernel) = program else { return nil }
         var hasher = Hasher()

@@ -64,8 +64,9 @@ final class SoftwareMemory: ImportedMemory {
 /// next without waiting for the caller, which accounts the finished slice meanwhile. The caller —
 /// the scheduler's worker, part of the control plane — hands slices over and waits: device work
 /// runs on these threads, at the device-work priority, and the worker never holds a lock the
-/// control plane needs while starved of CPU at a low priority. The one exception is a small
-/// slice the worker would only wait for (`runInline`): it runs it itself, holding no lock.
+/// control plane needs while starved of CPU at a low priority. The one exception is a slice known
+/// to be tiny that someone waits for (`runInline`): the worker or the event loop runs it itself,
+/// holding no lock.
 final class WorkerPool: @unchecked Sendable {
     /// One group: a tiny thread's whole grid, and every thread's first (probe) slice.
     static let defaultInlineGroups = 1
@@ -126,8 +127,7 @@ final class WorkerPool: @unchecked Sendable {
     /// Slices run by their caller so far (for tests).
     var slicesRunInline: Int { monitor.withLock { inlineCount } }
     let threads: Int
-    /// Slices of at most this many groups run on their caller when the pool is idle
-    /// (`runInline`); 0 never.
+    /// Slices of at most this many groups may run on their caller (`runInline`); 0 never.
     let inlineGroups: Int
 
     init(threads: Int, inlineGroups: Int = WorkerPool.defaultInlineGroups) {
@@ -158,7 +158,8 @@ final class WorkerPool: @unchecked Sendable {
     }
 
     /// Runs a small slice (at most `inlineGroups` groups) on the calling thread — the scheduler's
-    /// worker; false (nothing run) once the pool is stopped.
+    /// worker, or the event loop that submits a `run`; false (nothing run) when it is larger or
+    /// the pool is stopped.
     ///
     /// Why: handing a tiny slice to the device threads costs two wake-ups (a device thread, then
     /// the worker waiting for it), tens of µs each on this VM, for a few µs of work; on a 2-core
@@ -287,7 +288,7 @@ final class SoftwareThreadContext: ThreadContext, @unchecked Sendable {
         let kernel = self.kernel
         let run: (UInt32) -> Void = { group in SoftwareKernels.runGroup(kernel, group: group, context: context) }
         let end = slice.groupBase + slice.groupCount
-        if slice.mayRunOnCaller && slice.groupCount <= UInt32(pool.inlineGroups) {
+        if slice.mayRunOnCaller {
             let small = WorkerPool.Job(base: slice.groupBase, end: end, threads: 1, shouldStop: { context.shouldStop }, run: run)
             if pool.runInline(small, register: { job in pending.withLock { $0.append(job) } }) { return }
         }

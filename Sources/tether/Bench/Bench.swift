@@ -13,6 +13,14 @@ struct Bench: ParsableCommand {
 
 /// A daemon for a benchmark or scenario: the one at `--socket`, or a private one started for the
 /// run (with the given policy) and stopped after it.
+/// `--daemon-arg`: flags passed on to a benchmark's private daemon, so that one binary compares a
+/// daemon setting on and off.
+struct DaemonArgOptions: ParsableArguments {
+    @Option(name: .customLong("daemon-arg"), parsing: .unconditionalSingleValue,
+            help: "One more argument for the private daemon, e.g. --daemon-arg --no-small-slices-on-worker (repeatable).")
+    var daemonArgs: [String] = []
+}
+
 struct BenchDaemon {
     let path: String
     let owned: PrivateDaemon?

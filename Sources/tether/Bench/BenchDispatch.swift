@@ -69,9 +69,7 @@ struct BenchDispatch: ParsableCommand {
     var ringSpinMicros: Double = DeviceOptions().ringSpinMicroseconds
     @Option(name: .customLong("daemon-ring-poll-us"), help: "The private daemon's --ring-poll-us (default: the daemon's).")
     var daemonRingPollMicros: UInt64?
-    @Option(name: .customLong("daemon-arg"), parsing: .unconditionalSingleValue,
-            help: "One more argument for the private daemon, e.g. --daemon-arg --no-small-slices-on-worker (repeatable).")
-    var daemonArgs: [String] = []
+    @OptionGroup var daemonArgOptions: DaemonArgOptions
     @Flag(help: "Internal: measure the direct baseline in this process and print its samples.") var direct = false
     @Flag(help: "Print only the round trips through the daemon, in ns, one per line (tools/bench-languages compares them with C and Python).")
     var samples = false
@@ -79,7 +77,7 @@ struct BenchDispatch: ParsableCommand {
     func run() throws {
         if direct { return try runDirect() }
         let daemon = try BenchDaemon(socket: socket, backend: backendOptions.backend,
-                                     extra: (daemonRingPollMicros.map { ["--ring-poll-us", "\($0)"] } ?? []) + daemonArgs)
+                                     extra: (daemonRingPollMicros.map { ["--ring-poll-us", "\($0)"] } ?? []) + daemonArgOptions.daemonArgs)
         defer { daemon.stop() }
         let device = try Device(DeviceOptions(socketPath: daemon.path, ringSpinMicroseconds: ringSpinMicros))
         let socketDevice = try Device(DeviceOptions(socketPath: daemon.path, rings: false))

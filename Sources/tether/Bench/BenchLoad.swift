@@ -46,9 +46,7 @@ struct BenchLoad: ParsableCommand {
     @Option(help: "Seconds each flood runs before the measurement starts.") var warmup: Double = 0.5
     @Option(parsing: .upToNextOption, help: "The floods to run beside the baseline (default: all of \(Self.allFloods.joined(separator: ", "))).")
     var floods: [String] = allFloods
-    @Option(name: .customLong("daemon-arg"), parsing: .unconditionalSingleValue,
-            help: "One more argument for the private daemon, e.g. --daemon-arg --max-requests-per-second=5000 (repeatable).")
-    var daemonArgs: [String] = []
+    @OptionGroup var daemonArgOptions: DaemonArgOptions
     @Flag(help: "Print one JSON object.") var json = false
 
     static let allFloods = ["spawns", "ring-spawns", "connections", "waiters", "paused-reader", "cpu"]
@@ -62,7 +60,7 @@ struct BenchLoad: ParsableCommand {
     func run() throws {
         // Limits low enough that a flood reaches them within the warm-up.
         let d = try PrivateDaemon(backend: backendOptions.backend, policy: .exit,
-                                  extra: ["--max-threads-per-space", "20000", "--max-waiters-per-connection", "1000"] + daemonArgs)
+                                  extra: ["--max-threads-per-space", "20000", "--max-waiters-per-connection", "1000"] + daemonArgOptions.daemonArgs)
         defer { d.stop() }
         let device = try Device(DeviceOptions(socketPath: d.socketPath))
         let bytes = saxpyElements * 8 + 4096
