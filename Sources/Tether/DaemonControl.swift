@@ -95,8 +95,9 @@ public final class DaemonControl: @unchecked Sendable {
         }
     }
 
-    /// Waits until the address space of `pid` has been released and returns its timelines (at
-    /// once if it already was); an empty list when `timeoutSeconds` passes first. The daemon does
+    /// Waits until the address space of `pid` has been released and returns its newest 64
+    /// timelines, oldest first, so `last` is the release waited for (at once if it already was);
+    /// an empty list when `timeoutSeconds` passes first. The daemon does
     /// the waiting; this call's own deadline is that plus the usual `timeoutSeconds` of slack.
     public func awaitTeardown(pid: Int32, timeoutSeconds wait: Double) throws(TetherError) -> [TeardownTimeline] {
         guard wait >= 0, wait.isFinite else {

@@ -151,7 +151,10 @@ public final class Daemon: @unchecked Sendable {
         chain.subscribe("waiters") { [weak self] space, _ in
             guard let self else { return }
             let due = teardownWaiters.take(pid: space.pid) { registry.spaces(ofPid: space.pid).isEmpty }
-            for w in due { w.connection.send(.timelines(registry.timelines(pid: space.pid, uid: w.uid)), id: w.requestID) }
+            for w in due {
+                w.connection.send(.timelines(registry.newestTimelines(pid: space.pid, uid: w.uid, limit: Self.awaitedTimelines)),
+                                  id: w.requestID)
+            }
         }
         if let bpfNotifier { chain.subscribe("bpf") { space, _ in bpfNotifier.forget(space) } }
         chain.subscribe("pidfd") { [weak self] space, _ in
@@ -844,7 +847,7 @@ public final class Daemon: @unchecked Sendable {
             }
             // Otherwise answered when the space is released, or by the event loop, which
             // recomputes its epoll timeout from the waiters' deadlines before every wait.
-            if immediate { return .timelines(registry.timelines(pid: pid, uid: uid)) }
+            if immediate { return .timelines(registry.newestTimelines(pid: pid, uid: uid, limit: Self.awaitedTimelines)) }
             return nil
         case .killProcess(let pid):
             // Another user's work is not shown, so it is not found either (ownership.md, rule 7).
@@ -877,6 +880,10 @@ public final class Daemon: @unchecked Sendable {
     static let psPageEntries = 1_200
     /// Timelines in one `timelinesPage` reply (~80 bytes each).
     static let timelinesPageEntries = 1_500
+
+    /// Timelines in an `awaitTeardown` reply: the pid's newest. A waiter wants the release it
+    /// waited for, the last one; the rest are there for a pid with several spaces.
+    static let awaitedTimelines = 64
 
     /// A reply of the unpaged `ps` or `timelines`, or a sentence saying it does not fit one message.
     static func fitting(_ reply: Reply, _ what: String, instead: String) throws(TetherError) -> Reply {

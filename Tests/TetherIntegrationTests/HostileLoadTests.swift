@@ -245,20 +245,27 @@ import Testing
         #expect(run.stdout.components(separatedBy: "\"thread\"").count - 1 >= 20_000)
     }
 
-    @Test("a timelines read after 2,000 teardowns pages through all of them")
+    @Test("a timelines read after 3,000 teardowns pages through all of them; awaitTeardown answers the newest")
     func pagedTimelines() throws {
         let daemon = try TestDaemon()
         let control = try daemon.control()
         var spaces = Set<SpaceID>()
-        for _ in 0..<2000 {
+        for round in 0..<3000 {
             // Closing the only connection releases the space (reason release). A hello the daemon
-            // reads before the previous connection's end of file joins that space (same live
-            // owner), so count the spaces the hellos named.
+            // read before the previous connection's end of file would join that space (same live
+            // owner), so each round waits for the release before the next hello. 3,000 timelines
+            // would not fit one message: awaitTeardown answers the newest few.
             let fd = try SeqPacketSocket.connect(path: daemon.socketPath)
             guard case .hello(let h)? = rawRequest(fd.raw, .hello(policy: nil, backend: .auto)) else { Issue.record("hello failed"); return }
             spaces.insert(h.space)
+            fd.close()
+            let answer = try control.awaitTeardown(pid: getpid(), timeoutSeconds: 10)
+            guard answer.last?.space == h.space, answer.count == min(round + 1, 64) else {
+                Issue.record("round \(round): awaitTeardown answered \(answer.count) timelines, the last of space \(String(describing: answer.last?.space)), not \(h.space)")
+                return
+            }
         }
-        #expect(spaces.count > 1000)
+        #expect(spaces.count == 3000)
         #expect(Self.eventually(60) { ((try? control.timelines(pid: getpid())) ?? []).count == spaces.count })
     }
 

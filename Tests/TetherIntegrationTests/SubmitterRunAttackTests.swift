@@ -78,7 +78,7 @@ import Testing
         // 512: 1,024 real tiles, a first tile of 131,072 multiply-adds over 512 pages of B (a few
         // ms on this VM, release or debug). REVIEW_MATMUL_N=1024 or more makes it longer.
         let n = UInt64(ProcessInfo.processInfo.environment["REVIEW_MATMUL_N"] ?? "") ?? 512
-        let rounds = 4
+        let rounds = 6
         let control = try Self.attack(extra: ["--no-small-slices-on-worker"], n: n, rounds: rounds, dropPages: true)
         let hostile = try Self.attack(extra: [], n: n, rounds: rounds, dropPages: true)
         func line(_ name: String, _ r: (runs: [UInt64], pings: [UInt64])) -> String {
@@ -92,12 +92,14 @@ import Testing
         // Kept to work measured at most 20 µs a group, the event loop answers the ping within a
         // fraction of the attacker's own run time (the worker and the pool run it meanwhile).
         // A loaded machine delays pings whoever runs the tile (the control's pings too), so the
-        // bound is the larger of half the run and twice the control's median ping.
+        // bound is the larger of half the run and twice the control's median ping, and it is
+        // checked against the second-fastest ping: the stall, when there is one, comes in every
+        // round after the first, while a busy neighbour process delays only some of them.
         let groupNanos = Self.percentile(hostile.runs, 0.5)
-        let medianPing = Self.percentile(hostile.pings, 0.5)
+        let ping = hostile.pings[1]
         let bound = max(groupNanos / 2, 2 * Self.percentile(control.pings, 0.5))
         // (Found in review: the cost memory was keyed without the grid and averaged its groups.)
-        #expect(medianPing < bound, "a ping sent right after the one-group run waited \(medianPing / 1000) µs (the run took \(groupNanos / 1000) µs, bound \(bound / 1000) µs): the event loop ran the tile itself")
+        #expect(ping < bound, "the second-fastest ping sent right after the one-group run waited \(ping / 1000) µs (the run took \(groupNanos / 1000) µs, bound \(bound / 1000) µs): the event loop ran the tile itself")
     }
 
     @Test("work its space measured cheap over no-op groups still runs in quantum-sized slices: a neighbour is not shut out")

@@ -451,6 +451,7 @@ class Control:
         return self._list(lambda a, n, c: _C.tether_timelines(self._handle, int(pid), a, n, c))
 
     def await_teardown(self, pid, timeout):
-        """Waits until the address space of `pid` is released and returns its timelines; raises
+        """Waits until the address space of `pid` is released and returns its newest 64 timelines,
+        oldest first; raises
         TimedOut when `timeout` seconds pass first."""
         return self._list(lambda a, n, c: _C.tether_await_teardown(self._handle, int(pid), float(timeout), a, n, c))

@@ -278,8 +278,8 @@ tether_status tether_timelines(tether_control *control, int32_t pid, tether_time
                                size_t *count);
 
 /* Waits until the address space of `pid` has been released (at once if it already was) and
- * returns its timelines as tether_timelines does; TETHER_TIMED_OUT when `timeout_seconds` passes
- * first. */
+ * returns its newest 64 timelines, oldest first, as tether_timelines does; TETHER_TIMED_OUT when
+ * `timeout_seconds` passes first. */
 tether_status tether_await_teardown(tether_control *control, int32_t pid, double timeout_seconds,
                                     tether_timeline *timelines, size_t capacity, size_t *count);
 

@@ -240,6 +240,21 @@ public final class Registry: @unchecked Sendable {
         }
     }
 
+    /// The newest `limit` timelines of `pid` that `uid` may see, oldest first: what
+    /// `awaitTeardown` answers, so its reply stays one small message however many spaces the pid
+    /// has released before (a server that connects per request releases one each time).
+    /// - Complexity: O(timelines kept), at most `timelineCapacity`.
+    public func newestTimelines(pid: Int32, uid: UInt32?, limit: Int) -> [TeardownTimeline] {
+        monitor.withLock {
+            var list: [TeardownTimeline] = []
+            for entry in timelines.reversed() where list.count < limit
+                && entry.timeline.pid == pid && (uid == nil || uid == 0 || entry.uid == uid) {
+                list.append(entry.timeline)
+            }
+            return list.reversed()
+        }
+    }
+
     /// One page of `timelines(pid:uid:)`: at most `limit` timelines recorded after cursor `after`
     /// (0: from the oldest kept), and the cursor of the next page (nil: this was the last).
     /// - Complexity: O(timelines kept), at most `timelineCapacity`.
