@@ -19,6 +19,16 @@ public final class Scheduler: @unchecked Sendable {
     /// Whether a small awaited slice may run on the worker when the device is otherwise idle
     /// (asked for, and the backend can).
     public let runsSmallSlicesOnWorker: Bool
+    /// Whether the worker, its device idle, polls for the next submission for
+    /// `workerPollNanos` after a slice ends instead of sleeping at once: where every slice goes
+    /// through it (a backend that never runs one on the caller, Vulkan). A client doing round
+    /// trips submits its next thread within tens of µs of the last one's end, and waking a
+    /// sleeping worker costs 30–58 µs on the VMs here. Off where small slices run on the caller:
+    /// there the device's own threads need the CPU the worker would poll on.
+    private let pollsForWork: Bool
+    static let workerPollNanos: UInt64 = 100_000
+    /// Threads handed to the worker so far, for its poll.
+    private let submissions = Atomic<UInt64>(0)
     /// Started slices that went to the device's own threads (every one but those the worker may
     /// run itself), read without the lock by the event loop: while this is 0, polling on the event
     /// loop takes no CPU from device work (`RingServer.sleepTimeout`).
@@ -63,6 +73,7 @@ public final class Scheduler: @unchecked Sendable {
     public init(backend: any ComputeBackend, quantumNanos: UInt64 = 2_000_000, slicesInFlight: Int? = nil,
                 runsSmallSlicesOnWorker: Bool = true) {
         self.runsSmallSlicesOnWorker = runsSmallSlicesOnWorker && backend.callerSliceGroups > 0
+        pollsForWork = backend.callerSliceGroups == 0
         self.backend = backend
         self.slicesInFlight = min(max(1, slicesInFlight ?? backend.defaultSlicesInFlight), backend.sliceDepth)
         contexts = ContextPool(backend: backend)
@@ -101,6 +112,7 @@ public final class Scheduler: @unchecked Sendable {
                       persistent: thread.persistentNanos > 0, unsliced: thread.program.runsUnsliced,
                       costKey: thread.costKey)
             guard runHere && mayRunOnSubmitter(thread), var slice = start() else {
+                submissions.add(1, ordering: .relaxed)
                 monitor.broadcast()
                 return nil
             }
@@ -285,6 +297,18 @@ public final class Scheduler: @unchecked Sendable {
                 }
                 guard !started.isEmpty else {
                     if stopping && queue.isEmpty { break }
+                    if pollsForWork && monotonicNanos() &- lastEnd < Self.workerPollNanos {
+                        // Lowered and yielding: a client on this CPU needs it to submit. Whatever
+                        // was broadcast meanwhile (a submission, a stop) reached no one waiting,
+                        // so the loop looks again; past the window it waits.
+                        let seen = submissions.load(ordering: .relaxed)
+                        monitor.unlocked {
+                            withPollingLowered {
+                                _ = spinUntil(nanos: Self.workerPollNanos, yielding: true) { submissions.load(ordering: .relaxed) != seen }
+                            }
+                        }
+                        continue
+                    }
                     monitor.wait()
                     continue
                 }
