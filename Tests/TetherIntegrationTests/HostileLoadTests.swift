@@ -380,7 +380,7 @@ import Testing
         kill(daemon.pid, SIGHUP)
         try daemon.control().ping()
         let path = "/tmp/tether-tests-\(getuid())/not-a-socket-\(getpid())"
-        FileManager.default.createFile(atPath: path, contents: Data("keep me".utf8))
+        try #require(FileManager.default.createFile(atPath: path, contents: Data("keep me".utf8)))
         defer { unlink(path) }
         let run = try runTetherBounded(["daemon", "--socket", path, "--backend", "software"])
         #expect(run.status != 0 && run.stderr.contains("not a socket"))
