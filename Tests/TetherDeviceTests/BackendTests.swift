@@ -93,6 +93,30 @@ let schedulerCases = backendCases + [BackendCase(kind: .vulkan, slicesInFlight: 
         #expect(VulkanValidation.messageCount == 0)
     }
 
+    @Test("on lavapipe the worker polls for the next submission after a slice: round trips during its poll all run, and a close during its poll stops it")
+    func workerPollSeesSubmissionsAndStops() throws {
+        let backend = try BackendCase(kind: .vulkan).backend
+        for round in 0..<20 {
+            let device = LocalDevice(backend: backend)
+            // Back to back: each run is submitted while the worker polls after the previous one.
+            for _ in 0..<10 {
+                #expect(try device.run(.builtin(.spin), launch: Launch(args: [1], groups: 1)).state == .finished)
+            }
+            // Right after a slice the worker polls with its lock released; the stop it is sent
+            // then must still reach it (a lost broadcast would leave close waiting forever).
+            let closed = Handoff()
+            startThread(name: "closer") {
+                device.close()
+                closed.signal()
+            }
+            guard closed.wait(seconds: 10) else {
+                Issue.record("round \(round): close did not return within 10 s")
+                return
+            }
+        }
+        #expect(VulkanValidation.messageCount == 0)
+    }
+
     @Test("the software pool charges a slice its share of the device: one workgroup on two device threads, half its time")
     func softwareChargesItsShare() throws {
         let backend = SoftwareBackend(workers: 2)
@@ -162,5 +186,27 @@ let schedulerCases = backendCases + [BackendCase(kind: .vulkan, slicesInFlight: 
         #expect(lavapipe?.usable == true)
         #expect(inventory.autoPick.backend == (inventory.vulkanDevices.contains { $0.usable } ? .vulkan : .software))
         #expect(inventory.software.backend == .software)
+    }
+}
+
+/// A one-shot signal between two threads, with a bounded wait.
+final class Handoff: @unchecked Sendable {
+    private let monitor = Monitor()
+    private var done = false
+
+    func signal() {
+        monitor.withLock {
+            done = true
+            monitor.broadcast()
+        }
+    }
+
+    /// Whether `signal` came within `seconds`.
+    func wait(seconds: Double) -> Bool {
+        let deadline = monotonicNanos() + UInt64(seconds * 1e9)
+        return monitor.withLock {
+            while !done && monotonicNanos() < deadline { monitor.wait(untilNanos: deadline) }
+            return done
+        }
     }
 }
