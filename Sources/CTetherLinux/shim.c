@@ -15,6 +15,8 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/stat.h>
+#include <sys/resource.h>
+#include <linux/capability.h>
 #include <unistd.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
@@ -68,6 +70,17 @@ int tether_set_thread_idle(pid_t tid, bool idle) {
 int tether_set_thread_fifo(pid_t tid, int priority) {
     struct sched_param param = {.sched_priority = priority};
     return sched_setscheduler(tid, SCHED_FIFO, &param);
+}
+
+bool tether_may_enter_fifo(int priority) {
+    struct rlimit limit;
+    if (getrlimit(RLIMIT_RTPRIO, &limit) == 0 && limit.rlim_cur >= (rlim_t)priority) return true;
+    // capget(2) directly: libcap is not a dependency. Version 3 takes two data words; CAP_SYS_NICE
+    // (23) is in the first.
+    struct __user_cap_header_struct header = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+    struct __user_cap_data_struct data[2];
+    if (syscall(SYS_capget, &header, data) != 0) return false;
+    return (data[0].effective & (1u << CAP_SYS_NICE)) != 0;
 }
 
 pid_t tether_gettid(void) { return (pid_t)syscall(SYS_gettid); }

@@ -134,10 +134,22 @@ public func enterControlPlane() {
 /// control plane's `SCHED_FIFO` to `SCHED_OTHER`, if it is in it: a real-time thread that polls
 /// keeps every ordinary thread off its CPU, the client whose next request it polls for included.
 /// Costs two system calls (~3.7 µs together on the VMs here).
-public func withPollingLowered<T>(_ body: () -> T) -> T {
-    guard sched_getscheduler(0) == SCHED_FIFO, tether_set_thread_idle(0, false) == 0 else { return body() }
+///
+/// Returns nil, running nothing, where the thread could not come back (`mayPollLowered`).
+public func withPollingLowered<T>(_ body: () -> T) -> T? {
+    guard sched_getscheduler(0) == SCHED_FIFO else { return body() }
+    guard tether_may_enter_fifo(2), tether_set_thread_idle(0, false) == 0 else { return nil }
     defer { _ = tether_set_thread_fifo(0, 2) }
     return body()
+}
+
+/// Whether `withPollingLowered` may run a poll on the calling thread: it is not in `SCHED_FIFO`,
+/// or it may enter it again. Leaving `SCHED_FIFO` needs no privilege, coming back needs
+/// CAP_SYS_NICE or RLIMIT_RTPRIO: a daemon a service manager started in `SCHED_FIFO` as an
+/// ordinary user has neither, and one lowered poll would leave the thread in `SCHED_OTHER` for
+/// good. Such a thread waits instead of polling.
+public func mayPollLowered() -> Bool {
+    sched_getscheduler(0) != SCHED_FIFO || tether_may_enter_fifo(2)
 }
 
 /// Sets the nice value of the calling thread only (Linux keeps nice per thread; threads created

@@ -65,6 +65,9 @@ void tether_close_tracked_fd(int fd);
 int tether_set_thread_idle(pid_t tid, bool idle);
 // SCHED_FIFO at `priority` for one thread (needs CAP_SYS_NICE or RLIMIT_RTPRIO). Returns 0 or -1.
 int tether_set_thread_fifo(pid_t tid, int priority);
+// Whether the calling thread may (re)enter SCHED_FIFO at `priority` from another class: it has
+// CAP_SYS_NICE, or RLIMIT_RTPRIO allows that priority (sched_setscheduler(2), "Privileges").
+bool tether_may_enter_fifo(int priority);
 // gettid(2): glibc 2.36 declares it only under _GNU_SOURCE.
 pid_t tether_gettid(void);
 // pthread_setname_np(3) for the calling thread (also _GNU_SOURCE only); at most 15 bytes are kept.

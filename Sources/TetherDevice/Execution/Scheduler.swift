@@ -284,6 +284,9 @@ public final class Scheduler: @unchecked Sendable {
     private func workerLoop() {
         var started: [Started] = []
         var lastEnd: UInt64 = 0
+        // Where this thread could not come back to its real-time class after a lowered poll
+        // (`mayPollLowered`), it waits at once, as on the other backends.
+        let polls = pollsForWork && mayPollLowered()
         monitor.withLock {
             while true {
                 while started.count < slicesInFlight, var slice = start() {
@@ -297,14 +300,14 @@ public final class Scheduler: @unchecked Sendable {
                 }
                 guard !started.isEmpty else {
                     if stopping && queue.isEmpty { break }
-                    if pollsForWork && monotonicNanos() &- lastEnd < Self.workerPollNanos {
+                    if polls && monotonicNanos() &- lastEnd < Self.workerPollNanos {
                         // Lowered and yielding: a client on this CPU needs it to submit. Whatever
                         // was broadcast meanwhile (a submission, a stop) reached no one waiting,
                         // so the loop looks again; past the window it waits.
                         let seen = submissions.load(ordering: .relaxed)
                         monitor.unlocked {
-                            withPollingLowered {
-                                _ = spinUntil(nanos: Self.workerPollNanos, yielding: true) { submissions.load(ordering: .relaxed) != seen }
+                            _ = withPollingLowered {
+                                spinUntil(nanos: Self.workerPollNanos, yielding: true) { submissions.load(ordering: .relaxed) != seen }
                             }
                         }
                         continue
