@@ -98,8 +98,14 @@ import Testing
         defer { h.close(); go.close() }
         let n = 1000
         let child = forkChild {
-            guard let fd = try? daemon.rawConnection(),
-                  let ids = Self.spawnMany(fd.raw, n, persistentSeconds: 0.001) else { return 2 }
+            guard let fd = try? daemon.rawConnection() else { return 2 }
+            // Room in its socket for every join, whatever the daemon does: with threads that
+            // ended before their joins went out, the replies fill the client's socket and the
+            // daemon's queue, the daemon stops reading (back-pressure), and a client blocked in
+            // `send` would never get to stop reading.
+            var bytes = Int32(16 << 20)
+            guard setsockopt(fd.raw, SOL_SOCKET, SO_SNDBUFFORCE, &bytes, socklen_t(MemoryLayout<Int32>.size)) == 0 else { return 5 }
+            guard let ids = Self.spawnMany(fd.raw, n, persistentSeconds: 0.001) else { return 2 }
             // Every join goes out before a single reply is read; then the client stops reading.
             for (i, id) in ids.enumerated() {
                 guard (try? SeqPacketSocket.send(fd.raw, MessageCodec.encode(.join(id), id: 100_000 + UInt64(i)))) != nil else { return 3 }
