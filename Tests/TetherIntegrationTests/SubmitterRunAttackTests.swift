@@ -45,23 +45,29 @@ import Testing
         let h = Handshake()
         defer { h.close() }
         let attacker = forkChild {
+            // A step that fails says which, so the parent does not wait out its timeout for nothing.
+            func fail(_ step: Int32, _ why: String) -> Int32 {
+                h.send("failed at step \(step): \(why)")
+                return step
+            }
             guard let device = try? Device(daemon.options()),
                   let memory = try? device.mirror(bytes: Int(n * n * 4)),
                   let raw = try? daemon.rawConnection(),
-                  let other = try? SeqPacketSocket.connect(path: daemon.socketPath) else { return 2 }
+                  let other = try? SeqPacketSocket.connect(path: daemon.socketPath) else { return fail(2, "setup") }
             memset(memory.base, 0, Int(n * n * 4))
             let args = [n, memory.address, memory.address, memory.address]
             var lines: [String] = []
             for round in 0..<rounds {
-                guard (try? device.run(.matmul, args: args, groups: 1 << 22)) != nil else { return 3 }
-                if dropPages, madvise(memory.base, Int(n * n * 4), MADV_REMOVE) != 0 { return 5 }
+                do { _ = try device.run(.matmul, args: args, groups: 1 << 22) } catch { return fail(3, "the 4 Mi-group run: \(error)") }
+                if dropPages, madvise(memory.base, Int(n * n * 4), MADV_REMOVE) != 0 { return fail(5, "madvise") }
                 let t0 = monotonicNanos()
                 let run = SpawnRequest(program: .builtin(.matmul), args: args, groups: 1)
-                guard (try? SeqPacketSocket.send(raw.raw, MessageCodec.encode(.run(run), id: UInt64(round + 1)))) != nil else { return 4 }
+                guard (try? SeqPacketSocket.send(raw.raw, MessageCodec.encode(.run(run), id: UInt64(round + 1)))) != nil else { return fail(4, "send") }
                 let p0 = monotonicNanos()
-                guard rawRequest(other.raw, .ping, id: UInt64(round + 1)) == .pong else { return 6 }
+                guard rawRequest(other.raw, .ping, id: UInt64(round + 1)) == .pong else { return fail(6, "ping") }
                 let ping = monotonicNanos() - p0
-                guard case .joined(let report)? = rawReply(raw.raw), report.state == .finished else { return 7 }
+                let reply = rawReply(raw.raw)
+                guard case .joined(let report)? = reply, report.state == .finished else { return fail(7, "the one-group run answered \(String(describing: reply))") }
                 lines.append("\(monotonicNanos() - t0),\(ping)")
             }
             h.send(lines.joined(separator: " "))
@@ -69,6 +75,7 @@ import Testing
         }
         defer { kill(attacker, SIGKILL); _ = waitChild(attacker) }
         let report = h.receive(timeoutSeconds: 120) ?? ""
+        if report.hasPrefix("failed") { Issue.record("the attacker (daemon \(extra)) \(report)") }
         let pairs = report.split(separator: " ").map { $0.split(separator: ",").compactMap { UInt64($0) } }.filter { $0.count == 2 }
         return (pairs.map { $0[0] }.sorted(), pairs.map { $0[1] }.sorted())
     }
