@@ -97,8 +97,8 @@ public final class DaemonControl: @unchecked Sendable {
 
     /// Waits until the address space of `pid` has been released and returns its newest 64
     /// timelines, oldest first, so `last` is the release waited for (at once if it already was);
-    /// an empty list when `timeoutSeconds` passes first. The daemon does
-    /// the waiting; this call's own deadline is that plus the usual `timeoutSeconds` of slack.
+    /// an empty list when `timeoutSeconds` passes first. The daemon does the waiting; this call's
+    /// own deadline is that plus the usual `timeoutSeconds` of slack.
     public func awaitTeardown(pid: Int32, timeoutSeconds wait: Double) throws(TetherError) -> [TeardownTimeline] {
         guard wait >= 0, wait.isFinite else {
             throw TetherError(.invalidArgument, "timeoutSeconds must be zero or a positive number of seconds, not \(wait)")
