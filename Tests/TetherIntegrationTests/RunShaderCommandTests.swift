@@ -23,7 +23,7 @@ import Testing
 
     func write(_ name: String, floats: [Float]) -> String {
         let path = "\(dir)/\(name)"
-        FileManager.default.createFile(atPath: path, contents: floats.withUnsafeBytes { Data($0) })
+        #expect(FileManager.default.createFile(atPath: path, contents: floats.withUnsafeBytes { Data($0) }))
         return path
     }
 
@@ -51,9 +51,9 @@ import Testing
     func spirvWithSpecAndPush() throws {
         let words = try compileTestShader("image2d")
         let spv = "\(dir)/image2d.spv"
-        FileManager.default.createFile(atPath: spv, contents: words.withUnsafeBytes { Data($0) })
+        try #require(FileManager.default.createFile(atPath: spv, contents: words.withUnsafeBytes { Data($0) }))
         let push = "\(dir)/push.bin"
-        FileManager.default.createFile(atPath: push, contents: [UInt32(20), UInt32(10)].withUnsafeBytes { Data($0) })
+        try #require(FileManager.default.createFile(atPath: push, contents: [UInt32(20), UInt32(10)].withUnsafeBytes { Data($0) }))
         let out = "\(dir)/img.bin"
         let r = try tether(["--spirv", spv, "--buffer", "0.0=zeros:800", "--push", "@\(push)", "--groups", "3,2", "--output", "0.0=\(out)"])
         #expect(r.status == 0, "\(r.stderr)")
