@@ -673,36 +673,6 @@ final class Slot: @unchecked Sendable {
     }
 }
 
-/// A latch: `wait` returns once `complete` has been called.
-final class Completion: @unchecked Sendable {
-    private let monitor = Monitor()
-    /// Under `monitor`.
-    private var done = false
-
-    func complete() {
-        monitor.withLock {
-            done = true
-            monitor.broadcast()
-        }
-    }
-
-    func wait() {
-        monitor.withLock {
-            while !done { monitor.wait() }
-        }
-    }
-
-    /// Waits at most until `deadline` (CLOCK_MONOTONIC ns); returns whether it completed.
-    func wait(untilNanos deadline: UInt64) -> Bool {
-        monitor.withLock {
-            while !done {
-                if !monitor.wait(untilNanos: deadline) { break }
-            }
-            return done
-        }
-    }
-}
-
 // MARK: Helpers
 
 /// Seconds as nanoseconds, clamped so that a huge timeout cannot overflow a deadline.

@@ -104,12 +104,12 @@ let schedulerCases = backendCases + [BackendCase(kind: .vulkan, slicesInFlight: 
             }
             // Right after a slice the worker polls with its lock released; the stop it is sent
             // then must still reach it (a lost broadcast would leave close waiting forever).
-            let closed = Handoff()
+            let closed = Completion()
             startThread(name: "closer") {
                 device.close()
-                closed.signal()
+                closed.complete()
             }
-            guard closed.wait(seconds: 10) else {
+            guard closed.wait(untilNanos: monotonicNanos() + 10_000_000_000) else {
                 Issue.record("round \(round): close did not return within 10 s")
                 return
             }
@@ -186,27 +186,5 @@ let schedulerCases = backendCases + [BackendCase(kind: .vulkan, slicesInFlight: 
         #expect(lavapipe?.usable == true)
         #expect(inventory.autoPick.backend == (inventory.vulkanDevices.contains { $0.usable } ? .vulkan : .software))
         #expect(inventory.software.backend == .software)
-    }
-}
-
-/// A one-shot signal between two threads, with a bounded wait.
-final class Handoff: @unchecked Sendable {
-    private let monitor = Monitor()
-    private var done = false
-
-    func signal() {
-        monitor.withLock {
-            done = true
-            monitor.broadcast()
-        }
-    }
-
-    /// Whether `signal` came within `seconds`.
-    func wait(seconds: Double) -> Bool {
-        let deadline = monotonicNanos() + UInt64(seconds * 1e9)
-        return monitor.withLock {
-            while !done && monotonicNanos() < deadline { monitor.wait(untilNanos: deadline) }
-            return done
-        }
     }
 }
