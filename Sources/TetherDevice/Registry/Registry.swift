@@ -232,23 +232,27 @@ public final class Registry: @unchecked Sendable {
         }
     }
 
-    /// The recorded timelines of `pid` (0: all) that `uid` may see: its own, or all for root (nil:
-    /// all, for the daemon itself).
+    /// Whether a recorded timeline is one of `pid` (0: any) that `uid` may see: its own, or all for
+    /// root (nil: all, for the daemon itself).
+    private static func shows(_ entry: (sequence: UInt64, uid: UInt32, timeline: TeardownTimeline), pid: Int32, uid: UInt32?) -> Bool {
+        (pid == 0 || entry.timeline.pid == pid) && (uid == nil || uid == 0 || entry.uid == uid)
+    }
+
+    /// The recorded timelines of `pid` (0: all) that `uid` may see (`shows`).
     public func timelines(pid: Int32, uid: UInt32? = nil) -> [TeardownTimeline] {
         monitor.withLock {
-            timelines.filter { (pid == 0 || $0.timeline.pid == pid) && (uid == nil || uid == 0 || $0.uid == uid) }.map(\.timeline)
+            timelines.filter { Self.shows($0, pid: pid, uid: uid) }.map(\.timeline)
         }
     }
 
-    /// The newest `limit` timelines of `pid` that `uid` may see, oldest first: what
+    /// The newest `limit` timelines of `pid` (0: all) that `uid` may see, oldest first: what
     /// `awaitTeardown` answers, so its reply stays one small message however many spaces the pid
     /// has released before (a server that connects per request releases one each time).
     /// - Complexity: O(timelines kept), at most `timelineCapacity`.
     public func newestTimelines(pid: Int32, uid: UInt32?, limit: Int) -> [TeardownTimeline] {
         monitor.withLock {
             var list: [TeardownTimeline] = []
-            for entry in timelines.reversed() where list.count < limit
-                && entry.timeline.pid == pid && (uid == nil || uid == 0 || entry.uid == uid) {
+            for entry in timelines.reversed() where list.count < limit && Self.shows(entry, pid: pid, uid: uid) {
                 list.append(entry.timeline)
             }
             return list.reversed()
@@ -261,8 +265,7 @@ public final class Registry: @unchecked Sendable {
     public func timelines(pid: Int32, uid: UInt32?, after: UInt64, limit: Int) -> (list: [TeardownTimeline], next: UInt64?) {
         monitor.withLock {
             var list: [TeardownTimeline] = []
-            for entry in timelines where entry.sequence > after
-                && (pid == 0 || entry.timeline.pid == pid) && (uid == nil || uid == 0 || entry.uid == uid) {
+            for entry in timelines where entry.sequence > after && Self.shows(entry, pid: pid, uid: uid) {
                 if list.count == limit { return (list, entry.sequence - 1) }
                 list.append(entry.timeline)
             }
