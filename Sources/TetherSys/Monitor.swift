@@ -130,26 +130,33 @@ public func enterControlPlane() {
     if tether_set_thread_fifo(0, 2) != 0 { setCurrentThreadNice(controlPlaneNice) }
 }
 
-/// Runs `body` (a poll for work that may not come) with the calling thread lowered from the
-/// control plane's `SCHED_FIFO` to `SCHED_OTHER`, if it is in it: a real-time thread that polls
-/// keeps every ordinary thread off its CPU, the client whose next request it polls for included.
-/// Costs two system calls (~3.7 µs together on the VMs here).
-///
-/// Returns nil, running nothing, where the thread could not come back (`mayPollLowered`).
-public func withPollingLowered<T>(_ body: () -> T) -> T? {
-    guard sched_getscheduler(0) == SCHED_FIFO else { return body() }
-    guard tether_may_enter_fifo(2), tether_set_thread_idle(0, false) == 0 else { return nil }
-    defer { _ = tether_set_thread_fifo(0, 2) }
-    return body()
-}
+/// How a control-plane thread polls for work that may not come: lowered from the control
+/// plane's `SCHED_FIFO` to `SCHED_OTHER` for the poll (`run`), where it is in it, because a
+/// real-time thread that polls keeps every ordinary thread off its CPU, the client whose next
+/// request it polls for included. Lowering costs two system calls (~3.7 µs together on the VMs
+/// here). Made by the polling thread, once.
+public struct PollingClass {
+    private let lowers: Bool
 
-/// Whether `withPollingLowered` may run a poll on the calling thread: it is not in `SCHED_FIFO`,
-/// or it may enter it again. Leaving `SCHED_FIFO` needs no privilege, coming back needs
-/// CAP_SYS_NICE or RLIMIT_RTPRIO: a daemon a service manager started in `SCHED_FIFO` as an
-/// ordinary user has neither, and one lowered poll would leave the thread in `SCHED_OTHER` for
-/// good. Such a thread waits instead of polling.
-public func mayPollLowered() -> Bool {
-    sched_getscheduler(0) != SCHED_FIFO || tether_may_enter_fifo(2)
+    /// Nil where the calling thread is in `SCHED_FIFO` and could not come back to it: leaving it
+    /// needs no privilege, coming back needs CAP_SYS_NICE or RLIMIT_RTPRIO, and a daemon a service
+    /// manager started in `SCHED_FIFO` as an ordinary user has neither (one lowered poll would
+    /// leave it in `SCHED_OTHER` for good). Such a thread waits instead of polling.
+    public init?() {
+        guard sched_getscheduler(0) == SCHED_FIFO else {
+            lowers = false
+            return
+        }
+        guard tether_may_enter_fifo(2) else { return nil }
+        lowers = true
+    }
+
+    /// Runs `body` (the poll) lowered, then returns to `SCHED_FIFO` 2.
+    public func run<T>(_ body: () -> T) -> T {
+        guard lowers, tether_set_thread_idle(0, false) == 0 else { return body() }
+        defer { _ = tether_set_thread_fifo(0, 2) }
+        return body()
+    }
 }
 
 /// Sets the nice value of the calling thread only (Linux keeps nice per thread; threads created

@@ -4,7 +4,7 @@ import TetherSys
 import Testing
 
 /// The scheduler's worker polls for the next submission lowered out of `SCHED_FIFO`
-/// (`withPollingLowered`); whatever the privileges, it must end the poll in the class it started in.
+/// (`PollingClass`); whatever the privileges, it must end the poll in the class it started in.
 /// Each case runs in a forked child: it changes its own class, limits and uid.
 @Suite struct ControlPlaneClassTests {
     /// Exit codes of the children that mean "this machine cannot set the case up".
@@ -15,8 +15,8 @@ import Testing
         let child = forkChild {
             enterControlPlane()
             guard sched_getscheduler(0) == SCHED_FIFO else { return Self.noFIFO }
-            guard mayPollLowered() else { return 3 }
-            let during = withPollingLowered { sched_getscheduler(0) }
+            guard let polling = PollingClass() else { return 3 }
+            let during = polling.run { sched_getscheduler(0) }
             guard during == SCHED_OTHER else { return 1 }
             return sched_getscheduler(0) == SCHED_FIFO ? 0 : 2
         }
@@ -44,8 +44,7 @@ import Testing
                   setgid(65534) == 0, setuid(65534) == 0 else { return Self.noSetup }
             enterControlPlane()  // FIFO 5 → 2: lowering a real-time priority needs no privilege
             guard sched_getscheduler(0) == SCHED_FIFO else { return 1 }
-            guard !mayPollLowered() else { return 3 }  // the scheduler's worker then waits instead
-            _ = withPollingLowered { 0 }
+            guard PollingClass() == nil else { return 3 }  // the scheduler's worker then waits instead
             return sched_getscheduler(0) == SCHED_FIFO ? 0 : 2
         }
         let status = waitChild(child, timeoutSeconds: 10)

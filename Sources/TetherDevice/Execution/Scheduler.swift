@@ -285,8 +285,8 @@ public final class Scheduler: @unchecked Sendable {
         var started: [Started] = []
         var lastEnd: UInt64 = 0
         // Where this thread could not come back to its real-time class after a lowered poll
-        // (`mayPollLowered`), it waits at once, as on the other backends.
-        let polls = pollsForWork && mayPollLowered()
+        // (`PollingClass`), it waits at once, as on the other backends.
+        let polling = pollsForWork ? PollingClass() : nil
         monitor.withLock {
             while true {
                 while started.count < slicesInFlight, var slice = start() {
@@ -300,13 +300,13 @@ public final class Scheduler: @unchecked Sendable {
                 }
                 guard !started.isEmpty else {
                     if stopping && queue.isEmpty { break }
-                    if polls && monotonicNanos() &- lastEnd < Self.workerPollNanos {
+                    if let polling, monotonicNanos() &- lastEnd < Self.workerPollNanos {
                         // Lowered and yielding: a client on this CPU needs it to submit. Whatever
                         // was broadcast meanwhile (a submission, a stop) reached no one waiting,
                         // so the loop looks again; past the window it waits.
                         let seen = submissions.load(ordering: .relaxed)
                         monitor.unlocked {
-                            _ = withPollingLowered {
+                            _ = polling.run {
                                 spinUntil(nanos: Self.workerPollNanos, yielding: true) { submissions.load(ordering: .relaxed) != seen }
                             }
                         }
