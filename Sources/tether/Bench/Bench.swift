@@ -11,8 +11,6 @@ struct Bench: ParsableCommand {
         subcommands: [BenchAll.self, BenchTeardown.self, BenchDispatch.self, BenchThroughput.self, BenchKill.self, BenchFairness.self, BenchSlicing.self, BenchLoad.self])
 }
 
-/// A daemon for a benchmark or scenario: the one at `--socket`, or a private one started for the
-/// run (with the given policy) and stopped after it.
 /// `--daemon-arg`: flags passed on to a benchmark's private daemon, so that one binary compares a
 /// daemon setting on and off.
 struct DaemonArgOptions: ParsableArguments {
@@ -21,6 +19,8 @@ struct DaemonArgOptions: ParsableArguments {
     var daemonArgs: [String] = []
 }
 
+/// A daemon for a benchmark or scenario: the one at `--socket`, or a private one started for the
+/// run (with the given policy) and stopped after it.
 struct BenchDaemon {
     let path: String
     let owned: PrivateDaemon?
