@@ -84,6 +84,16 @@ bool tether_may_enter_fifo(int priority) {
 }
 
 pid_t tether_gettid(void) { return (pid_t)syscall(SYS_gettid); }
+int tether_current_cpu(void) { return sched_getcpu(); }
+int tether_move_off_current_cpu(void) {
+    cpu_set_t allowed, others;
+    int cpu = sched_getcpu();
+    if (cpu < 0 || sched_getaffinity(0, sizeof allowed, &allowed) != 0) return -1;
+    others = allowed;
+    CPU_CLR(cpu, &others);
+    if (CPU_COUNT(&others) == 0 || sched_setaffinity(0, sizeof others, &others) != 0) return -1;
+    return sched_setaffinity(0, sizeof allowed, &allowed);
+}
 
 void tether_set_thread_name(const char *name) {
     char short_name[16];

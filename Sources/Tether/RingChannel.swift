@@ -110,6 +110,8 @@ final class RingChannel: @unchecked Sendable {
             guard let free = RingLayout.free(head: memory.load(RingLayout.sqHeadOffset), tail: t, entries: layout.sqEntries),
                   free > 0 else { return nil }
             RingSlot.write(bytes, to: memory.slot(layout.sqSlot(t)))
+            // Where this caller will wait for the reply: the daemon does not poll on that CPU.
+            memory.store(RingLayout.sqCPUOffset, UInt32(bitPattern: tether_current_cpu() &+ 1))
             tail = t &+ 1
             memory.store(RingLayout.sqTailOffset, t &+ 1)
             return true

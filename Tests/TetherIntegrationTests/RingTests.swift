@@ -242,6 +242,22 @@ import Testing
     static let pollingFlags: [[String]] = [[], ["--no-small-slices-on-worker", "--ring-idle-poll-us", "0"],
                                            ["--ring-idle-poll-us", "100000"]]
 
+    @Test("a client waiting on the event loop's own CPU is not held off it by the event loop's polling",
+          .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/taskset"), "taskset (util-linux) is not installed; skipped"))
+    func clientOnTheEventLoopsCPU() throws {
+        // The daemon and the client on one CPU, and a 2 ms polling window: an event loop that
+        // polled there, in its real-time class, would keep the client off the CPU for the whole
+        // window after every reply, so each round trip would take at least 2 ms.
+        let pin = ["/usr/bin/taskset", "-c", "\(max(0, tether_current_cpu()))"]
+        let daemon = try TestDaemon(extra: ["--ring-poll-us", "2000"], launcher: pin)
+        let run = try runTether(["bench", "dispatch", "--socket", daemon.socketPath, "--runs", "200", "--samples"], launcher: pin)
+        #expect(run.status == 0, "\(run.stderr)")
+        let samples = run.stdout.split(separator: "\n").compactMap { UInt64($0) }.sorted()
+        #expect(samples.count == 200)
+        let median = samples.isEmpty ? .max : samples[samples.count / 2]
+        #expect(median < 1_000_000, "round trip median \(median) ns: the client waited out the event loop's polling")
+    }
+
     @Test("an idle daemon with a client's rings attached uses no CPU once its polling window is over", arguments: pollingFlags)
     func idleDaemonUsesNoCPU(flags: [String]) throws {
         let daemon = try TestDaemon(extra: flags)

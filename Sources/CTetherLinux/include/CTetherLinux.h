@@ -70,6 +70,12 @@ int tether_set_thread_fifo(pid_t tid, int priority);
 bool tether_may_enter_fifo(int priority);
 // gettid(2): glibc 2.36 declares it only under _GNU_SOURCE.
 pid_t tether_gettid(void);
+// sched_getcpu(3) (vDSO, tens of ns; _GNU_SOURCE only): the CPU the caller runs on, or -1.
+int tether_current_cpu(void);
+// Moves the calling thread off the CPU it runs on, to another it may run on, then allows it every
+// CPU it was allowed before (it stays where it moved to until the kernel moves it). Returns 0, or
+// -1 when it may run on no other CPU or the kernel refused.
+int tether_move_off_current_cpu(void);
 // pthread_setname_np(3) for the calling thread (also _GNU_SOURCE only); at most 15 bytes are kept.
 void tether_set_thread_name(const char *name);
 

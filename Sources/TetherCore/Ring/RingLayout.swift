@@ -12,6 +12,8 @@
 ///               +384  cqNeedWakeup  1: a client thread sleeps; the daemon signals the eventfd
 ///               +448  cqOverflow    1: the daemon holds completions the full ring could not take;
 ///                                   the client sends `ringDoorbell` once it has made room
+///               +512  sqCPU         the CPU the client last submitted from, plus one (0: not
+///                                   said); a hint for the daemon's polling, nothing else
 /// offset 4096   sqEntries × 256-byte submission slots
 ///               cqEntries × 256-byte completion slots
 /// ```
@@ -61,6 +63,10 @@ public struct RingLayout: Sendable, Equatable {
     public static let cqHeadOffset = 320
     public static let cqNeedWakeupOffset = 384
     public static let cqOverflowOffset = 448
+    /// Where the client last submitted from (`sqCPU`). The daemon reads it only to decide whether
+    /// to poll: a client on the event loop's own CPU needs that CPU for its next submission
+    /// (`RingServer.sleepTimeout`). A false value costs the lying client its own polling, no more.
+    public static let sqCPUOffset = 512
 
     public let sqEntries: UInt32
     public let cqEntries: UInt32
