@@ -95,6 +95,23 @@ int tether_move_off_current_cpu(void) {
     return sched_setaffinity(0, sizeof allowed, &allowed);
 }
 
+int tether_pin_current_thread(int n) {
+    cpu_set_t allowed, one;
+    if (n < 0 || sched_getaffinity(0, sizeof allowed, &allowed) != 0) return -1;
+    int count = CPU_COUNT(&allowed), seen = 0;
+    if (count == 0) return -1;
+    n %= count;
+    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
+        if (!CPU_ISSET(cpu, &allowed)) continue;
+        if (seen++ == n) {
+            CPU_ZERO(&one);
+            CPU_SET(cpu, &one);
+            return sched_setaffinity(0, sizeof one, &one);
+        }
+    }
+    return -1;
+}
+
 void tether_set_thread_name(const char *name) {
     char short_name[16];
     strncpy(short_name, name, sizeof short_name - 1);
