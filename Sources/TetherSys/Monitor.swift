@@ -193,7 +193,7 @@ public enum DeviceThreads {
     }
 
     /// Puts a thread (back) in the device-work class.
-    static func demote(_ tid: pid_t) {
+    public static func demote(_ tid: pid_t) {
         _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(tid), deviceWorkNice)
         _ = tether_set_thread_idle(tid, true)
     }

@@ -222,11 +222,15 @@ final class WorkerPool: @unchecked Sendable {
                     monitor.wait()
                     continue
                 }
-                let lendAt = since &+ Self.tailLendNanos
-                if monotonicNanos() < lendAt {
+                let lendAt = since &+ Self.tailLendNanos, loanEnds = lendAt &+ Self.maxTailLoanNanos
+                let now = monotonicNanos()
+                if now < lendAt {
                     monitor.wait(untilNanos: lendAt)
-                } else {
+                } else if now < loanEnds {
                     lendInside(job)
+                    monitor.wait(untilNanos: loanEnds)
+                } else {
+                    endTailLoan(job)
                     monitor.wait()
                 }
             }
@@ -265,6 +269,21 @@ final class WorkerPool: @unchecked Sendable {
     /// share of the slice). The wait first: a tail that ends on its own within it costs no system
     /// call. The waiter lends, not the device thread that left: that one may be starved itself.
     static let tailLendNanos: UInt64 = 20_000
+
+    /// How long a tail's loan lasts at most. A group's cost is the client's to choose (a listwalk
+    /// over a cycle, a mandelbrot view inside the set, memory rewritten after the scheduler
+    /// measured its slices: up to ~64 groups of tens of ms each in a chunk), so the rest of a chunk
+    /// is no bound in time; one quantum (`Scheduler`'s default 2 ms) is, and still covers the
+    /// tails the loan is for (0.05–0.35 ms lent, `WorkerPoolTailTests`).
+    static let maxTailLoanNanos: UInt64 = 2_000_000
+
+    /// Takes a tail's loan back (`maxTailLoanNanos`): its threads end the slice in `SCHED_IDLE`
+    /// again. A kill's loan (`waitStopped`: the slice is told to stop) stays. Under `monitor`.
+    private func endTailLoan(_ job: Job) {
+        guard !job.lent.isEmpty, !job.shouldStop() else { return }
+        for tid in job.lent { DeviceThreads.demote(tid) }
+        job.lent.removeAll()
+    }
 
     /// When `job`'s tail began (`Job.tailSince`), for tests.
     func tailSince(_ job: Job) -> UInt64? { monitor.withLock { job.tailSince } }
