@@ -319,6 +319,23 @@ public final class Daemon: @unchecked Sendable {
     static let eventLoopOverrunNanos: UInt64 = 200_000
     static let eventLoopDenialNanos: UInt64 = 1_000_000_000
 
+    /// The requesters whose requests were read last (`isShared`).
+    private var recentRequesters = RecentRequesters()
+    /// How recent another requester's request must be for a connection not to be alone.
+    static let sharedWindowNanos: UInt64 = 10_000_000
+
+    /// Notes a request read from `connection` (a socket message, or a ring packet) and says
+    /// whether it shares the daemon: a request of another requester (another address space, or a
+    /// connection without one) was read within `sharedWindowNanos`, or threads of more than one
+    /// space are on the device. Such a connection's socket is read at
+    /// `DaemonLimits.sharedRequestsPerSecond` (fair admission).
+    @discardableResult
+    func isShared(_ connection: Connection, now: UInt64) -> Bool {
+        // Space ids and connection tokens (kind in the top byte) never collide.
+        let other = recentRequesters.note(connection.space?.id.rawValue ?? connection.id, at: now)
+        return scheduler.isShared || other.map { now &- $0 < Self.sharedWindowNanos } == true
+    }
+
     /// How soon a connection whose space has as many threads queued as it may is read again.
     static let queuedRecheckNanos: UInt64 = 1_000_000
 
@@ -395,7 +412,7 @@ public final class Daemon: @unchecked Sendable {
                 hangUp(connection)
                 return
             case .message(var message):
-                connection.budget.spend(now: now)
+                connection.budget.spend(now: now, rate: isShared(connection, now: now) ? configuration.limits.sharedRequestsPerSecond : nil)
                 handle(&message, on: connection)
                 if connections[token] == nil { return }  // severed
             }

@@ -43,6 +43,13 @@ public struct DaemonLimits: Sendable, Equatable {
     /// keeping what one flooding connection can make the daemon do to a fraction of a core.
     public var requestsPerSecond: UInt64 = 20_000
     public var requestBurst: UInt64 = 1_024
+    /// The same while the connection is not alone (a request of another address space, or of a
+    /// connection without one, was read within `Daemon.sharedWindowNanos`, or threads of more than
+    /// one space are on the device): fair admission. The client library's own calls travel over the ring (its budget is
+    /// below), so this only slows a socket that floods. Measured (`tether bench load --floods
+    /// spawns`, software, 2 cores): a neighbour's tiny dispatch 5.6–9.1× its time alone beside a
+    /// spawn flood read at 20,000 a second, 1.08–1.10× at 5,000.
+    public var sharedRequestsPerSecond: UInt64 = 5_000
     /// The same for the submission ring, which exists for streams of tiny threads (~200,000 a
     /// second from one client on the software backend here) and costs the daemon no system call
     /// per request; its burst is the socket's × 4.

@@ -21,12 +21,13 @@ struct RequestBudget {
     /// Whether a token is there now.
     func hasToken(now: UInt64) -> Bool { now >= nextToken() }
 
-    /// Spends a token (taken after `hasToken` said there was one).
-    mutating func spend(now: UInt64) {
+    /// Spends a token (taken after `hasToken` said there was one), or what `rate` requests a
+    /// second would cost one (a slower rate: the bucket goes into debt for the difference).
+    mutating func spend(now: UInt64, rate: UInt64? = nil) {
         // A bucket that filled up while idle holds `burst` tokens, no more.
         let full = now &- burst * nanosPerToken
         if emptyAt < full { emptyAt = full }
-        emptyAt &+= nanosPerToken
+        emptyAt &+= max(nanosPerToken, rate.map { 1_000_000_000 / max($0, 1) } ?? 0)
     }
 
     /// Tokens a request refused for a limit (`resourceExhausted`) costs in all. A client that

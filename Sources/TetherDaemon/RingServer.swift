@@ -435,6 +435,7 @@ extension Daemon {
     func ringEvent(_ event: RingServer.Event) {
         switch event {
         case .packet(let connection, let bytes):
+            isShared(connection, now: monotonicNanos())
             handleRingPacket(bytes, on: connection)
         case .badPacket(let connection, let error):
             connection.send(.error(error), id: 0)

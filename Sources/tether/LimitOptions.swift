@@ -21,6 +21,8 @@ struct LimitOptions: ParsableArguments {
     @Option(help: "Loaded user modules per address space.") var maxModulesPerSpace = d.modulesPerSpace
     @Option(help: "Requests read from one connection per second (beyond a burst, the rest wait in its socket).")
     var maxRequestsPerSecond = d.requestsPerSecond
+    @Option(help: "Requests read from one connection per second while other address spaces are active too (fair admission).")
+    var maxSharedRequestsPerSecond = d.sharedRequestsPerSecond
     @Option(help: "Requests one connection may send at once before its per-second budget applies.")
     var maxRequestBurst = d.requestBurst
     @Option(help: "Requests read from one connection's submission ring per second.")
@@ -38,6 +40,7 @@ struct LimitOptions: ParsableArguments {
             ("--max-waiters-per-connection", maxWaitersPerConnection), ("--max-waiters-per-user", maxWaitersPerUser),
             ("--max-modules-per-space", maxModulesPerSpace),
             ("--max-requests-per-second", maxRequestsPerSecond), ("--max-request-burst", maxRequestBurst),
+            ("--max-shared-requests-per-second", maxSharedRequestsPerSecond),
             ("--max-ring-requests-per-second", maxRingRequestsPerSecond),
             ("--max-new-connections-per-second", maxNewConnectionsPerSecond),
         ]
@@ -61,6 +64,7 @@ struct LimitOptions: ParsableArguments {
         l.modulesPerSpace = maxModulesPerSpace
         l.requestsPerSecond = maxRequestsPerSecond
         l.requestBurst = maxRequestBurst
+        l.sharedRequestsPerSecond = maxSharedRequestsPerSecond
         l.ringRequestsPerSecond = maxRingRequestsPerSecond
         l.newConnectionsPerSecond = maxNewConnectionsPerSecond
         return l

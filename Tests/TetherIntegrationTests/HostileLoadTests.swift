@@ -1,6 +1,7 @@
 import CTetherLinux
 import Foundation
 import Glibc
+import Synchronization
 import Tether
 import TetherCore
 import TetherSys
@@ -54,6 +55,36 @@ import Testing
         // Another connection has a budget of its own.
         let other = try SeqPacketSocket.connect(path: daemon.socketPath)
         #expect(rawRequest(other.raw, .ping) == .pong)
+    }
+
+    @Test("fair admission: while another space makes requests, a connection is read at --max-shared-requests-per-second; alone, at its full budget")
+    func sharedBudget() throws {
+        let daemon = try TestDaemon(extra: ["--max-shared-requests-per-second", "1000", "--max-request-burst", "10"])
+        // 210 pings in a row, on a fresh connection (a full burst of 10).
+        func pings() throws -> UInt64 {
+            let fd = try SeqPacketSocket.connect(path: daemon.socketPath)
+            let start = monotonicNanos()
+            for i in 0..<210 { #expect(rawRequest(fd.raw, .ping, id: UInt64(i + 1)) == .pong, "ping \(i)") }
+            return monotonicNanos() - start
+        }
+        // Alone: 20,000 a second, ~10 ms of budget for 200.
+        let alone = try pings()
+        #expect(alone < 150_000_000, "alone, 210 pings took \(alone / 1_000_000) ms")
+        // Beside a client making tiny runs over its ring without a pause: 1,000 a second, so 200
+        // take at least 0.2 s however fast the machine.
+        let device = try Device(daemon.options())
+        let runs = Atomic<Int>(0), stop = Atomic<Bool>(false)
+        let neighbour = startJoinableThread(name: "test-neighbour") {
+            while !stop.load(ordering: .relaxed) {
+                if (try? device.run(.spin, args: [1], groups: 1, timeoutSeconds: 10)) != nil { runs.add(1, ordering: .relaxed) }
+            }
+        }
+        #expect(Self.eventually(10) { runs.load(ordering: .relaxed) > 0 })
+        let shared = try pings()
+        stop.store(true, ordering: .relaxed)
+        pthread_join(neighbour, nil)
+        #expect(shared >= 190_000_000, "beside another space, 210 pings took \(shared / 1_000_000) ms")
+        withExtendedLifetime(device) {}
     }
 
     @Test("a request refused for a limit costs 64 tokens: a client that keeps asking past its quota is slowed, then served")
