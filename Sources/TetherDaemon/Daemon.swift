@@ -204,7 +204,10 @@ public final class Daemon: @unchecked Sendable {
                 default: break
                 }
             }
-            if !rings.isEmpty { rings.poll(ringEvent) }
+            if !rings.isEmpty {
+                rings.poll(rate: { [limits = configuration.limits] c, now in isShared(c, now: now) ? limits.sharedRingRequestsPerSecond : nil },
+                           ringEvent)
+            }
         }
         shutdown()
     }
@@ -327,9 +330,8 @@ public final class Daemon: @unchecked Sendable {
     /// Notes a request read from `connection` (a socket message, or a ring packet) and says
     /// whether it shares the daemon: a request of another requester (another address space, or a
     /// connection without one) was read within `sharedWindowNanos`, or threads of more than one
-    /// space are on the device. Such a connection's socket is read at
-    /// `DaemonLimits.sharedRequestsPerSecond` (fair admission).
-    @discardableResult
+    /// space are on the device. Such a connection is read at `DaemonLimits.sharedRequestsPerSecond`
+    /// and `sharedRingRequestsPerSecond` (fair admission).
     func isShared(_ connection: Connection, now: UInt64) -> Bool {
         // Space ids and connection tokens (kind in the top byte) never collide.
         let other = recentRequesters.note(connection.space?.id.rawValue ?? connection.id, at: now)

@@ -54,6 +54,11 @@ public struct DaemonLimits: Sendable, Equatable {
     /// second from one client on the software backend here) and costs the daemon no system call
     /// per request; its burst is the socket's × 4.
     public var ringRequestsPerSecond: UInt64 = 400_000
+    /// The ring's rate while the connection is not alone (as `sharedRequestsPerSecond`): four
+    /// clients streaming tiny threads side by side make 127–230 k spawns a second together here,
+    /// so 100,000 each leaves them room, while a refusal (64 tokens) then costs a flooding ring
+    /// 0.64 ms of its budget instead of 0.16.
+    public var sharedRingRequestsPerSecond: UInt64 = 100_000
     /// New connections of one uid served per second, in bursts of up to `newConnectionBurst`: a
     /// connection beyond them is accepted but not read until its turn, so a client that connects
     /// in a loop waits in its own `connect`-then-call instead of costing the daemon an accept and a

@@ -350,8 +350,9 @@ final class RingServer {
     }
 
     /// Consumes up to `batch` submissions of every ring, in turn, and hands each packet (copied
-    /// out of shared memory) to `handle`.
-    func poll(_ handle: (Event) -> Void) {
+    /// out of shared memory) to `handle`. `rate(connection, now)`: the rate at which a packet read
+    /// now is charged to the connection's ring budget (nil: its own; `Daemon.isShared`).
+    func poll(rate: (Connection, UInt64) -> UInt64?, _ handle: (Event) -> Void) {
         var events: [Event] = []
         var paused = false, progressed = false
         waitsForDevice = false
@@ -392,7 +393,7 @@ final class RingServer {
                     if !entry.connection.ringWaits { events.append(.outOfBudget(entry.connection)) }
                     break
                 }
-                entry.connection.ringBudget.spend(now: now)
+                entry.connection.ringBudget.spend(now: now, rate: rate(entry.connection, now))
                 let packet: Event
                 do throws(TetherError) {
                     packet = .packet(entry.connection, try RingSlot.read(from: memory.slot(layout.sqSlot(rings.sqHead))))
@@ -435,7 +436,6 @@ extension Daemon {
     func ringEvent(_ event: RingServer.Event) {
         switch event {
         case .packet(let connection, let bytes):
-            isShared(connection, now: monotonicNanos())
             handleRingPacket(bytes, on: connection)
         case .badPacket(let connection, let error):
             connection.send(.error(error), id: 0)

@@ -27,6 +27,8 @@ struct LimitOptions: ParsableArguments {
     var maxRequestBurst = d.requestBurst
     @Option(help: "Requests read from one connection's submission ring per second.")
     var maxRingRequestsPerSecond = d.ringRequestsPerSecond
+    @Option(help: "Requests read from one connection's submission ring per second while other address spaces are active too (fair admission).")
+    var maxSharedRingRequestsPerSecond = d.sharedRingRequestsPerSecond
     @Option(help: "New connections served per user per second (beyond a burst of 128, a new connection waits to be read).")
     var maxNewConnectionsPerSecond = d.newConnectionsPerSecond
 
@@ -42,6 +44,7 @@ struct LimitOptions: ParsableArguments {
             ("--max-requests-per-second", maxRequestsPerSecond), ("--max-request-burst", maxRequestBurst),
             ("--max-shared-requests-per-second", maxSharedRequestsPerSecond),
             ("--max-ring-requests-per-second", maxRingRequestsPerSecond),
+            ("--max-shared-ring-requests-per-second", maxSharedRingRequestsPerSecond),
             ("--max-new-connections-per-second", maxNewConnectionsPerSecond),
         ]
         for (flag, value) in all where value < 1 { throw ValidationError("\(flag) must be at least 1") }
@@ -66,6 +69,7 @@ struct LimitOptions: ParsableArguments {
         l.requestBurst = maxRequestBurst
         l.sharedRequestsPerSecond = maxSharedRequestsPerSecond
         l.ringRequestsPerSecond = maxRingRequestsPerSecond
+        l.sharedRingRequestsPerSecond = maxSharedRingRequestsPerSecond
         l.newConnectionsPerSecond = maxNewConnectionsPerSecond
         return l
     }

@@ -76,7 +76,8 @@ int tether_current_cpu(void);
 // CPU it was allowed before (it stays where it moved to until the kernel moves it). Returns 0, or
 // -1 when it may run on no other CPU or the kernel refused.
 int tether_move_off_current_cpu(void);
-// Pins the calling thread to the n-th CPU (mod their count) it may run on. Returns 0 or -1.
+// Pins the calling thread to the n-th CPU (mod their count) it may run on (tests put a busy thread
+// beside a device thread with it). Returns 0 or -1.
 int tether_pin_current_thread(int n);
 // pthread_setname_np(3) for the calling thread (also _GNU_SOURCE only); at most 15 bytes are kept.
 void tether_set_thread_name(const char *name);

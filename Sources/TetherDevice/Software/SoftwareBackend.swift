@@ -1,4 +1,3 @@
-import CTetherLinux
 import Glibc
 import Synchronization
 import TetherCore
@@ -138,16 +137,7 @@ final class WorkerPool: @unchecked Sendable {
         self.threads = max(1, threads)
         self.inlineGroups = max(0, inlineGroups)
         for i in 0..<self.threads {
-            startThread(name: "tether-sw\(i)") { [self] in
-                // One device thread per CPU, like a GPU's execution units. Unpinned, the kernel
-                // wakes a SCHED_IDLE thread where it last ran, queued behind whatever runs there
-                // (often the other device thread's CPU or a busy process), and moves it only at a
-                // later load balance: measured, a 0.27 ms saxpy took 4–16 ms beside one busy
-                // process. Pinned, each runs wherever its CPU is free; a slice's tail held by one
-                // that is not gets a loan (`tailLendNanos`).
-                _ = tether_pin_current_thread(Int32(i))
-                deviceThreadLoop()
-            }
+            startThread(name: "tether-sw\(i)") { [self] in deviceThreadLoop() }
         }
     }
 
@@ -261,13 +251,14 @@ final class WorkerPool: @unchecked Sendable {
 
     /// How long `finish` waits for a slice's tail — every group claimed, a device thread done
     /// with it and others still inside — before it lends those the control plane's priority
-    /// until they leave the slice (priority inheritance, as `waitStopped`). Device threads run in
-    /// `SCHED_IDLE`, each on its own CPU: one that shares its CPU with any busy process hardly
-    /// runs, and the whole slice would wait for the groups it claimed (measured, software,
-    /// 2 cores, a saxpy of 2^20 beside a process spinning on one CPU: 0.27 ms alone, 4–16 ms
-    /// beside it). The loan lasts for the rest of a chunk of groups (at most 1/16 of a thread's
-    /// share of the slice). The wait first: a tail that ends on its own within it costs no system
-    /// call. The waiter lends, not the device thread that left: that one may be starved itself.
+    /// until they leave the slice, for at most `maxTailLoanNanos` (priority inheritance, as
+    /// `waitStopped`). Device threads run in `SCHED_IDLE`: one that shares its CPU with any busy
+    /// process hardly runs, and the whole slice would wait for the groups it claimed until the
+    /// kernel moves it (measured, software, 2 cores, a saxpy of 2^20 beside a process spinning
+    /// on one CPU: 0.27 ms alone, 4–16 ms beside it; 0.55–3.9 ms with the loan, four runs of
+    /// `tether bench load --floods cpu`). The wait first: a tail that ends on its own within it
+    /// costs no system call. The waiter lends, not the device thread that left: that one may be
+    /// starved itself.
     static let tailLendNanos: UInt64 = 20_000
 
     /// How long a tail's loan lasts at most. A group's cost is the client's to choose (a listwalk
