@@ -45,10 +45,11 @@ public struct DaemonLimits: Sendable, Equatable {
     public var requestBurst: UInt64 = 1_024
     /// The same while the connection is not alone (a request of another address space, or of a
     /// connection without one, was read within `Daemon.sharedWindowNanos`, or threads of more than
-    /// one space are on the device): fair admission. The client library's own calls travel over the ring (its budget is
-    /// below), so this only slows a socket that floods. Measured (`tether bench load --floods
-    /// spawns`, software, 2 cores): a neighbour's tiny dispatch 5.6–9.1× its time alone beside a
-    /// spawn flood read at 20,000 a second, 1.08–1.10× at 5,000.
+    /// one space are on the device): fair admission. The client library's own calls travel over
+    /// the ring (its budget is below), so this only slows a socket that floods. Measured (`tether
+    /// bench load --floods spawns`, software, 2 cores, builds alternated): a neighbour's tiny
+    /// dispatch 1.0–11× its time alone beside a spawn flood read at 20,000 a second, 0.62–1.22×
+    /// at 5,000 while shared.
     public var sharedRequestsPerSecond: UInt64 = 5_000
     /// The same for the submission ring, which exists for streams of tiny threads (~200,000 a
     /// second from one client on the software backend here) and costs the daemon no system call

@@ -21,7 +21,7 @@ import Testing
         }
         #expect(tails.count >= 8, "a group ran on the busy thread's CPU in only \(tails.count) of 16 rounds: too little was tested")
         // Without the loan the preempted device thread runs again only when the kernel moves it or
-        // gives its SCHED_IDLE class a turn: most tails end within 0.1–0.4 ms here, but some take
+        // gives its SCHED_IDLE class a turn: most tails end within 0.1 ms here, but some take
         // 2–3 ms (in 2 of 3 runs of 8 rounds). Lent, it ends its chunk (at most 8 groups of 1 µs)
         // 20 µs after the tail began: every tail 0.05–0.4 ms here, with or without two other busy
         // processes.
@@ -30,9 +30,9 @@ import Testing
 
     /// One slice of 256 groups of 1 µs on `pool`, during which a busy thread, pinned to the first
     /// CPU this process may use, wakes there the moment a device thread is inside a group on that
-    /// CPU (an ordinary thread waking preempts a SCHED_IDLE one at once). Returns how long the slice's tail took (from the moment a device
-    /// thread left it with every group claimed to its end), or nil when no group ran on that CPU
-    /// within 100 ms or the slice had no tail.
+    /// CPU (an ordinary thread waking preempts a SCHED_IDLE one at once). Returns how long the
+    /// slice's tail took (from the moment a device thread left it with every group claimed to its
+    /// end), or nil when no group ran on that CPU within 100 ms or the slice had no tail.
     static func slicePreemptedMidChunk(_ pool: WorkerPool) -> UInt64? {
         let hogCPU = Atomic<Int32>(-1)
         let wake = WakeCounter()
