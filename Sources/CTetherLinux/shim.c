@@ -85,6 +85,12 @@ bool tether_may_enter_fifo(int priority) {
 
 pid_t tether_gettid(void) { return (pid_t)syscall(SYS_gettid); }
 int tether_current_cpu(void) { return sched_getcpu(); }
+int tether_allowed_cpu_count(void) {
+    cpu_set_t allowed;
+    if (sched_getaffinity(0, sizeof allowed, &allowed) == 0 && CPU_COUNT(&allowed) > 0) return CPU_COUNT(&allowed);
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    return online > 0 ? (int)online : 1;
+}
 int tether_move_off_current_cpu(void) {
     cpu_set_t allowed, others;
     int cpu = sched_getcpu();

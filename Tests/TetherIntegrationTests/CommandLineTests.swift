@@ -1,3 +1,4 @@
+import CTetherLinux
 import Foundation
 import Glibc
 import Testing
@@ -22,6 +23,16 @@ import TetherSys
         let json = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
         #expect((json["vulkanDevices"] as? [Any])?.isEmpty == true)
         #expect((json["autoPick"] as? [String: Any])?["backend"] as? String == "software")
+    }
+
+    @Test("the software device has one thread per CPU the process may use: one under taskset -c 0",
+          .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/taskset"), "taskset (util-linux) is not installed; skipped"))
+    func softwareThreadsFollowAffinity() throws {
+        let socket = ["TETHER_SOCKET": "/tmp/tether-cli-tests-\(getpid()).sock"]
+        let r = try runTether(["devices"], environment: socket.merging(Self.noVulkan) { $1 }, keepStderr: true,
+                              launcher: ["/usr/bin/taskset", "-c", "\(max(0, tether_current_cpu()))"])
+        #expect(r.status == 0)
+        #expect(r.stdout.contains("Tether software device (1 thread)"), "\(r.stdout)")
     }
 
     @Test("without a Vulkan driver, run falls back to software and says so in one line")

@@ -72,6 +72,9 @@ bool tether_may_enter_fifo(int priority);
 pid_t tether_gettid(void);
 // sched_getcpu(3) (vDSO, tens of ns; _GNU_SOURCE only): the CPU the caller runs on, or -1.
 int tether_current_cpu(void);
+// The number of CPUs the calling thread may run on (sched_getaffinity(2): a cpuset or taskset
+// narrows it), or the online CPUs when that fails.
+int tether_allowed_cpu_count(void);
 // Moves the calling thread off the CPU it runs on, to another it may run on, then allows it every
 // CPU it was allowed before (it stays where it moved to until the kernel moves it). Returns 0, or
 // -1 when it may run on no other CPU or the kernel refused.

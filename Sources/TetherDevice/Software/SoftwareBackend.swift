@@ -1,3 +1,4 @@
+import CTetherLinux
 import Glibc
 import Synchronization
 import TetherCore
@@ -21,14 +22,17 @@ public final class SoftwareBackend: ComputeBackend, Sendable {
     /// The device a backend with `workers` threads (default: one per core) would be, without
     /// starting it (for `tether devices`).
     public static func description(workers: Int? = nil) -> DeviceDescription {
-        DeviceDescription(
-            name: "Tether software device (\(threadCount(workers)) threads)", backend: .software, type: "software",
+        let n = threadCount(workers)
+        return DeviceDescription(
+            name: "Tether software device (\(n) thread\(n == 1 ? "" : "s"))", backend: .software, type: "software",
             driver: "tether-swift", apiVersion: "-", vendorID: 0, deviceID: 0,
             externalMemoryHost: true, bufferDeviceAddress: true, timelineSemaphore: true, renderNode: nil)
     }
 
+    /// One per CPU the daemon may run on: under a cpuset or `taskset`, more would only take
+    /// turns on the same CPUs.
     private static func threadCount(_ workers: Int?) -> Int {
-        max(1, workers ?? Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+        max(1, workers ?? Int(tether_allowed_cpu_count()))
     }
 
     deinit { pool.stop() }
