@@ -8,15 +8,28 @@
 struct RequestBudget {
     let nanosPerToken: UInt64
     let burst: UInt64
+    /// Nanoseconds of tokens a full bucket holds, `burst × nanosPerToken`, at most `UInt64.max`
+    /// (the flags allow 2^40 a second at 1 a second: 2^40 × 10^9 does not fit).
+    private let fullNanos: UInt64
     /// The time at which the bucket would be empty: `tokens = (now − emptyAt) / nanosPerToken`,
     /// capped at `burst` (one number instead of a count and a time).
     private var emptyAt: UInt64
+    /// What the last request read cost, in nanoseconds of budget (`spend`'s rate), so that a
+    /// refusal costs 64 of them at that rate.
+    private var lastCost: UInt64
 
     init(perSecond: UInt64, burst: UInt64, now: UInt64) {
         nanosPerToken = max(1_000_000_000 / max(perSecond, 1), 1)
         self.burst = max(burst, 1)
-        emptyAt = now &- self.burst * nanosPerToken
+        let (full, overflow) = self.burst.multipliedReportingOverflow(by: nanosPerToken)
+        fullNanos = overflow ? .max : full
+        lastCost = nanosPerToken
+        emptyAt = now > fullNanos ? now - fullNanos : 0
     }
+
+    /// `emptyAt` of a full bucket at `now` (the monotonic clock starts at boot, so a bucket larger
+    /// than the time since then holds what it earned since boot; `now − fullNanos` would wrap).
+    private func filledAt(_ now: UInt64) -> UInt64 { now > fullNanos ? now - fullNanos : 0 }
 
     /// Whether a token is there now.
     func hasToken(now: UInt64) -> Bool { now >= nextToken() }
@@ -25,9 +38,9 @@ struct RequestBudget {
     /// second would cost one (a slower rate: the bucket goes into debt for the difference).
     mutating func spend(now: UInt64, rate: UInt64? = nil) {
         // A bucket that filled up while idle holds `burst` tokens, no more.
-        let full = now &- burst * nanosPerToken
-        if emptyAt < full { emptyAt = full }
-        emptyAt &+= max(nanosPerToken, rate.map { 1_000_000_000 / max($0, 1) } ?? 0)
+        emptyAt = max(emptyAt, filledAt(now))
+        lastCost = max(nanosPerToken, rate.map { 1_000_000_000 / max($0, 1) } ?? 0)
+        emptyAt &+= lastCost
     }
 
     /// Tokens a request refused for a limit (`resourceExhausted`) costs in all. A client that
@@ -37,9 +50,10 @@ struct RequestBudget {
     static let refusalCost: UInt64 = 64
 
     /// Charges a refused request the rest of `refusalCost` (its first token was spent when it was
-    /// read). The bucket may go into debt: no request is read until it is paid.
+    /// read), at the rate it was read at (a shared connection's: fair admission). The bucket may
+    /// go into debt: no request is read until it is paid.
     mutating func chargeRefusal() {
-        emptyAt &+= (Self.refusalCost - 1) * nanosPerToken
+        emptyAt &+= (Self.refusalCost - 1) * lastCost
     }
 
     /// When the next token is due.

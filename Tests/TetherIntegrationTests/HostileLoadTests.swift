@@ -110,6 +110,44 @@ import Testing
         withExtendedLifetime(owner) {}
     }
 
+    @Test("fair admission: a request refused for a limit while the daemon is shared costs 64 tokens at the shared rate")
+    func sharedRefusalCost() throws {
+        let daemon = try TestDaemon(extra: ["--max-shared-requests-per-second", "100", "--max-request-burst", "4",
+                                            "--max-waiters-per-connection", "1"])
+        // A neighbour space making tiny runs over its ring without a pause keeps the daemon shared.
+        let device = try Device(daemon.options())
+        let runs = Atomic<Int>(0), stop = Atomic<Bool>(false)
+        let neighbour = startJoinableThread(name: "test-neighbour") {
+            while !stop.load(ordering: .relaxed) {
+                if (try? device.run(.spin, args: [1], groups: 1, timeoutSeconds: 10)) != nil { runs.add(1, ordering: .relaxed) }
+            }
+        }
+        defer { stop.store(true, ordering: .relaxed); pthread_join(neighbour, nil) }
+        #expect(Self.eventually(10) { runs.load(ordering: .relaxed) > 0 })
+        let fd = try SeqPacketSocket.connect(path: daemon.socketPath)
+        try SeqPacketSocket.send(fd.raw, MessageCodec.encode(.awaitTeardown(pid: getpid(), timeoutMillis: 600_000), id: 1))
+        // Measured from before the refused request is sent, so it bounds the debt from below
+        // however late its reply comes back.
+        let sent = monotonicNanos()
+        #expect(errorCode(rawRequest(fd.raw, .awaitTeardown(pid: getpid(), timeoutMillis: 600_000), id: 2)) == .resourceExhausted)
+        // 63 more tokens at 100 a second: 0.63 s of debt, however fast the machine (charged at the
+        // connection's own 20,000 a second they were 3 ms, less than a third of one shared read).
+        #expect(rawRequest(fd.raw, .ping, id: 3) == .pong)
+        let waited = monotonicNanos() - sent
+        #expect(waited >= 600_000_000, "the next request was read after \(waited / 1_000_000) ms")
+    }
+
+    @Test("extreme budget flags (1 a second, bursts of 2^34 and 2^40) neither crash the daemon nor stall its connections")
+    func extremeBudgetFlags() throws {
+        for burst in ["17179869184", "1099511627776"] {
+            let daemon = try TestDaemon(extra: ["--max-requests-per-second", "1", "--max-ring-requests-per-second", "1",
+                                                "--max-request-burst", burst])
+            let fd = try SeqPacketSocket.connect(path: daemon.socketPath)
+            #expect(rawRequest(fd.raw, .ping) == .pong, "burst \(burst): a ping on a fresh connection")
+            #expect(daemon.process.isRunning, "burst \(burst): \(daemon.stderr(upTo: "\n", timeoutSeconds: 1))")
+        }
+    }
+
     @Test("a user's new connections past the burst are served at --max-new-connections-per-second, none lost")
     func newConnectionBudget() throws {
         let daemon = try TestDaemon(extra: ["--max-new-connections-per-second", "100"])
