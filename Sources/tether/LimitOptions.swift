@@ -21,13 +21,13 @@ struct LimitOptions: ParsableArguments {
     @Option(help: "Loaded user modules per address space.") var maxModulesPerSpace = d.modulesPerSpace
     @Option(help: "Requests read from one connection per second (beyond a burst, the rest wait in its socket).")
     var maxRequestsPerSecond = d.requestsPerSecond
-    @Option(help: "Requests read from one connection per second while other address spaces are active too (fair admission).")
+    @Option(help: "Requests read from one connection per second while the daemon is shared: another address space or tool connection made a request within 10 ms, or more than one space has threads on the device (fair admission).")
     var maxSharedRequestsPerSecond = d.sharedRequestsPerSecond
     @Option(help: "Requests one connection may send at once before its per-second budget applies.")
     var maxRequestBurst = d.requestBurst
     @Option(help: "Requests read from one connection's submission ring per second.")
     var maxRingRequestsPerSecond = d.ringRequestsPerSecond
-    @Option(help: "Requests read from one connection's submission ring per second while other address spaces are active too (fair admission).")
+    @Option(help: "Requests read from one connection's submission ring per second while the daemon is shared: another address space or tool connection made a request within 10 ms, or more than one space has threads on the device (fair admission).")
     var maxSharedRingRequestsPerSecond = d.sharedRingRequestsPerSecond
     @Option(help: "New connections served per user per second (beyond a burst of 128, a new connection waits to be read).")
     var maxNewConnectionsPerSecond = d.newConnectionsPerSecond
