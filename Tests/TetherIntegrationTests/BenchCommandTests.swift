@@ -27,6 +27,21 @@ import Testing
         #expect(jain >= 0.9, "shares \(shares) over \(Int(deviceMillis)) device ms")
     }
 
+    @Test("load: each flood's cell alternates the client alone and beside it --rounds times, and reports every round's ratios")
+    func loadRounds() throws {
+        let json = try runJSON(["bench", "load", "--backend", "software", "--floods", "paused-reader", "--rounds", "2",
+                                "--runs", "20", "--saxpys", "3", "--saxpy-elements", "65536", "--warmup", "0.1", "--json"])
+        #expect(json["rounds"] as? Int == 2)
+        let cells = try #require(json["cells"] as? [[String: Any]])
+        #expect(cells.map { $0["flood"] as? String } == ["none", "paused-reader"])
+        let flood = try #require(cells.last)
+        let ratios = try #require(flood["dispatchRatios"] as? [Double])
+        #expect(ratios.count == 2 && ratios.allSatisfy { $0 > 0 })
+        #expect((flood["saxpyRatios"] as? [Double])?.count == 2)
+        // The reported ratio is the median of the rounds'.
+        #expect(abs(try #require(flood["dispatchRatio"] as? Double) - (ratios[0] + ratios[1]) / 2) < 1e-9)
+    }
+
     @Test("kill: a running spin is killed and reported dead, fast", arguments: ["software", "vulkan"])
     func kill(backend: String) throws {
         let json = try runJSON(["bench", "kill", "--backend", backend, "--runs", "5", "--json"])

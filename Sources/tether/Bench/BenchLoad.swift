@@ -12,12 +12,16 @@ struct LoadReport: Codable {
         var flood: String
         var dispatch: LatencySummary
         var saxpyMillis: Double
-        /// The same client alone, measured right before this cell's flood started.
+        /// The same client alone, measured right before this cell's flood started (the median over
+        /// the rounds).
         var aloneDispatchP50Micros: Double
         var aloneSaxpyMillis: Double
-        /// Against the client alone right before (`alone…`).
+        /// Against the client alone right before: the median over the rounds of each round's ratio.
         var dispatchRatio: Double
         var saxpyRatio: Double
+        /// Each round's ratios, in order (`--rounds`).
+        var dispatchRatios: [Double]
+        var saxpyRatios: [Double]
         /// Requests of the flooder the daemon did (answered without an error) per second while
         /// the cell was timed: how hard it pressed.
         var floodPerSecond: Double
@@ -25,6 +29,7 @@ struct LoadReport: Codable {
         var flooderSaw: String
     }
     var backend: String
+    var rounds: Int
     var cells: [Cell]
 }
 
@@ -32,8 +37,10 @@ struct LoadReport: Codable {
 /// hostile client floods the daemon: spawns without joining (over the socket, or through the
 /// library's submission ring), connections, teardown waiters, or requests it never reads the
 /// replies of. One private daemon, one run; each cell's ratios are against the client alone,
-/// measured right before that flood started. The flooders are forked children of this process
-/// (it never loads Vulkan), each killed after its cell.
+/// measured right before that flood started, and with `--rounds N` the cell alternates the two N
+/// times and reports the median of the rounds' ratios (this VM's timings swing between runs, and
+/// a single pair can land in different modes). The flooders are forked children of this process
+/// (it never loads Vulkan), each killed after its round.
 struct BenchLoad: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "load",
@@ -44,6 +51,8 @@ struct BenchLoad: ParsableCommand {
     @Option(help: "Elements of the timed saxpy.") var saxpyElements = 1 << 20
     @Option(help: "Saxpys timed per cell (the median is reported).") var saxpys = 200
     @Option(help: "Seconds each flood runs before the measurement starts.") var warmup: Double = 0.5
+    @Option(help: "Rounds per flood: the client alone, then beside the flood, this many times; the ratios are the rounds' medians.")
+    var rounds = 1
     @Option(parsing: .upToNextOption, help: "The floods to run beside the baseline (default: all of \(Self.allFloods.joined(separator: ", "))).")
     var floods: [String] = allFloods
     @OptionGroup var daemonArgOptions: DaemonArgOptions
@@ -52,6 +61,7 @@ struct BenchLoad: ParsableCommand {
     static let allFloods = ["spawns", "ring-spawns", "connections", "waiters", "paused-reader", "cpu"]
 
     func validate() throws {
+        guard (1...100).contains(rounds) else { throw ValidationError("--rounds must be 1 to 100") }
         for f in floods where !Self.allFloods.contains(f) {
             throw ValidationError("unknown flood '\(f)'; the floods are \(Self.allFloods.joined(separator: ", "))")
         }
@@ -87,35 +97,44 @@ struct BenchLoad: ParsableCommand {
         }
 
         var cells: [LoadReport.Cell] = []
-        for flood in ["none"] + floods {
-            // The client alone again right before each flood: the ratio compares measurements
-            // seconds apart, not the first cell's (a VM's speed drifts over a run).
-            let baseline = flood == "none" ? nil : try measure()
-            let report = FloodReport()
-            let child = flood == "none" ? nil : startFlood(flood, socket: d.socketPath, report: report)
-            if child != nil { usleep(useconds_t(warmup * 1e6)) }
-            let (served0, t0) = (report.served, monotonicNanos())
-            let (dispatch, saxpy) = try measure()
-            let floodRate = Double(report.served &- served0) * 1e9 / Double(monotonicNanos() - t0)
-            var saw = ""
-            if let child {
+        let (aloneDispatch, aloneSaxpy) = try measure()
+        cells.append(.init(flood: "none", dispatch: aloneDispatch, saxpyMillis: aloneSaxpy,
+                           aloneDispatchP50Micros: aloneDispatch.p50Micros, aloneSaxpyMillis: aloneSaxpy,
+                           dispatchRatio: 1, saxpyRatio: 1, dispatchRatios: [1], saxpyRatios: [1], floodPerSecond: 0, flooderSaw: ""))
+        if !json { printError("none: dispatch p50 \(formatDouble(aloneDispatch.p50Micros, 1)) µs, saxpy \(formatDouble(aloneSaxpy, 2)) ms") }
+        for flood in floods {
+            var alone: [(LatencySummary, Double)] = [], beside: [(LatencySummary, Double)] = []
+            var rates: [Double] = [], saw = ""
+            for _ in 0..<rounds {
+                // The client alone again right before each flood: the ratio compares measurements
+                // seconds apart, not the first cell's (a VM's speed drifts over a run).
+                alone.append(try measure())
+                let report = FloodReport()
+                let child = startFlood(flood, socket: d.socketPath, report: report)
+                usleep(useconds_t(warmup * 1e6))
+                let (served0, t0) = (report.served, monotonicNanos())
+                beside.append(try measure())
+                rates.append(Double(report.served &- served0) * 1e9 / Double(monotonicNanos() - t0))
                 kill(child, SIGKILL)
                 var status: Int32 = 0
                 waitpid(child, &status, 0)
                 saw = report.drain()
-                // Its address space goes before the next cell starts.
+                // Its address space goes before the next round starts.
                 _ = try? DaemonControl(socketPath: d.socketPath).awaitTeardown(pid: child, timeoutSeconds: 30)
+                report.close()
             }
-            report.close()
-            let alone = baseline ?? (dispatch, saxpy)
-            cells.append(.init(flood: flood, dispatch: dispatch, saxpyMillis: saxpy, aloneDispatchP50Micros: alone.0.p50Micros,
-                               aloneSaxpyMillis: alone.1, dispatchRatio: dispatch.p50Micros / alone.0.p50Micros,
-                               saxpyRatio: saxpy / alone.1, floodPerSecond: floodRate, flooderSaw: saw))
-            if !json { printError("\(flood): dispatch p50 \(formatDouble(dispatch.p50Micros, 1)) µs, saxpy \(formatDouble(saxpy, 2)) ms") }
+            let dispatchRatios = zip(beside, alone).map { $0.0.p50Micros / $1.0.p50Micros }
+            let saxpyRatios = zip(beside, alone).map { $0.1 / $1.1 }
+            let last = beside[beside.count - 1]
+            cells.append(.init(flood: flood, dispatch: last.0, saxpyMillis: median(beside.map { $0.1 }),
+                               aloneDispatchP50Micros: median(alone.map { $0.0.p50Micros }), aloneSaxpyMillis: median(alone.map { $0.1 }),
+                               dispatchRatio: median(dispatchRatios), saxpyRatio: median(saxpyRatios),
+                               dispatchRatios: dispatchRatios, saxpyRatios: saxpyRatios, floodPerSecond: median(rates), flooderSaw: saw))
+            if !json { printError("\(flood): dispatch × \(dispatchRatios.map { formatDouble($0, 2) }.joined(separator: " ")), saxpy × \(saxpyRatios.map { formatDouble($0, 2) }.joined(separator: " "))") }
         }
-        let result = LoadReport(backend: backend, cells: cells)
+        let result = LoadReport(backend: backend, rounds: rounds, cells: cells)
         if json { return try printJSON(result) }
-        printLine("A well-behaved client beside a hostile one (\(backend) backend; \(runs) tiny runs and \(saxpys) saxpys of \(saxpyElements) per cell; a noisy 2-core machine)")
+        printLine("A well-behaved client beside a hostile one (\(backend) backend; \(runs) tiny runs and \(saxpys) saxpys of \(saxpyElements) per measurement; \(rounds) round\(rounds == 1 ? "" : "s") alone / beside per flood, ratios are their medians; a noisy 2-core machine)")
         print(table(["flood", "dispatch p50 µs", "p99 µs", "alone p50 µs", "× alone", "saxpy ms", "alone ms", "× alone",
                      "flood done/s", "the flooder was told"],
                    cells.map { [$0.flood, formatDouble($0.dispatch.p50Micros, 1), formatDouble($0.dispatch.p99Micros, 1),
