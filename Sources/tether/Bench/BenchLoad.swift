@@ -10,6 +10,7 @@ import TetherSys
 struct LoadReport: Codable {
     struct Cell: Codable {
         var flood: String
+        /// The tiny runs beside the flood, every round's together.
         var dispatch: LatencySummary
         var saxpyMillis: Double
         /// The same client alone, measured right before this cell's flood started (the median over
@@ -79,7 +80,8 @@ struct BenchLoad: ParsableCommand {
         let two = UInt64(Float(2).bitPattern)
         let backend = try DaemonControl(socketPath: d.socketPath).ps().backend.rawValue
 
-        func measure() throws -> (LatencySummary, Double) {
+        /// The tiny runs' round trips (ns) and the saxpys' median (ms).
+        func measure() throws -> ([UInt64], Double) {
             var samples: [UInt64] = []
             for _ in 0..<runs {
                 let t0 = monotonicNanos()
@@ -93,17 +95,18 @@ struct BenchLoad: ParsableCommand {
                                    groups: UInt32((saxpyElements + 255) / 256), timeoutSeconds: 60)
                 saxpy.append(Double(monotonicNanos() - t0) / 1e6)
             }
-            return (LatencySummary(nanos: samples), median(saxpy))
+            return (samples, median(saxpy))
         }
 
         var cells: [LoadReport.Cell] = []
-        let (aloneDispatch, aloneSaxpy) = try measure()
+        let (aloneSamples, aloneSaxpy) = try measure()
+        let aloneDispatch = LatencySummary(nanos: aloneSamples)
         cells.append(.init(flood: "none", dispatch: aloneDispatch, saxpyMillis: aloneSaxpy,
                            aloneDispatchP50Micros: aloneDispatch.p50Micros, aloneSaxpyMillis: aloneSaxpy,
                            dispatchRatio: 1, saxpyRatio: 1, dispatchRatios: [1], saxpyRatios: [1], floodPerSecond: 0, flooderSaw: ""))
         if !json { printError("none: dispatch p50 \(formatDouble(aloneDispatch.p50Micros, 1)) µs, saxpy \(formatDouble(aloneSaxpy, 2)) ms") }
         for flood in floods {
-            var alone: [(LatencySummary, Double)] = [], beside: [(LatencySummary, Double)] = []
+            var alone: [([UInt64], Double)] = [], beside: [([UInt64], Double)] = []
             var rates: [Double] = [], saw = ""
             for _ in 0..<rounds {
                 // The client alone again right before each flood: the ratio compares measurements
@@ -123,11 +126,11 @@ struct BenchLoad: ParsableCommand {
                 _ = try? DaemonControl(socketPath: d.socketPath).awaitTeardown(pid: child, timeoutSeconds: 30)
                 report.close()
             }
-            let dispatchRatios = zip(beside, alone).map { $0.0.p50Micros / $1.0.p50Micros }
+            let besideP50 = beside.map { LatencySummary(nanos: $0.0).p50Micros }, aloneP50 = alone.map { LatencySummary(nanos: $0.0).p50Micros }
+            let dispatchRatios = zip(besideP50, aloneP50).map { $0 / $1 }
             let saxpyRatios = zip(beside, alone).map { $0.1 / $1.1 }
-            let last = beside[beside.count - 1]
-            cells.append(.init(flood: flood, dispatch: last.0, saxpyMillis: median(beside.map { $0.1 }),
-                               aloneDispatchP50Micros: median(alone.map { $0.0.p50Micros }), aloneSaxpyMillis: median(alone.map { $0.1 }),
+            cells.append(.init(flood: flood, dispatch: LatencySummary(nanos: beside.flatMap { $0.0 }), saxpyMillis: median(beside.map { $0.1 }),
+                               aloneDispatchP50Micros: median(aloneP50), aloneSaxpyMillis: median(alone.map { $0.1 }),
                                dispatchRatio: median(dispatchRatios), saxpyRatio: median(saxpyRatios),
                                dispatchRatios: dispatchRatios, saxpyRatios: saxpyRatios, floodPerSecond: median(rates), flooderSaw: saw))
             if !json { printError("\(flood): dispatch × \(dispatchRatios.map { formatDouble($0, 2) }.joined(separator: " ")), saxpy × \(saxpyRatios.map { formatDouble($0, 2) }.joined(separator: " "))") }
