@@ -317,9 +317,10 @@ public final class Daemon: @unchecked Sendable {
     /// when their runs go to the worker instead; event loop only (one entry per uid that ever
     /// overran).
     private var eventLoopRunsDenied: [UInt32: UInt64] = [:]
-    /// A run on the event loop that takes longer than this (10× what it may be measured to cost)
-    /// sends its user's runs to the worker for `eventLoopDenialNanos`.
-    static let eventLoopOverrunNanos: UInt64 = 200_000
+    /// A run on the event loop that takes longer than this (10× what it may be measured to cost,
+    /// `Scheduler.submitterSliceNanos`) sends its user's runs to the worker for
+    /// `eventLoopDenialNanos`.
+    private var eventLoopOverrunNanos: UInt64 { UInt64(10 * scheduler.submitterSliceNanos) }
     static let eventLoopDenialNanos: UInt64 = 1_000_000_000
 
     /// The requesters whose requests were read last (`isShared`).
@@ -695,12 +696,12 @@ public final class Daemon: @unchecked Sendable {
     private func submitRun(_ thread: DeviceThread, space: AddressSpace) throws(TetherError) {
         let now = monotonicNanos()
         let ran = try scheduler.submit(thread, runHere: eventLoopRunsDenied[space.uid].map { $0 <= now } ?? true)
-        guard let ran, ran > Self.eventLoopOverrunNanos else { return }
+        guard let ran, ran > eventLoopOverrunNanos else { return }
         // The measured cost lied (data-dependent float speed, a stall of the machine): this
         // user's runs go to the worker for a while, so a client that makes them lie on purpose
         // stalls the event loop once a second at most.
         eventLoopRunsDenied[space.uid] = now + Self.eventLoopDenialNanos
-        logger.notice("a run expected to take under \(Int(Scheduler.maxNanosOnSubmitter / 1000)) µs took \(ran / 1000) µs on the event loop; this user's runs go to the scheduler's worker for a second",
+        logger.notice("a run expected to take under \(Int(scheduler.submitterSliceNanos / 1000)) µs took \(ran / 1000) µs on the event loop; this user's runs go to the scheduler's worker for a second",
                       metadata: ["uid": "\(space.uid)", "pid": "\(space.pid)"])
     }
 

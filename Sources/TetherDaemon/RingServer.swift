@@ -216,7 +216,8 @@ final class RingServer {
     /// stays `pollNanos`: on a small machine a polling event loop, in its real-time class, would
     /// take their CPU (measured: `--ring-poll-us 300` made software round trips 3× slower). So
     /// does it where the worker never runs a slice itself (Vulkan): every reply needs the
-    /// device's threads there (measured on lavapipe: no gain).
+    /// device's threads there, even for a run the event loop waits on itself (measured on
+    /// lavapipe, both before and after it did: no gain).
     let idlePollNanos: UInt64
     private var attached: [UInt64: (connection: Connection, rings: ConnectionRings)] = [:]
     private var lastSubmission: UInt64 = 0

@@ -69,11 +69,12 @@ public struct SliceLaunch: Sendable {
     public var groupCount: UInt32
     public var groupTotal: UInt32
     public var round: UInt32
-    /// Someone waits for this slice and it is known to be tiny (measured before at most
-    /// `Scheduler.maxNanosOnSubmitter`, for work whose cost does not depend on memory): a
-    /// backend may run it on the calling thread, in the caller's scheduling class, instead of
-    /// handing it over (the software backend does, see `WorkerPool.runInline`). False for a
-    /// direct caller that owns the device.
+    /// Someone waits for this slice and it is known to be tiny (measured before within
+    /// `Scheduler.maxNanosOnSubmitter` or the backend's `submitterSliceNanos`, for work whose cost
+    /// does not depend on memory): a backend may run it on the calling thread, in the caller's
+    /// scheduling class, instead of handing it over (the software backend does, see
+    /// `WorkerPool.runInline`; on Vulkan the caller waits for its fence). False for a direct
+    /// caller that owns the device.
     public var mayRunOnCaller: Bool
 
     public init(args: [UInt64], regions: [RegionTableEntry], groupBase: UInt32, groupCount: UInt32,
@@ -131,6 +132,10 @@ public protocol ComputeBackend: AnyObject, Sendable {
     /// A slice of at most this many groups launched with `mayRunOnCaller` runs on the caller
     /// (the software backend's small slices); 0 where every slice runs on the device's threads.
     var callerSliceGroups: Int { get }
+    /// How long (ns) an awaited slice may be expected to take for the scheduler to let the thread
+    /// that submits it start it and wait for its end itself, the device otherwise idle
+    /// (`Scheduler.submit(_:runHere:)`); 0 where it never does.
+    var submitterSliceNanos: Double { get }
     /// Compiles a validated user module (once, when it is loaded).
     func prepare(_ module: UserModule) throws(TetherError)
 }
@@ -139,6 +144,7 @@ extension ComputeBackend {
     public var defaultSlicesInFlight: Int { sliceDepth }
     public var userKernelLimits: UserKernelLimits? { nil }
     public var callerSliceGroups: Int { 0 }
+    public var submitterSliceNanos: Double { 0 }
     public func prepare(_ module: UserModule) throws(TetherError) {
         throw TetherError(.unsupported, "user kernels need a Vulkan backend; this daemon runs \(device.backend.rawValue)")
     }

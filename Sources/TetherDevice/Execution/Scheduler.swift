@@ -19,9 +19,15 @@ public final class Scheduler: @unchecked Sendable {
     /// Whether a small awaited slice may run on the worker when the device is otherwise idle
     /// (asked for, and the backend can).
     public let runsSmallSlicesOnWorker: Bool
+    /// How long (ns) an awaited slice may be expected to take to run on the thread that submits
+    /// it (`submit(_:runHere:)`; the backend's `submitterSliceNanos` unless told otherwise).
+    public let submitterSliceNanos: Double
+    /// Whether a known-tiny awaited slice may run on the thread that submits it (asked for, and
+    /// the backend can).
+    private let runsOnSubmitter: Bool
     /// Whether the worker, its device idle, polls for the next submission for
-    /// `workerPollNanos` after a slice ends instead of sleeping at once: where every slice goes
-    /// through it (a backend that never runs one on the caller, Vulkan). A client doing round
+    /// `workerPollNanos` after a slice ends instead of sleeping at once: where every slice the
+    /// submitter does not run goes through it (a backend that never runs one on the caller, Vulkan). A client doing round
     /// trips submits its next thread within tens of µs of the last one's end, and waking a
     /// sleeping worker costs 30–58 µs on the VMs here. Off where small slices run on the caller:
     /// there the device's own threads need the CPU the worker would poll on.
@@ -69,10 +75,14 @@ public final class Scheduler: @unchecked Sendable {
     ///   - slicesInFlight: the cap on slices on the device at once (default: the backend's
     ///     `defaultSlicesInFlight`), at most its `sliceDepth`.
     ///   - runsSmallSlicesOnWorker: whether the worker may let the backend run a small slice on
-    ///     the worker itself when someone already waits for it (see `start()`).
+    ///     the worker itself when someone already waits for it (see `start()`), and a submitter
+    ///     one it waits for (`submit(_:runHere:)`).
+    ///   - submitterSliceNanos: overrides the backend's `submitterSliceNanos` (ns; 0: never).
     public init(backend: any ComputeBackend, quantumNanos: UInt64 = 2_000_000, slicesInFlight: Int? = nil,
-                runsSmallSlicesOnWorker: Bool = true) {
+                runsSmallSlicesOnWorker: Bool = true, submitterSliceNanos: Double? = nil) {
         self.runsSmallSlicesOnWorker = runsSmallSlicesOnWorker && backend.callerSliceGroups > 0
+        self.submitterSliceNanos = submitterSliceNanos ?? backend.submitterSliceNanos
+        runsOnSubmitter = runsSmallSlicesOnWorker && self.submitterSliceNanos > 0
         pollsForWork = backend.callerSliceGroups == 0
         self.backend = backend
         self.slicesInFlight = min(max(1, slicesInFlight ?? backend.defaultSlicesInFlight), backend.sliceDepth)
@@ -82,19 +92,22 @@ public final class Scheduler: @unchecked Sendable {
     }
 
     /// The longest a slice may be expected to take (its measured cost per group) to run on the
-    /// thread that submits it (`submit(_:runHere:)`): the daemon's event loop, whose other
-    /// clients wait meanwhile. A tenth of the ~200 µs a loaded 2-core VM here takes to wake a
-    /// sleeping thread in another process and back.
+    /// thread that starts it, where that thread runs its groups itself (the software backend:
+    /// its `submitterSliceNanos`, and the worker's own small slices): the daemon's event loop,
+    /// whose other clients wait meanwhile. A tenth of the ~200 µs a loaded 2-core VM here takes
+    /// to wake a sleeping thread in another process and back.
     public static let maxNanosOnSubmitter = 20_000.0
 
     /// Queues a thread. Its completion is reported through `onCompletion`.
     ///
     /// `runHere`: the caller may run the thread's one slice itself, before this returns, instead
     /// of waking the worker — when the device has nothing else queued or in flight, someone
-    /// already waits for the thread, and it is a one-group built-in whose cost does not depend on
-    /// memory and that its space ran before at most `maxNanosOnSubmitter` a group. A tiny `run`
+    /// already waits for the thread, and it is a built-in whose cost does not depend on memory
+    /// and that its space ran before within the backend's `submitterSliceNanos` (software: one
+    /// group run inline; Vulkan: recorded, submitted and its fence waited for here). A tiny `run`
     /// then costs no hand-off between threads at all (the event loop would otherwise wake the
-    /// worker: ~20 µs on this VM). Killed like any slice on the worker (one group at most).
+    /// worker, and the worker it: ~20 µs on software, 50–100 µs on lavapipe here). Killed like
+    /// any slice on the worker.
     ///
     /// - Returns: how long it ran here (ns: from its start to its end being accounted), or nil
     ///   when it was handed to the worker.
@@ -111,7 +124,7 @@ public final class Scheduler: @unchecked Sendable {
             queue.add(thread.id, space: thread.space, priority: thread.priority, groups: thread.groups,
                       persistent: thread.persistentNanos > 0, unsliced: thread.program.runsUnsliced,
                       costKey: thread.costKey)
-            guard runHere && mayRunOnSubmitter(thread), var slice = start() else {
+            guard runHere && mayRunOnSubmitter(thread), var slice = start(onSubmitter: true) else {
                 submissions.add(1, ordering: .relaxed)
                 monitor.broadcast()
                 return nil
@@ -125,16 +138,17 @@ public final class Scheduler: @unchecked Sendable {
 
     /// See `submit(_:runHere:)` (lock held).
     private func mayRunOnSubmitter(_ thread: DeviceThread) -> Bool {
-        runsSmallSlicesOnWorker && inFlight == 0 && queue.threadCount == 1 && !thread.waiters.isEmpty
-            && thread.persistentNanos == 0 && thread.groups <= UInt32(backend.callerSliceGroups)
-            && isKnownTiny(thread, groups: thread.groups)
+        runsOnSubmitter && inFlight == 0 && queue.threadCount == 1 && !thread.waiters.isEmpty
+            && thread.persistentNanos == 0
+            && (backend.callerSliceGroups == 0 || thread.groups <= UInt32(backend.callerSliceGroups))
+            && isKnownTiny(thread, groups: thread.groups, within: submitterSliceNanos)
     }
 
-    /// Whether `groups` groups of the thread are known to take at most `maxNanosOnSubmitter`:
-    /// work whose cost is in its arguments, measured before (lock held).
-    private func isKnownTiny(_ thread: DeviceThread, groups: UInt32) -> Bool {
+    /// Whether `groups` groups of the thread are known to take at most `nanos` (default
+    /// `maxNanosOnSubmitter`): work whose cost is in its arguments, measured before (lock held).
+    private func isKnownTiny(_ thread: DeviceThread, groups: UInt32, within nanos: Double = maxNanosOnSubmitter) -> Bool {
         guard thread.costIsInArguments, let cost = queue.nanosPerGroup(of: thread.id) else { return false }
-        return cost * Double(groups) <= Self.maxNanosOnSubmitter
+        return cost * Double(groups) <= nanos
     }
 
     /// Finishes a slice that ran on the calling thread (lock held; released meanwhile).
@@ -344,7 +358,7 @@ public final class Scheduler: @unchecked Sendable {
     /// nobody waits for yet is handed over: the worker is the control plane, above device work,
     /// and must not take the CPU a submitter needs (measured: inline slices for a stream of spawns
     /// halved its rate on 2 cores).
-    private func start() -> Started? {
+    private func start(onSubmitter: Bool = false) -> Started? {
         guard let pick = queue.pick(), let thread = threads[pick.thread] else { return nil }
         inFlight += 1
         thread.slicesInFlight += 1
@@ -355,7 +369,7 @@ public final class Scheduler: @unchecked Sendable {
         var slice = Started(pick: pick, thread: thread, startNanos: now)
         let launch = SliceLaunch(args: thread.args, regions: thread.regions.snapshot, groupBase: pick.groupBase,
                                  groupCount: pick.groupCount, groupTotal: thread.groups, round: pick.round,
-                                 mayRunOnCaller: runsSmallSlicesOnWorker && !thread.waiters.isEmpty
+                                 mayRunOnCaller: onSubmitter || runsSmallSlicesOnWorker && !thread.waiters.isEmpty
                                     && pick.groupCount <= UInt32(backend.callerSliceGroups) && isKnownTiny(thread, groups: pick.groupCount))
         if !launch.mayRunOnCaller {
             slice.handedOver = true

@@ -47,6 +47,10 @@ public final class SoftwareBackend: ComputeBackend, Sendable {
 
     public var callerSliceGroups: Int { pool.inlineGroups }
 
+    /// Its small slices run on the calling thread itself (`callerSliceGroups`), so the submitter
+    /// takes their whole cost: `Scheduler.maxNanosOnSubmitter`.
+    public var submitterSliceNanos: Double { Scheduler.maxNanosOnSubmitter }
+
     public func makeContext(program: KernelProgram) throws(TetherError) -> any ThreadContext {
         guard case .builtin(let kernel) = program else {
             throw TetherError(.unsupported, "custom SPIR-V kernels need a Vulkan backend; this daemon runs the software backend")

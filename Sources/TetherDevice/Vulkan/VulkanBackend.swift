@@ -280,6 +280,12 @@ public final class VulkanBackend: ComputeBackend, @unchecked Sendable {
     /// Two: the next slice waits on the queue while one runs (a third would only lengthen a kill).
     public let sliceDepth = 2
 
+    /// The submitter records, submits and waits on the fence itself, asleep meanwhile while the
+    /// device runs the slice: this saves the hand-off to the scheduler's worker and back, 50–100 µs
+    /// of a ~35 µs tiny `run` on lavapipe here (`tether bench dispatch`). The event loop's other
+    /// clients wait meanwhile, so the bound is a few such hand-offs: an eighth of a default slice.
+    public var submitterSliceNanos: Double { 250_000 }
+
     /// Two on a GPU. One on a CPU driver: a second slice saves lavapipe only ~10 µs of its ~45 µs
     /// per-slice cost, while after a kill each of its workgroups still costs ~4 µs to skip — a
     /// queued 2 ms slice of small groups would add most of a millisecond to the kill.
