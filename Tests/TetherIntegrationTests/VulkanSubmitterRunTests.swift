@@ -130,9 +130,11 @@ import Testing
         return (pairs.map { $0[0] }.sorted(), pairs.map { $0[1] }.sorted())
     }
 
-    @Test("a Vulkan client whose one-group runs fault on pages it gave back stalls the event loop at most the overrun bound (2.5 ms) a ping")
+    @Test("a Vulkan client whose one-group runs fault on pages it gave back delays a ping by at most 1 ms in 9 rounds of 10")
     func coldTileStallIsBounded() throws {
-        let n = UInt64(ProcessInfo.processInfo.environment["REVIEW_MATMUL_N"] ?? "") ?? 256
+        // 128: warm, the tile is tiny enough for the event loop (at 256 it never is); cold, it
+        // takes ~0.7 ms in a debug daemon with validation on.
+        let n = UInt64(ProcessInfo.processInfo.environment["TETHER_TEST_MATMUL_N"] ?? "") ?? 128
         let rounds = 40
         let control = try Self.coldTileAttack(["--no-small-slices-on-worker"], n: n, rounds: rounds)
         let hostile = try Self.coldTileAttack([], n: n, rounds: rounds)
@@ -142,6 +144,8 @@ import Testing
         }
         try #require(hostile.runs.count == rounds && control.runs.count == rounds, "the attacker's runs failed")
         // The p90 ping: a stall in most rounds shows there, a noisy neighbour process in a few.
-        #expect(pct(hostile.pings, 0.9) <= max(2_500, 2 * pct(control.pings, 0.9)), "pings waited for the attacker's cold tiles on the event loop")
+        // The overrun bound (500 µs on Vulkan) sends its runs to the worker for a second once one
+        // takes longer; at 10× (2.5 ms) a review measured p90 174 µs against 65 µs worker-only.
+        #expect(pct(hostile.pings, 0.9) <= max(1_000, 2 * pct(control.pings, 0.9)), "pings waited for the attacker's cold tiles on the event loop")
     }
 }
