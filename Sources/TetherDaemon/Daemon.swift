@@ -321,10 +321,10 @@ public final class Daemon: @unchecked Sendable {
     private var eventLoopOverranAt: [UInt32: UInt64] = [:]
     /// A run on the event loop that takes longer than this (twice what it may be measured to cost,
     /// `Scheduler.submitterSliceNanos`, and at least 200 µs: 10× on software) overran
-    /// (`submitRun`). Twice, not more: work that costs more once
-    /// its pages are cold (a client that gives them back before each run) stays under the factor,
-    /// and its measured cost decays back within ~10 runs (a review measured 0.5 ms stalls of the
-    /// event loop every ~11 runs at 10× on Vulkan).
+    /// (`submitRun`). Twice, not more: work that costs more once its pages are cold (a client
+    /// that gives them back before each run) stays under a larger factor, and its measured cost
+    /// decays back within ~10 runs (a review measured 0.5 ms stalls of the event loop every ~11
+    /// runs at 10× on Vulkan).
     private var eventLoopOverrunNanos: UInt64 { max(200_000, UInt64(2 * scheduler.submitterSliceNanos)) }
     static let eventLoopDenialNanos: UInt64 = 1_000_000_000
 

@@ -76,8 +76,7 @@ import Testing
         defer { kill(attacker, SIGKILL); _ = waitChild(attacker) }
         let report = h.receive(timeoutSeconds: 120) ?? ""
         if report.hasPrefix("failed") { Issue.record("the attacker (daemon \(extra)) \(report)") }
-        let pairs = report.split(separator: " ").map { $0.split(separator: ",").compactMap { UInt64($0) } }.filter { $0.count == 2 }
-        return (pairs.map { $0[0] }.sorted(), pairs.map { $0[1] }.sorted())
+        return runPingPairs(report)
     }
 
     @Test("a one-group run whose arguments were measured cheap over no-op groups does not stall the event loop for other clients")

@@ -229,6 +229,13 @@ func rawReply(_ fd: Int32, timeoutSeconds: Double = 10) -> Reply? {
     return (try? MessageCodec.decodeReply(m.bytes))?.1
 }
 
+/// An attacker's report of "run,ping run,ping …" (ns) as the two lists, each sorted; pairs that do
+/// not parse are dropped.
+func runPingPairs(_ report: String) -> (runs: [UInt64], pings: [UInt64]) {
+    let pairs = report.split(separator: " ").map { $0.split(separator: ",").compactMap { UInt64($0) } }.filter { $0.count == 2 }
+    return (pairs.map { $0[0] }.sorted(), pairs.map { $0[1] }.sorted())
+}
+
 func errorCode(_ reply: Reply?) -> TetherError.Code? {
     if case .error(let e)? = reply { return e.code }
     return nil

@@ -126,8 +126,7 @@ import Testing
         }
         defer { kill(attacker, SIGKILL); _ = waitChild(attacker) }
         let report = h.receive(timeoutSeconds: 120) ?? ""
-        let pairs = report.split(separator: " ").map { $0.split(separator: ",").compactMap { UInt64($0) } }.filter { $0.count == 2 }
-        return (pairs.map { $0[0] }.sorted(), pairs.map { $0[1] }.sorted())
+        return runPingPairs(report)
     }
 
     @Test("a Vulkan client whose one-group runs fault on pages it gave back delays a ping by at most 1 ms in 9 rounds of 10")

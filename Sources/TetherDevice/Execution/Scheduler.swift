@@ -27,10 +27,11 @@ public final class Scheduler: @unchecked Sendable {
     private let runsOnSubmitter: Bool
     /// Whether the worker, its device idle, polls for the next submission for
     /// `workerPollNanos` after a slice ends instead of sleeping at once: where every slice the
-    /// submitter does not run goes through it (a backend that never runs one on the caller, Vulkan). A client doing round
-    /// trips submits its next thread within tens of µs of the last one's end, and waking a
-    /// sleeping worker costs 30–58 µs on the VMs here. Off where small slices run on the caller:
-    /// there the device's own threads need the CPU the worker would poll on.
+    /// submitter does not run goes through it (a backend that never runs one on the caller,
+    /// Vulkan). A client doing round trips submits its next thread within tens of µs of the last
+    /// one's end, and waking a sleeping worker costs 30–58 µs on the VMs here. Off where small
+    /// slices run on the caller: there the device's own threads need the CPU the worker would
+    /// poll on.
     private let pollsForWork: Bool
     static let workerPollNanos: UInt64 = 100_000
     /// Threads handed to the worker so far, for its poll.
