@@ -276,8 +276,10 @@ extension MirroredMemory {
         let memory = try rig.device.mirror(bytes: n * 4)
         let t = try rig.device.spawn(module, bindings: [BufferBinding(set: 0, binding: 0, memory: memory, bytes: n * 4)],
                                      grid: Grid(60_000))
-        #expect(try rig.device.kill(t))
-        #expect(try rig.device.wait(t, timeoutSeconds: 10).state == .killed)
+        let wasAlive = try rig.device.kill(t)
+        let report = try rig.device.wait(t, timeoutSeconds: 10)
+        // Says how it ended otherwise: it failed once beside the other suites (kill found it ended).
+        #expect(wasAlive && report.state == .killed, "alive at the kill: \(wasAlive); ended \(report.state), \(report.error.map { "\($0)" } ?? "no error"), \(report.deviceNanos) ns on the device")
         #expect(rig.finish().isEmpty)
     }
 }
