@@ -24,12 +24,12 @@ struct RequestBudget {
         let (full, overflow) = self.burst.multipliedReportingOverflow(by: nanosPerToken)
         fullNanos = overflow ? .max : full
         lastCost = nanosPerToken
-        emptyAt = now > fullNanos ? now - fullNanos : 0
+        emptyAt = Self.filledAt(now, fullNanos: fullNanos)
     }
 
     /// `emptyAt` of a full bucket at `now` (the monotonic clock starts at boot, so a bucket larger
     /// than the time since then holds what it earned since boot; `now − fullNanos` would wrap).
-    private func filledAt(_ now: UInt64) -> UInt64 { now > fullNanos ? now - fullNanos : 0 }
+    private static func filledAt(_ now: UInt64, fullNanos: UInt64) -> UInt64 { now > fullNanos ? now - fullNanos : 0 }
 
     /// Whether a token is there now.
     func hasToken(now: UInt64) -> Bool { now >= nextToken() }
@@ -38,7 +38,7 @@ struct RequestBudget {
     /// second would cost one (a slower rate: the bucket goes into debt for the difference).
     mutating func spend(now: UInt64, rate: UInt64? = nil) {
         // A bucket that filled up while idle holds `burst` tokens, no more.
-        emptyAt = max(emptyAt, filledAt(now))
+        emptyAt = max(emptyAt, Self.filledAt(now, fullNanos: fullNanos))
         lastCost = max(nanosPerToken, rate.map { 1_000_000_000 / max($0, 1) } ?? 0)
         emptyAt &+= lastCost
     }
