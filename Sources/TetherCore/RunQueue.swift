@@ -114,9 +114,9 @@ public struct RunQueue: Sendable {
     public let slicesPerThread: Int
     private(set) var threads: [ThreadID: Thread] = [:]
     private(set) var spaces: [SpaceID: Space] = [:]
-    private var passedOver: [PriorityClass: Int] = [:]
+    private var passedOver = PerClass<Int>(0)
     /// Per class, the highest value its minimum virtual time has had (it only moves forward).
-    private var classFloor: [PriorityClass: UInt64] = [:]
+    private var classFloor = PerClass<UInt64>(0)
     private var arrivals: UInt64 = 0
 
     public init(quantumNanos: UInt64 = 2_000_000, floorInterval: Int = 8, slicesPerThread: Int = 1) {
@@ -143,26 +143,31 @@ public struct RunQueue: Sendable {
     /// starts with that thread's measured cost (`nanosPerGroup(of:)`).
     public mutating func add(_ id: ThreadID, space: SpaceID, priority: PriorityClass, groups: UInt32, persistent: Bool,
                              unsliced: Bool = false, costKey: Int? = nil) {
-        precondition(threads[id] == nil, "thread \(id) queued twice")
         var thread = Thread(space: space, priority: priority, groupTotal: max(groups, 1), persistent: persistent,
                             unsliced: unsliced, costKey: costKey)
-        if groups == 1, let costKey, let cost = spaces[space]?.costs[costKey] {
+        // Dictionary positions, not keys, after the first look-up: every key look-up hashes
+        // (SipHash), and a tiny `run` goes through this queue on the daemon's event loop.
+        var si = spaces.index(forKey: space)
+        if groups == 1, let costKey, let si, let cost = spaces.values[si].costs[costKey] {
             (thread.decayedNanos, thread.decayedGroups) = cost
         }
-        threads[id] = thread
-        if spaces[space] == nil {
+        precondition(threads.updateValue(thread, forKey: id) == nil, "thread \(id) queued twice")
+        if let i = si {
+            if spaces.values[i].priority != priority {
+                // Changing class: its virtual time meant nothing in the new one (no credit, no debt).
+                spaces.values[i].virtualNanos = minimumVirtualNanos(priority)
+            } else if spaces.values[i].turns.isEmpty {
+                // Waking up after idling: no credit for the idle time.
+                spaces.values[i].virtualNanos = max(spaces.values[i].virtualNanos, minimumVirtualNanos(priority))
+            }
+            spaces.values[i].priority = priority
+        } else {
             arrivals += 1
             spaces[space] = Space(priority: priority, virtualNanos: minimumVirtualNanos(priority), arrival: arrivals)
-        } else if spaces[space]!.priority != priority {
-            // Changing class: its virtual time meant nothing in the new one (no credit, no debt).
-            spaces[space]!.virtualNanos = minimumVirtualNanos(priority)
-        } else if spaces[space]!.turns.isEmpty {
-            // Waking up after idling: no credit for the idle time.
-            spaces[space]!.virtualNanos = max(spaces[space]!.virtualNanos, minimumVirtualNanos(priority))
+            si = spaces.index(forKey: space)
         }
-        spaces[space]!.priority = priority
-        if spaces[space]!.turns.isEmpty { activeSpaces += 1 }
-        spaces[space]!.turns.append(id)
+        if spaces.values[si!].turns.isEmpty { activeSpaces += 1 }
+        spaces.values[si!].turns.append(id)
     }
 
     /// Removes a thread (finished, killed or failed). Its slices in flight, if any, are the caller's
@@ -170,8 +175,10 @@ public struct RunQueue: Sendable {
     @discardableResult
     public mutating func remove(_ id: ThreadID) -> Bool {
         guard let t = threads.removeValue(forKey: id) else { return false }
-        spaces[t.space]?.turns.remove(id)
-        if spaces[t.space]?.turns.isEmpty == true { activeSpaces -= 1 }
+        if let si = spaces.index(forKey: t.space) {
+            spaces.values[si].turns.remove(id)
+            if spaces.values[si].turns.isEmpty { activeSpaces -= 1 }
+        }
         return true
     }
 
@@ -186,8 +193,11 @@ public struct RunQueue: Sendable {
 
     /// The least virtual time of the class's non-idle spaces, but never below what it has been.
     private func minimumVirtualNanos(_ priority: PriorityClass) -> UInt64 {
-        let live = spaces.values.filter { $0.priority == priority && !$0.turns.isEmpty }.map(\.virtualNanos).min()
-        return max(classFloor[priority, default: 0], live ?? 0)
+        var live: UInt64?
+        for s in spaces.values where s.priority == priority && !s.turns.isEmpty {
+            live = min(live ?? s.virtualNanos, s.virtualNanos)
+        }
+        return max(classFloor[priority], live ?? 0)
     }
 
     private func runnable(_ id: ThreadID) -> Bool {
@@ -204,29 +214,31 @@ public struct RunQueue: Sendable {
     public mutating func pick() -> Pick? {
         // One pass, keeping only ids and keys: a copy of a space held across the mutation below
         // would make that mutation copy the space's whole turn list.
-        var best: [PriorityClass: (id: SpaceID, key: (UInt64, UInt64))] = [:]
+        var best = PerClass<(id: SpaceID, key: (UInt64, UInt64))?>(nil)
         for (sid, space) in spaces where runnable(space) {
             if let b = best[space.priority], b.key <= space.key { continue }
             best[space.priority] = (sid, space.key)
         }
-        let classes = Set(best.keys)
-        guard let top = classes.max() else { return nil }
+        let classes = PriorityClass.ascending.filter { best[$0] != nil }
+        guard let top = classes.last else { return nil }
         var chosen = top
-        // The floor: the most-passed-over lower class that reached the interval runs now.
-        // (Ordered by count, then class: `classes` is a Set, whose order differs between processes.)
-        if let starved = classes.filter({ $0 < top && passedOver[$0, default: 0] >= floorInterval })
-            .max(by: { (passedOver[$0, default: 0], $0) < (passedOver[$1, default: 0], $1) }) {
-            chosen = starved
+        // The floor: the most-passed-over lower class that reached the interval runs now (a tie
+        // goes to the higher class).
+        for c in classes where c < top && passedOver[c] >= floorInterval
+            && (chosen == top || passedOver[c] >= passedOver[chosen]) {
+            chosen = c
         }
-        for c in classes where c != chosen { passedOver[c, default: 0] += 1 }
+        for c in classes where c != chosen { passedOver[c] += 1 }
         passedOver[chosen] = 0
 
         let spaceID = best[chosen]!.id
-        let id = spaces[spaceID]!.turns.first { runnable($0) }!
+        let si = spaces.index(forKey: spaceID)!
+        let id = spaces.values[si].turns.first { runnable($0) }!
         // Round-robin: the chosen thread goes to the back of its space's turns.
-        spaces[spaceID]!.turns.moveToBack(id)
+        spaces.values[si].turns.moveToBack(id)
 
-        var t = threads[id]!
+        let ti = threads.index(forKey: id)!
+        var t = threads.values[ti]
         let remaining = t.groupTotal - t.nextGroup
         var count: UInt32 = t.unsliced ? remaining : 1
         if !t.unsliced, let cost = t.nanosPerGroup {
@@ -249,8 +261,8 @@ public struct RunQueue: Sendable {
             t.nextGroup = 0
             t.round &+= 1
         }
-        threads[id] = t
-        spaces[spaceID]!.pendingNanos &+= estimate
+        threads.values[ti] = t
+        spaces.values[si].pendingNanos &+= estimate
         return pick
     }
 
@@ -261,14 +273,15 @@ public struct RunQueue: Sendable {
     /// slices for each one of a neighbour's.
     @discardableResult
     public mutating func account(_ pick: Pick, nanos: UInt64, heldNanos: UInt64 = 0) -> Progress {
-        if var s = spaces[pick.space] {
-            s.pendingNanos -= min(s.pendingNanos, pick.estimateNanos)
-            s.virtualNanos &+= max(nanos, heldNanos)
-            s.deviceNanos &+= nanos
-            spaces[pick.space] = s
-            classFloor[s.priority] = minimumVirtualNanos(s.priority)
+        if let si = spaces.index(forKey: pick.space) {
+            spaces.values[si].pendingNanos -= min(spaces.values[si].pendingNanos, pick.estimateNanos)
+            spaces.values[si].virtualNanos &+= max(nanos, heldNanos)
+            spaces.values[si].deviceNanos &+= nanos
+            let priority = spaces.values[si].priority
+            classFloor[priority] = minimumVirtualNanos(priority)
         }
-        guard var t = threads[pick.thread] else { return .gridComplete }
+        guard let ti = threads.index(forKey: pick.thread) else { return .gridComplete }
+        var t = threads.values[ti]
         t.inFlight -= 1
         t.deviceNanos &+= nanos
         // Decayed sums, not an average of per-slice ratios: a slice weighs by its groups, so the
@@ -278,13 +291,13 @@ public struct RunQueue: Sendable {
         t.decayedGroups = 0.7 * t.decayedGroups + Double(max(pick.groupCount, 1))
         t.lastCount = pick.groupCount
         t.lastNanos = nanos
-        threads[pick.thread] = t
-        if t.groupTotal == 1, let key = t.costKey, spaces[t.space] != nil {
+        threads.values[ti] = t
+        if t.groupTotal == 1, let key = t.costKey, let si = spaces.index(forKey: t.space) {
             // Bounded: a space that runs more kinds of work than this starts over.
-            if spaces[t.space]!.costs.count >= Self.rememberedCosts, spaces[t.space]!.costs[key] == nil {
-                spaces[t.space]!.costs.removeAll()
+            if spaces.values[si].costs.count >= Self.rememberedCosts, spaces.values[si].costs[key] == nil {
+                spaces.values[si].costs.removeAll()
             }
-            spaces[t.space]!.costs[key] = (t.decayedNanos, t.decayedGroups)
+            spaces.values[si].costs[key] = (t.decayedNanos, t.decayedGroups)
         }
         // The slice that ends the grid completes it (a persistent thread's next round was picked).
         return pick.groupBase + pick.groupCount >= t.groupTotal ? .gridComplete : .more
@@ -303,8 +316,24 @@ public struct RunQueue: Sendable {
             let all = s.turns.all
             precondition(all.count == s.turns.count && Set(all).count == all.count, "space \(sid)'s turns are not a list")
             for id in all { precondition(threads[id]?.space == sid, "space \(sid) lists a foreign or dead thread") }
-            precondition(s.turns.isEmpty || s.virtualNanos >= classFloor[s.priority, default: 0],
+            precondition(s.turns.isEmpty || s.virtualNanos >= classFloor[s.priority],
                          "space \(sid) is behind its class's minimum virtual time")
         }
     }
+}
+
+/// One value per priority class, stored inline (no hashing, no allocation: the run queue is on
+/// the path of every tiny `run`).
+struct PerClass<Value>: Sendable where Value: Sendable {
+    private var values: InlineArray<3, Value>
+    init(_ value: Value) { values = InlineArray(repeating: value) }
+    subscript(c: PriorityClass) -> Value {
+        get { values[Int(c.rawValue)] }
+        set { values[Int(c.rawValue)] = newValue }
+    }
+}
+
+extension PriorityClass {
+    /// Every class, lowest first.
+    static let ascending: [PriorityClass] = allCases.sorted()
 }

@@ -16,10 +16,14 @@ import Testing
         let pool = WorkerPool(threads: 2, inlineGroups: 0)
         defer { pool.stop() }
         var tails: [UInt64] = []
-        for _ in 0..<16 {
+        // A device thread lands on the busy thread's CPU in about half the rounds (placement is
+        // the kernel's): up to 48 rounds for 16 tails (7 of 16 rounds once, beside other suites).
+        var rounds = 0
+        while rounds < 48 && tails.count < 16 {
+            rounds += 1
             if let nanos = Self.slicePreemptedMidChunk(pool) { tails.append(nanos) }
         }
-        #expect(tails.count >= 8, "a group ran on the busy thread's CPU in only \(tails.count) of 16 rounds: too little was tested")
+        #expect(tails.count >= 8, "a group ran on the busy thread's CPU in only \(tails.count) of \(rounds) rounds: too little was tested")
         // Without the loan the preempted device thread runs again only when the kernel moves it or
         // gives its SCHED_IDLE class a turn: most tails end within 0.1 ms here, but some take
         // 2–3 ms (in 2 of 3 runs of 8 rounds). Lent, it ends its chunk (at most 8 groups of 1 µs)
