@@ -88,12 +88,8 @@ final class Connection: @unchecked Sendable {
         // Once the connection has rings, every reply to its owner goes to the completion ring,
         // which no other holder of the socket can read (ConnectionRings). Id 0 — a sentence about
         // the connection itself — and a reply larger than the whole ring use the socket.
-        if requestID != 0, !viaSocket, let rings = rings.withLock({ $0 }) {
-            switch rings.complete(bytes, reaps: reply.reaps, socket: rawFD, onSent: onSent) {
-            case .accepted: return true
-            case .peerGone: return false
-            case .notPosted: break
-            }
+        if requestID != 0, !viaSocket, let rings = rings.withLock({ $0 }), rings.complete(bytes, onSent: onSent) {
+            return true
         }
         let (accepted, sentNow) = state.withLock { s -> (Bool, Bool) in
             guard s.fd >= 0 else { return (false, false) }

@@ -580,7 +580,14 @@ public final class Daemon: @unchecked Sendable {
         case .spawn(let s):
             return .spawned(try spawn(s, space: space).id)
         case .join(let threadID):
-            try answerJoin(try ownThread(threadID, of: space), space: space, id: id, on: connection)
+            let thread: DeviceThread
+            do throws(TetherError) { thread = try ownThread(threadID, of: space) } catch {
+                // Reaped already: its reply went to a connection shut down under its owner, who
+                // asks again on the resumed one (`RecentReaps`).
+                if let report = registry.reapedReport(threadID, of: space) { return .joined(report) }
+                throw error
+            }
+            try answerJoin(thread, space: space, id: id, on: connection)
             return nil
         case .run(let s):
             // Admitted before the thread exists: a refused run leaves nothing behind.
@@ -802,11 +809,12 @@ public final class Daemon: @unchecked Sendable {
         }
         scheduler.onCompletion(thread) { [registry] outcome in
             connection.pendingJoins.subtract(1, ordering: .relaxed)
-            // Reaped only once the report is out (it may wait in the connection's queue): a
-            // connection shut down under its owner loses the reply, and the owner's library asks
-            // again on its resumed connection.
-            connection.send(.joined(Self.report(thread, outcome: outcome)), id: id) {
-                registry.forget(thread.id, of: space)
+            // Reaped once the report is out (it may wait in the connection's queue). A connection
+            // shut down under its owner may lose it: the owner's library asks again on its
+            // resumed connection, and is answered from the space's recent reaps.
+            let report = Self.report(thread, outcome: outcome)
+            connection.send(.joined(report), id: id) {
+                registry.forget(thread.id, of: space, report: report)
             }
         }
     }

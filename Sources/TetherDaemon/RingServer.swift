@@ -54,56 +54,25 @@ final class ConnectionRings: @unchecked Sendable {
         lastCompletion = Atomic(monotonicNanos())
     }
 
-    enum Completion {
-        /// In the ring, or held until the client makes room.
-        case accepted
-        /// Larger than the whole ring, or detached: the caller uses the socket.
-        case notPosted
-        /// A reaping reply (`joined`) for a peer that shut the connection down: not reaped, so
-        /// the thread stays for the owner's resumed connection to ask again. (It may be in the
-        /// ring: an owner that read it anyway leaves the thread to its space's teardown.)
-        case peerGone
-    }
-
-    /// Posts one reply, or holds it when the ring is full. Never blocks and never waits on the
-    /// client. `onSent` runs once the reply is in the ring.
-    ///
-    /// A reply that reaps (`joined`) must reach a live connection: the socket path learns that
-    /// from a failed send, the ring must ask (a peer's shutdown shows as RDHUP at once). A reply
-    /// posted at once is asked about just after it is posted, so that the client reads it while
-    /// the daemon asks (the `poll` costs ~0.6 µs, a tenth of a software round trip here); the
-    /// answer is as good as before the post, since the reap waits for it. One held for later is
-    /// asked about before it is held.
-    func complete(_ bytes: [UInt8], reaps: Bool, socket: Int32, onSent: (@Sendable () -> Void)?) -> Completion {
-        guard RingSlot.count(forMessageBytes: bytes.count) <= Int(memory.layout.cqEntries) else { return .notPosted }
-        let asks = reaps && socket >= 0
+    /// Posts one reply, or holds it when the ring is full; false when it is larger than the whole
+    /// ring or the rings are detached (the caller uses the socket). Never blocks and never waits
+    /// on the client. `onSent` runs once the reply is in the ring.
+    func complete(_ bytes: [UInt8], onSent: (@Sendable () -> Void)?) -> Bool {
+        guard RingSlot.count(forMessageBytes: bytes.count) <= Int(memory.layout.cqEntries) else { return false }
         var sent: [@Sendable () -> Void] = []
-        enum Outcome { case detached, posted, held(postedAny: Bool), peerGone }
-        let outcome: Outcome = producer.withLock { state in
-            guard state.mapped else { return .detached }
-            if state.overflow.isEmpty, post(bytes, &state) { return .posted }
-            if asks, Self.peerHungUp(socket) { return .peerGone }
+        let outcome: (accepted: Bool, posted: Bool) = producer.withLock { state in
+            guard state.mapped else { return (false, false) }
+            if state.overflow.isEmpty, post(bytes, &state) {
+                if let onSent { sent.append(onSent) }
+                return (true, true)
+            }
             state.overflow.append(.init(bytes: bytes, onSent: onSent))
-            return .held(postedAny: postHeld(&state, &sent))
+            return (true, postHeld(&state, &sent))
         }
-        switch outcome {
-        case .detached: return .notPosted
-        case .peerGone: return .peerGone
-        case .posted:
-            wakeConsumer()
-            if asks, Self.peerHungUp(socket) { return .peerGone }
-            onSent?()
-        case .held(let postedAny):
-            if postedAny { wakeConsumer() }
-            for f in sent { f() }
-        }
-        return .accepted
-    }
-
-    /// Whether the client end of `socket` was shut down or closed.
-    private static func peerHungUp(_ socket: Int32) -> Bool {
-        var p = pollfd(fd: socket, events: TETHER_POLLRDHUP, revents: 0)
-        return poll(&p, 1, 0) > 0 && p.revents & (TETHER_POLLRDHUP | Int16(POLLHUP | POLLERR)) != 0
+        guard outcome.accepted else { return false }
+        if outcome.posted { wakeConsumer() }
+        for f in sent { f() }
+        return true
     }
 
     /// Moves held replies into the ring as far as it has room (on `ringDoorbell`, and while the
@@ -432,11 +401,6 @@ final class RingServer {
         if armed { setFlags(0) }
         for e in events { handle(e) }
     }
-}
-
-extension Reply {
-    /// Whether delivering this reply reaps a thread (a join's).
-    var reaps: Bool { if case .joined = self { true } else { false } }
 }
 
 extension Sender {

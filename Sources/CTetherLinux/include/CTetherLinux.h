@@ -16,7 +16,6 @@ static const int TETHER_F_GET_SEALS = 1034;
 static const int TETHER_F_SEAL_SEAL = 0x0001;
 static const int TETHER_F_SEAL_SHRINK = 0x0002;
 static const int TETHER_F_SEAL_GROW = 0x0004;
-static const short TETHER_POLLRDHUP = 0x2000;
 
 // Swift cannot call variadic syscall(2), expand the CMSG_* macros, or see C11 atomics on memory it
 // did not allocate (shared control words). Each function here exists for one of those reasons.

@@ -37,6 +37,8 @@ public final class AddressSpace: @unchecked Sendable {
     public internal(set) var connections = 0
     public internal(set) var regions: [RegionID: DeviceRegion] = [:]
     public internal(set) var threads: [ThreadID: DeviceThread] = [:]
+    /// Reports of its threads reaped lately, for a `join` asked again (`RecentReaps`).
+    var reaped = RecentReaps()
     /// Loaded user modules (threads that run one hold it too).
     public internal(set) var modules: [ModuleID: UserModule] = [:]
     /// When the daemon noticed that the space must go (pidfd readable, last hang-up, kill).

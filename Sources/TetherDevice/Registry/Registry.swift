@@ -322,10 +322,18 @@ public final class Registry: @unchecked Sendable {
         }
     }
 
-    /// Forgets thread entries that ended (after their join was answered), keeping `ps` short.
-    public func forget(_ thread: ThreadID, of space: AddressSpace) {
+    /// Forgets a thread that ended, once its join was answered (keeping `ps` short); its `report`
+    /// is kept a while (`reapedReport(_:of:)`).
+    public func forget(_ thread: ThreadID, of space: AddressSpace, report: ThreadReport) {
         monitor.withLock {
             if space.threads.removeValue(forKey: thread) != nil { usage[space.uid]?.threads -= 1 }
+            space.reaped.add(report)
         }
+    }
+
+    /// The report of one of the space's threads reaped lately, once (`RecentReaps`); nil when it
+    /// was never reaped here or too long ago.
+    public func reapedReport(_ thread: ThreadID, of space: AddressSpace) -> ThreadReport? {
+        monitor.withLock { space.reaped.take(thread) }
     }
 }
