@@ -31,6 +31,9 @@ struct RecentReaps {
         reports[report.thread] = report
     }
 
+    /// Reports kept (at most `capacity`).
+    var count: Int { reports.count }
+
     /// The report of a thread reaped lately, which it forgets.
     mutating func take(_ id: ThreadID) -> ThreadReport? {
         reports.removeValue(forKey: id)
