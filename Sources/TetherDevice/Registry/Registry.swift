@@ -326,7 +326,10 @@ public final class Registry: @unchecked Sendable {
     /// is kept a while (`reapedReport(_:of:)`).
     public func forget(_ thread: ThreadID, of space: AddressSpace, report: ThreadReport) {
         monitor.withLock {
-            if space.threads.removeValue(forKey: thread) != nil { usage[space.uid]?.threads -= 1 }
+            // Kept only by the reap that removed it: a second reply for the same thread (a join
+            // asked again while the first reply was still held) adds no second copy.
+            guard space.threads.removeValue(forKey: thread) != nil else { return }
+            usage[space.uid]?.threads -= 1
             space.reaped.add(report)
         }
     }
