@@ -219,16 +219,15 @@ public struct RunQueue: Sendable {
             if let b = best[space.priority], b.key <= space.key { continue }
             best[space.priority] = (sid, space.key)
         }
-        let classes = PriorityClass.ascending.filter { best[$0] != nil }
-        guard let top = classes.last else { return nil }
+        guard let top = PriorityClass.ascending.last(where: { best[$0] != nil }) else { return nil }
         var chosen = top
         // The floor: the most-passed-over lower class that reached the interval runs now (a tie
         // goes to the higher class).
-        for c in classes where c < top && passedOver[c] >= floorInterval
+        for c in PriorityClass.ascending where c < top && best[c] != nil && passedOver[c] >= floorInterval
             && (chosen == top || passedOver[c] >= passedOver[chosen]) {
             chosen = c
         }
-        for c in classes where c != chosen { passedOver[c] += 1 }
+        for c in PriorityClass.ascending where c != chosen && best[c] != nil { passedOver[c] += 1 }
         passedOver[chosen] = 0
 
         let spaceID = best[chosen]!.id
