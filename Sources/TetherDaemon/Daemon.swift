@@ -313,20 +313,9 @@ public final class Daemon: @unchecked Sendable {
         }
     }
 
-    /// Users whose `run` overran on the event loop (`Scheduler.submit(_:runHere:)`), and until
-    /// when their runs go to the worker instead; event loop only (one entry per uid that ever
-    /// overran).
-    private var eventLoopRunsDenied: [UInt32: UInt64] = [:]
-    /// When each user's `run` last overran on the event loop (one entry per uid that ever did).
-    private var eventLoopOverranAt: [UInt32: UInt64] = [:]
-    /// A run on the event loop that takes longer than this (twice what it may be measured to cost,
-    /// `Scheduler.submitterSliceNanos`, and at least 200 µs: 10× on software) overran
-    /// (`submitRun`). Twice, not more: work that costs more once its pages are cold (a client
-    /// that gives them back before each run) stays under a larger factor, and its measured cost
-    /// decays back within ~10 runs (a review measured 0.5 ms stalls of the event loop every ~11
-    /// runs at 10× on Vulkan).
-    private var eventLoopOverrunNanos: UInt64 { max(200_000, UInt64(2 * scheduler.submitterSliceNanos)) }
-    static let eventLoopDenialNanos: UInt64 = 1_000_000_000
+    /// How long each user's `run`s held the event loop past their bound (one entry per uid that
+    /// ever overran; event loop only).
+    private var eventLoopOverruns: [UInt32: OverrunBudget] = [:]
 
     /// The requesters whose requests were read last (`isShared`).
     private var recentRequesters = RecentRequesters()
@@ -704,21 +693,17 @@ public final class Daemon: @unchecked Sendable {
     }
 
     /// Submits a `run`'s thread, letting the scheduler run it here on the event loop when it is
-    /// known to be tiny — unless this user's runs overran here twice within a second.
+    /// known to be tiny — unless this user's runs held the event loop past their bound for too
+    /// long lately (`OverrunBudget`).
     private func submitRun(_ thread: DeviceThread, space: AddressSpace) throws(TetherError) {
         let now = monotonicNanos()
-        let ran = try scheduler.submit(thread, runHere: eventLoopRunsDenied[space.uid].map { $0 <= now } ?? true)
-        guard let ran, ran > eventLoopOverrunNanos else { return }
-        // The measured cost lied (data-dependent float speed, cold pages, a stall of the machine).
-        // The overrun itself raises the work's measured cost, so the next ~10 such runs go to the
-        // worker anyway; a second overrun within `eventLoopDenialNanos` sends all of this user's
-        // runs there for that long. A client that makes them lie on purpose stalls the event
-        // loop twice a second at most, and one stall of this VM (milliseconds, every few
-        // thousand runs) does not cost an honest client its fast path.
-        defer { eventLoopOverranAt[space.uid] = now }
-        guard let last = eventLoopOverranAt[space.uid], now &- last < Self.eventLoopDenialNanos else { return }
-        eventLoopRunsDenied[space.uid] = now + Self.eventLoopDenialNanos
-        logger.notice("a run expected to take under \(Int(scheduler.submitterSliceNanos / 1000)) µs took \(ran / 1000) µs on the event loop; this user's runs go to the scheduler's worker for a second",
+        let ran = try scheduler.submit(thread, runHere: eventLoopOverruns[space.uid]?.allows(at: now) ?? true)
+        guard let ran, ran > scheduler.submitterOverrunNanos else { return }
+        // The measured cost lied (data-dependent float speed, cold pages), or the machine kept the
+        // work off the CPU. The overrun itself raises the work's measured cost, so the next ~10
+        // such runs go to the worker anyway.
+        guard eventLoopOverruns[space.uid, default: OverrunBudget()].overran(nanos: ran, at: now) else { return }
+        logger.notice("this user's runs held the event loop past their bound for over \(OverrunBudget.burstNanos / 1_000_000) ms (the last: \(ran / 1000) µs, expected under \(Int(scheduler.submitterSliceNanos / 1000)) µs); they go to the scheduler's worker for a second",
                       metadata: ["uid": "\(space.uid)", "pid": "\(space.pid)"])
     }
 

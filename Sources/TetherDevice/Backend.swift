@@ -104,6 +104,10 @@ public protocol ThreadContext: AnyObject, Sendable {
     /// time from the previous slice's end to this one's.
     @discardableResult
     func finishSlice() throws(TetherError) -> UInt64?
+    /// Waits at most `nanos` for the oldest started slice to be done; true if it is (`finishSlice`
+    /// then returns at once), false if it still runs. A backend whose slices are done when
+    /// `startSlice` returns says true at once.
+    func waitForOldestSlice(nanos: UInt64) -> Bool
     /// Called after the control word changed, for a backend whose slices can notice sooner
     /// than by the next poll of device code (the software pool wakes its waiting caller).
     func interrupt()
@@ -136,6 +140,9 @@ public protocol ComputeBackend: AnyObject, Sendable {
     /// that submits it start it and wait for its end itself, the device otherwise idle
     /// (`Scheduler.submit(_:runHere:)`); 0 where it never does.
     var submitterSliceNanos: Double { get }
+    /// How long (ns) a thread that started such a slice waits for its end before the scheduler's
+    /// worker finishes it instead (where the device's own threads run it).
+    var submitterWaitNanos: UInt64 { get }
     /// Compiles a validated user module (once, when it is loaded).
     func prepare(_ module: UserModule) throws(TetherError)
 }
@@ -145,6 +152,7 @@ extension ComputeBackend {
     public var userKernelLimits: UserKernelLimits? { nil }
     public var callerSliceGroups: Int { 0 }
     public var submitterSliceNanos: Double { 0 }
+    public var submitterWaitNanos: UInt64 { 60_000_000_000 }
     public func prepare(_ module: UserModule) throws(TetherError) {
         throw TetherError(.unsupported, "user kernels need a Vulkan backend; this daemon runs \(device.backend.rawValue)")
     }
@@ -165,6 +173,7 @@ extension ThreadContext {
 
     public func interrupt() {}
     public func waitUntilStopped() -> Bool { false }
+    public func waitForOldestSlice(nanos: UInt64) -> Bool { true }
     public func resetControl() {
         tetherAtomicStore(&control.pointee.word, KernelABI.controlRun)
         control.pointee.fault = 0

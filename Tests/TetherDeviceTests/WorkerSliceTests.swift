@@ -91,6 +91,36 @@ import Testing
         if backendCase.kind == .vulkan { #expect(VulkanValidation.messageCount == 0) }
     }
 
+    @Test("on Vulkan a submitter waits for its run's fence no longer than its bound: the worker finishes the run, and a kill of it still returns")
+    func submitterWaitIsBounded() throws {
+        let backend = try BackendCase(kind: .vulkan).backend
+        // Every run is let onto the submitter, and its bound is 1 µs: a group of the longest spin
+        // takes milliseconds on lavapipe, so the worker always takes over.
+        let scheduler = Scheduler(backend: backend, submitterSliceNanos: 1e9, submitterWaitNanos: 1_000)
+        defer { scheduler.shutdown() }
+        let iterations = BuiltinKernel.maxSpinIterations
+        let first = try Self.spawn(scheduler, id: 1, iterations: iterations, awaited: true, runHere: true)
+        #expect(scheduler.wait(first, timeoutNanos: 10_000_000_000)?.state == .finished)
+        let program = KernelProgram.builtin(.spin)
+        for id in UInt64(2)...UInt64(6) {
+            let thread = DeviceThread(id: ThreadID(rawValue: id), space: SpaceID(rawValue: 1), program: program,
+                                      args: [iterations], groups: 1, persistentNanos: 0, priority: .normal,
+                                      context: try scheduler.contexts.acquire(program), regions: RegionTable())
+            thread.waiters.append { _ in }
+            let held = try scheduler.submit(thread, runHere: true)
+            #expect(held != nil, "known tiny work should have been started by the submitter")
+            #expect(thread.outcome == nil, "the submitter waited for the fence past its 1 µs bound")
+            #expect(scheduler.wait(thread, timeoutNanos: 10_000_000_000)?.state == .finished, "the worker did not finish the run it was handed")
+            #expect(thread.deviceNanos > 0)
+        }
+        // A long run handed over the same way dies at a kill.
+        let long = try Self.spawn(scheduler, id: 7, iterations: iterations, groups: 4096, awaited: true, runHere: true)
+        #expect(long.outcome == nil)
+        #expect(scheduler.kill(long))
+        #expect(long.outcome?.state == .killed)
+        #expect(VulkanValidation.messageCount == 0)
+    }
+
     @Test("a list walk is never run by the submitter: its cost is in the client's memory, not its arguments")
     func listWalkIsNotRunBySubmitter() throws {
         let program = KernelProgram.builtin(.listwalk)

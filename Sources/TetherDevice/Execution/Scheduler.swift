@@ -25,6 +25,19 @@ public final class Scheduler: @unchecked Sendable {
     /// Whether a known-tiny awaited slice may run on the thread that submits it (asked for, and
     /// the backend can).
     private let runsOnSubmitter: Bool
+    /// A slice that held its submitter longer than this (ns) overran: twice what it may be
+    /// expected to take, and at least 200 µs (10× on software). Twice, not more: work that costs
+    /// more once its pages are cold (a client that gives them back before each run) stays under
+    /// a larger factor, and its measured cost decays back within ~10 runs (a review measured
+    /// 0.5 ms stalls of the event loop every ~11 runs at 10× on Vulkan). The daemon charges
+    /// overruns to their user (`OverrunBudget`).
+    public let submitterOverrunNanos: UInt64
+    /// The longest a submitter waits for the end of a slice it started where the device's own
+    /// threads run it (the backend's `submitterWaitNanos`); past that the worker finishes it and
+    /// the submitter — the daemon's event loop, whose other clients wait meanwhile — goes on.
+    public let submitterWaitNanos: UInt64
+    /// Slices a submitter started and handed to the worker to finish (`submitterWaitNanos`).
+    private var handedToWorker: [Started] = []
     /// Whether the worker, its device idle, polls for the next submission for
     /// `workerPollNanos` after a slice ends instead of sleeping at once: where every slice the
     /// submitter does not run goes through it (a backend that never runs one on the caller,
@@ -79,11 +92,14 @@ public final class Scheduler: @unchecked Sendable {
     ///     the worker itself when someone already waits for it (see `start()`), and a submitter
     ///     one it waits for (`submit(_:runHere:)`).
     ///   - submitterSliceNanos: overrides the backend's `submitterSliceNanos` (ns; 0: never).
+    ///   - submitterWaitNanos: overrides the backend's `submitterWaitNanos` (ns).
     public init(backend: any ComputeBackend, quantumNanos: UInt64 = 2_000_000, slicesInFlight: Int? = nil,
-                runsSmallSlicesOnWorker: Bool = true, submitterSliceNanos: Double? = nil) {
+                runsSmallSlicesOnWorker: Bool = true, submitterSliceNanos: Double? = nil, submitterWaitNanos: UInt64? = nil) {
         self.runsSmallSlicesOnWorker = runsSmallSlicesOnWorker && backend.callerSliceGroups > 0
         self.submitterSliceNanos = submitterSliceNanos ?? backend.submitterSliceNanos
         runsOnSubmitter = runsSmallSlicesOnWorker && self.submitterSliceNanos > 0
+        submitterOverrunNanos = max(200_000, UInt64(2 * self.submitterSliceNanos))
+        self.submitterWaitNanos = submitterWaitNanos ?? backend.submitterWaitNanos
         pollsForWork = backend.callerSliceGroups == 0
         self.backend = backend
         self.slicesInFlight = min(max(1, slicesInFlight ?? backend.defaultSlicesInFlight), backend.sliceDepth)
@@ -110,8 +126,12 @@ public final class Scheduler: @unchecked Sendable {
     /// worker, and the worker it: ~20 µs on software, 50–100 µs on lavapipe here). Killed like
     /// any slice on the worker.
     ///
-    /// - Returns: how long it ran here (ns: from its start to its end being accounted), or nil
-    ///   when it was handed to the worker.
+    /// The caller waits for the slice's end at most `submitterWaitNanos`; past that the worker
+    /// finishes it.
+    ///
+    /// - Returns: how long it held the caller (ns: from its start to its end being accounted, or
+    ///   to its hand-over to the worker after `submitterWaitNanos`), or nil when it went to the
+    ///   worker at once.
     @discardableResult
     public func submit(_ thread: DeviceThread, runHere: Bool = false) throws(TetherError) -> UInt64? {
         try monitor.withLock { () throws(TetherError) -> UInt64? in
@@ -130,8 +150,23 @@ public final class Scheduler: @unchecked Sendable {
                 monitor.broadcast()
                 return nil
             }
+            // The device's own threads run it (Vulkan) and have not finished it in time: the
+            // worker waits for it instead.
+            var done = true
+            if slice.failure == nil {
+                let context = slice.thread.context, nanos = submitterWaitNanos
+                monitor.unlocked { done = context.waitForOldestSlice(nanos: nanos) }
+            }
+            if !done {
+                slice.handedOver = true
+                handedOver.add(1, ordering: .relaxed)
+                handedToWorker.append(slice)
+                submissions.add(1, ordering: .relaxed)
+                monitor.broadcast()
+                return monotonicNanos() - slice.startNanos
+            }
             // It ran here; had the backend handed it to its threads after all (a pool that is
-            // stopping), this waits for it: the worker never learns of a slice started here.
+            // stopping), this waits for it.
             finishOnCaller(&slice)
             return monotonicNanos() - slice.startNanos
         }
@@ -304,6 +339,10 @@ public final class Scheduler: @unchecked Sendable {
         let polling = pollsForWork ? PollingClass() : nil
         monitor.withLock {
             while true {
+                // Started by a submitter, which stopped waiting for them; they ran before anything
+                // this loop starts now.
+                started.insert(contentsOf: handedToWorker, at: 0)
+                handedToWorker.removeAll()
                 while started.count < slicesInFlight, var slice = start() {
                     guard slice.handedOver || slice.failure != nil else {
                         // It ran on this thread: done already, whatever else is in flight.

@@ -286,6 +286,14 @@ public final class VulkanBackend: ComputeBackend, @unchecked Sendable {
     /// clients wait meanwhile, so the bound is a few such hand-offs: an eighth of a default slice.
     public var submitterSliceNanos: Double { 250_000 }
 
+    /// The event loop waits this long for a fence at most: a run whose device threads were kept
+    /// off the CPU (a busy or stalled machine: 0.6–5.7 ms, several times a second on lavapipe
+    /// here) or whose work costs more than measured stalls the daemon's other clients no longer.
+    /// Not shorter: every fence wait with a timeout of 1 ms or less made lavapipe's tiny round
+    /// trips ~13 µs slower here (`tether bench dispatch`: 45–47 µs against 33–34 µs at 2 ms, 5 ms
+    /// or 60 s), for reasons inside the driver's wait we did not find.
+    public var submitterWaitNanos: UInt64 { 2_000_000 }
+
     /// Two on a GPU. One on a CPU driver: a second slice saves lavapipe only ~10 µs of its ~45 µs
     /// per-slice cost, while after a kill each of its workgroups still costs ~4 µs to skip — a
     /// queued 2 ms slice of small groups would add most of a millisecond to the kill.
@@ -414,4 +422,6 @@ final class VulkanThreadContext: ThreadContext, @unchecked Sendable {
         try slots.finishOldest()
         return nil
     }
+
+    func waitForOldestSlice(nanos: UInt64) -> Bool { slots.waitForOldest(nanos: nanos) }
 }

@@ -58,9 +58,16 @@ final class VulkanSlots: @unchecked Sendable {
 
     /// Waits for a slot's fence. A slice is bounded by the scheduler's quantum; a minute means
     /// the device is hung.
-    private func wait(_ slot: Int) -> VkResult {
+    private func wait(_ slot: Int, nanos: UInt64 = 60_000_000_000) -> VkResult {
         var f: VkFence? = fences[slot]
-        return backend.fn.waitForFences(backend.handle, 1, &f, VkBool32(VK_TRUE), 60_000_000_000)
+        return backend.fn.waitForFences(backend.handle, 1, &f, VkBool32(VK_TRUE), nanos)
+    }
+
+    /// Waits at most `nanos` for the oldest submitted slice; true once it is done (or failed:
+    /// `finishOldest` then reports it), false while it runs.
+    func waitForOldest(nanos: UInt64) -> Bool {
+        guard let slot = pending.first else { return true }
+        return wait(slot, nanos: nanos) != VK_TIMEOUT
     }
 
     /// Waits until no slice started here runs (without handing them back).

@@ -220,4 +220,6 @@ final class VulkanUserContext: ThreadContext, @unchecked Sendable {
         try slots.finishOldest()
         return nil
     }
+
+    func waitForOldestSlice(nanos: UInt64) -> Bool { slots.waitForOldest(nanos: nanos) }
 }
