@@ -38,6 +38,9 @@ public final class Scheduler: @unchecked Sendable {
     public let submitterWaitNanos: UInt64
     /// Slices a submitter started and handed to the worker to finish (`submitterWaitNanos`).
     private var handedToWorker: [Started] = []
+    /// Whether even a slice started on the caller runs on the device's own threads (Vulkan), so
+    /// that its end can be waited for with a bound.
+    private let devicesOwnThreadsRunEverySlice: Bool
     /// Whether the worker, its device idle, polls for the next submission for
     /// `workerPollNanos` after a slice ends instead of sleeping at once: where every slice the
     /// submitter does not run goes through it (a backend that never runs one on the caller,
@@ -101,6 +104,7 @@ public final class Scheduler: @unchecked Sendable {
         submitterOverrunNanos = max(200_000, UInt64(2 * self.submitterSliceNanos))
         self.submitterWaitNanos = submitterWaitNanos ?? backend.submitterWaitNanos
         pollsForWork = backend.callerSliceGroups == 0
+        devicesOwnThreadsRunEverySlice = backend.callerSliceGroups == 0
         self.backend = backend
         self.slicesInFlight = min(max(1, slicesInFlight ?? backend.defaultSlicesInFlight), backend.sliceDepth)
         contexts = ContextPool(backend: backend)
@@ -153,7 +157,7 @@ public final class Scheduler: @unchecked Sendable {
             // The device's own threads run it (Vulkan) and have not finished it in time: the
             // worker waits for it instead.
             var done = true
-            if slice.failure == nil {
+            if slice.failure == nil && devicesOwnThreadsRunEverySlice {
                 let context = slice.thread.context, nanos = submitterWaitNanos
                 monitor.unlocked { done = context.waitForOldestSlice(nanos: nanos) }
             }
