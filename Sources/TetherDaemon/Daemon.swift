@@ -33,6 +33,9 @@ public struct DaemonConfiguration: Sendable {
     /// How long the event loop polls the rings after activity while the device's own threads
     /// have nothing to run (`RingServer.idlePollNanos`).
     public var ringIdlePollNanos: UInt64 = 100_000
+    /// How long the event loop waits for the end of a run it started itself before the
+    /// scheduler's worker finishes it (`Scheduler.submitterWaitNanos`; nil: the backend's).
+    public var submitterWaitNanos: UInt64?
 
     public init(socketPath: String, backend: BackendChoice = .auto, policy: LifetimePolicy = .exit,
                 allowPolicyOverride: Bool = true, quantumNanos: UInt64 = 2_000_000, slicesInFlight: Int? = nil,
@@ -121,7 +124,8 @@ public final class Daemon: @unchecked Sendable {
         backend = try BackendFactory.open(configuration.backend) { logger.notice("\($0)") }
         scheduler = Scheduler(backend: backend, quantumNanos: configuration.quantumNanos,
                               slicesInFlight: configuration.slicesInFlight,
-                              runsSmallSlicesOnWorker: configuration.smallSlicesOnWorker)
+                              runsSmallSlicesOnWorker: configuration.smallSlicesOnWorker,
+                              submitterWaitNanos: configuration.submitterWaitNanos)
         chain = ExitNotifierChain(registry: registry, scheduler: scheduler)
         rings = RingServer(pollNanos: configuration.ringPollNanos, idlePollNanos: configuration.ringIdlePollNanos) {
             [limits = configuration.limits, scheduler] in $0.hasQueuedEnough(limits, on: scheduler)

@@ -61,6 +61,8 @@ struct DaemonCommand: ParsableCommand {
     var smallSlicesOnWorker = true
     @Option(name: .customLong("ring-idle-poll-us"), help: "How long the event loop polls the submission rings after activity while no device thread has work (a tiny run just ended on the scheduler's worker), so the client's next submission needs no doorbell (microseconds; --ring-poll-us applies if larger; 0: --ring-poll-us always).")
     var ringIdlePollMicros: UInt64 = 100
+    @Option(name: .customLong("submitter-wait-us"), help: "How long the event loop waits for the fence of a tiny run it submitted itself before the scheduler's worker finishes the run (Vulkan; microseconds; default: the backend's, 2000).")
+    var submitterWaitMicros: UInt64?
 
     func validate() throws {
         guard (10...1_000_000).contains(quantumMicros) else { throw ValidationError("--quantum-us must be 10…1000000") }
@@ -68,6 +70,7 @@ struct DaemonCommand: ParsableCommand {
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
         guard ringPollMicros <= 1_000_000 else { throw ValidationError("--ring-poll-us must be 0…1000000") }
         guard ringIdlePollMicros <= 1_000_000 else { throw ValidationError("--ring-idle-poll-us must be 0…1000000") }
+        if let w = submitterWaitMicros, !(1...1_000_000).contains(w) { throw ValidationError("--submitter-wait-us must be 1…1000000") }
     }
 
     func run() throws {
@@ -114,6 +117,7 @@ struct DaemonCommand: ParsableCommand {
             configuration.ringPollNanos = ringPollMicros * 1000
             configuration.smallSlicesOnWorker = smallSlicesOnWorker
             configuration.ringIdlePollNanos = ringIdlePollMicros * 1000
+            configuration.submitterWaitNanos = submitterWaitMicros.map { $0 * 1000 }
             return try Daemon(configuration, logger: logger)
         } catch {
             throw fail(error.message)
