@@ -161,7 +161,9 @@ public final class Scheduler: @unchecked Sendable {
                 let context = slice.thread.context, nanos = submitterWaitNanos
                 monitor.unlocked { done = context.waitForOldestSlice(nanos: nanos) }
             }
-            if !done {
+            // Not to a worker that has stopped (`shutdown()` from another thread meanwhile): no
+            // one would finish the slice, and the kill waiting for it would never return.
+            if !done && workerRunning {
                 slice.handedOver = true
                 handedOver.add(1, ordering: .relaxed)
                 handedToWorker.append(slice)
