@@ -52,7 +52,7 @@ import Testing
         return (pings, generations)
     }
 
-    @Test("processes of one uid making their Vulkan runs overrun, replaced by fresh ones, share one budget: a neighbour's pings p90 ≤ 2 ms, and the user is denied at most once a second")
+    @Test("processes of one uid making their Vulkan runs overrun on purpose, replaced by fresh ones, do not stall a neighbour (pings p90 ≤ 2 ms), and the user is denied at most once a second")
     func oneBudgetPerUser() throws {
         let seconds = 4.0
         let control = try TestDaemon(backend: "vulkan", extra: ["--no-small-slices-on-worker"])
@@ -70,6 +70,8 @@ import Testing
         try #require(!hostile.pings.isEmpty && hostile.generations > 0, "the attack did not run")
         // One bucket per uid, kept across connections and processes: a denial lasts a second, so
         // at most one begins per second whatever the number of processes.
+        // (On this VM the cold runs have not added up to a denial: the cost memory sends most of
+        // them to the worker. The bound holds either way.)
         #expect(denials <= Int(seconds) + 1, "the user was denied \(denials) times in \(seconds) s: its processes do not share one budget")
         #expect(pct(hostile.pings, 0.9) <= max(2_000_000, 2 * pct(alone.pings, 0.9)),
                 "a neighbour's ping p90 was \(pct(hostile.pings, 0.9) / 1000) µs while one user's processes overran their runs on the event loop")
