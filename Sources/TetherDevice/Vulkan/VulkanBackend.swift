@@ -289,11 +289,12 @@ public final class VulkanBackend: ComputeBackend, @unchecked Sendable {
     /// The event loop waits this long for a fence at most: a run whose device threads were kept
     /// off the CPU (a busy or stalled machine: 0.6–5.7 ms, several times a second on lavapipe
     /// here) or whose work costs more than measured stalls the daemon's other clients no longer.
-    /// Not shorter: every fence wait with a timeout of 1 ms or less made lavapipe's tiny round
-    /// trips ~13 µs slower here (40,000 round trips, `tether bench dispatch --socket S --runs 40000
+    /// Not shorter: a fence wait with a timeout of 1 ms or less made lavapipe's tiny round trips
+    /// 4–13 µs slower here (40,000 round trips, `tether bench dispatch --socket S --runs 40000
     /// --samples` against `tether daemon --backend vulkan --submitter-wait-us N`: p50 45–47 µs at
-    /// 500 or 1,000 µs against 33–34 µs at 2,000 µs or more), for reasons inside the driver's wait
-    /// we did not find.
+    /// 500 or 1,000 µs against 33–34 µs at 2,000 µs or more in one session's alternated runs,
+    /// 45.5–46.9 against 42.1–42.9 µs in a later pair), for reasons inside the driver's wait we did
+    /// not find.
     public var submitterWaitNanos: UInt64 { 2_000_000 }
 
     /// Two on a GPU. One on a CPU driver: a second slice saves lavapipe only ~10 µs of its ~45 µs
