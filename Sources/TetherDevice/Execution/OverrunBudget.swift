@@ -7,7 +7,7 @@
 /// Why time and not a count: on lavapipe an honest client's tiny runs overran 4–11 times a second
 /// here (its device threads kept off the CPU by the machine, 0.6–5.7 ms each), and the rule this
 /// replaces — two overruns within a second — sent its runs to the worker, 2–4× slower, for most
-/// of every second (`tether bench dispatch`: ring p50 ~100 µs in those seconds, ~35 µs outside
+/// of every second (`tether bench dispatch`: ring p50 130–150 µs in those seconds, ~35 µs outside
 /// them). With the submitter's wait bounded (`ComputeBackend.submitterWaitNanos`, 2 ms on Vulkan),
 /// such overruns add well under the drain. A client whose work lies about its cost (cold pages,
 /// data-dependent work) holds the event loop past its bound for at most `burstNanos`, then
