@@ -272,7 +272,7 @@ struct BenchTeardown: ParsableCommand {
     }
 
     func describeTeardown(_ r: TeardownReport) -> String {
-        var out = ["teardown latency on \(r.device) (\(r.backend)): up to \(r.victims) victims × \(r.threads) spin threads, \(r.mirroredMiB) MiB mirrored each, mode \(r.mode), \(r.runs) runs; µs from the kill"]
+        var out = ["teardown latency on \(r.device) (\(r.backend)): up to \(r.victims) victims × \(r.threads) spin threads, \(r.mirroredMiB) MiB mirrored each (--mirror-mib; each cell below gives its private MiB, --victim-mib), mode \(r.mode), \(r.runs) runs; µs from the kill"]
         let names: [(String, String)] = [("bareNotice", "bare pidfd notice (no device work)"), ("notice", "t_notice"),
                                          ("quiesced", "t_quiesced"), ("released", "t_released (end to end)"),
                                          ("daemonSide", "released − notice (daemon side)"),
