@@ -38,17 +38,16 @@ public final class Scheduler: @unchecked Sendable {
     public let submitterWaitNanos: UInt64
     /// Slices a submitter started and handed to the worker to finish (`submitterWaitNanos`).
     private var handedToWorker: [Started] = []
-    /// Whether even a slice started on the caller runs on the device's own threads (Vulkan), so
-    /// that its end can be waited for with a bound.
+    /// Whether even a slice started on the caller runs on the device's own threads (a backend
+    /// that never runs one on the caller, Vulkan). Then a submitter's wait for its slice can be
+    /// bounded (`submitterWaitNanos`), and the worker polls for work (`workerPollNanos`).
     private let devicesOwnThreadsRunEverySlice: Bool
-    /// Whether the worker, its device idle, polls for the next submission for
-    /// `workerPollNanos` after a slice ends instead of sleeping at once: where every slice the
-    /// submitter does not run goes through it (a backend that never runs one on the caller,
-    /// Vulkan). A client doing round trips submits its next thread within tens of µs of the last
-    /// one's end, and waking a sleeping worker costs 30–58 µs on the VMs here. Off where small
-    /// slices run on the caller: there the device's own threads need the CPU the worker would
-    /// poll on.
-    private let pollsForWork: Bool
+    /// Where the device's own threads run every slice, the worker, its device idle, polls for the
+    /// next submission this long after a slice ends instead of sleeping at once: every slice the
+    /// submitter does not run goes through it. A client doing round trips submits its next
+    /// thread within tens of µs of the last one's end, and waking a sleeping worker costs
+    /// 30–58 µs on the VMs here. Not where small slices run on the caller: there the device's own
+    /// threads need the CPU the worker would poll on.
     static let workerPollNanos: UInt64 = 100_000
     /// Threads handed to the worker so far, for its poll.
     private let submissions = Atomic<UInt64>(0)
@@ -103,7 +102,6 @@ public final class Scheduler: @unchecked Sendable {
         runsOnSubmitter = runsSmallSlicesOnWorker && self.submitterSliceNanos > 0
         submitterOverrunNanos = max(200_000, UInt64(2 * self.submitterSliceNanos))
         self.submitterWaitNanos = submitterWaitNanos ?? backend.submitterWaitNanos
-        pollsForWork = backend.callerSliceGroups == 0
         devicesOwnThreadsRunEverySlice = backend.callerSliceGroups == 0
         self.backend = backend
         self.slicesInFlight = min(max(1, slicesInFlight ?? backend.defaultSlicesInFlight), backend.sliceDepth)
@@ -342,7 +340,7 @@ public final class Scheduler: @unchecked Sendable {
         var lastEnd: UInt64 = 0
         // Where this thread could not come back to its real-time class after a lowered poll
         // (`PollingClass`), it waits at once, as on the other backends.
-        let polling = pollsForWork ? PollingClass() : nil
+        let polling = devicesOwnThreadsRunEverySlice ? PollingClass() : nil
         monitor.withLock {
             while true {
                 // Started by a submitter, which stopped waiting for them; they ran before anything
