@@ -42,6 +42,23 @@ import Testing
         #expect(abs(try #require(flood["dispatchRatio"] as? Double) - (ratios[0] + ratios[1]) / 2) < 1e-9)
     }
 
+    @Test("load: each flood reaches its limit, and the client is measured once the flooder's admitted threads are done")
+    func loadFloodsReachTheirLimits() throws {
+        let json = try runJSON(["bench", "load", "--backend", "software", "--floods", "ring-spawns", "waiters",
+                                "--runs", "20", "--saxpys", "3", "--saxpy-elements", "65536", "--warmup", "0.2",
+                                "--daemon-arg=--max-threads-per-space", "--daemon-arg=300", "--json"])
+        let cells = try #require(json["cells"] as? [[String: Any]])
+        #expect(cells.map { $0["flood"] as? String } == ["none", "ring-spawns", "waiters"])
+        for cell in cells.dropFirst() {
+            // Measured after the warm-up, once none of the flooder's threads was queued or running.
+            let settled = try #require(cell["settleSeconds"] as? Double, "\(cell)")
+            #expect(settled >= 0.2 && settled < 60)
+        }
+        #expect((cells[1]["flooderSaw"] as? String)?.contains("300 of at most 300 device threads") == true, "\(cells[1])")
+        // The waiters flood has an address space: its waits are held until their cap, not answered at once.
+        #expect((cells[2]["flooderSaw"] as? String)?.contains("teardown waiters per connection") == true, "\(cells[2])")
+    }
+
     @Test("kill: a running spin is killed and reported dead, fast", arguments: ["software", "vulkan"])
     func kill(backend: String) throws {
         let json = try runJSON(["bench", "kill", "--backend", backend, "--runs", "5", "--json"])

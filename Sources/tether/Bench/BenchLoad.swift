@@ -28,6 +28,10 @@ struct LoadReport: Codable {
         var floodPerSecond: Double
         /// What the flooder was told (its last error), if anything.
         var flooderSaw: String
+        /// Seconds from the flood's start until none of its device threads was queued or running
+        /// (the median over the rounds; 0 with `--no-settle`, nil where that did not happen
+        /// within `--settle-timeout`).
+        var settleSeconds: Double?
     }
     var backend: String
     var rounds: Int
@@ -42,6 +46,13 @@ struct LoadReport: Codable {
 /// times and reports the median of the rounds' ratios (this VM's timings swing between runs, and
 /// a single pair can land in different modes). The flooders are forked children of this process
 /// (it never loads Vulkan), each killed after its round.
+///
+/// A spawn flood first gets device threads admitted up to its limit: work it may run, which the
+/// scheduler shares fairly with the client (the client then gets about half of the device, as
+/// beside any busy neighbour). So, after `--warmup`, the measurement waits until none of the
+/// flooder's threads is queued or running — the flood goes on, and every spawn is refused — and
+/// measures what the flood itself costs (`settleSeconds` says how long its backlog took).
+/// `--no-settle` measures at the end of the warm-up instead, beside whatever is left of it.
 struct BenchLoad: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "load",
@@ -51,7 +62,10 @@ struct BenchLoad: ParsableCommand {
     @Option(help: "Tiny runs timed per cell.") var runs = 300
     @Option(help: "Elements of the timed saxpy.") var saxpyElements = 1 << 20
     @Option(help: "Saxpys timed per cell (the median is reported).") var saxpys = 200
-    @Option(help: "Seconds each flood runs before the measurement starts.") var warmup: Double = 0.5
+    @Option(help: "Seconds each flood runs before the measurement starts (at least).") var warmup: Double = 0.5
+    @Flag(inversion: .prefixedNo, help: "After the warm-up, wait until none of the flooder's device threads is queued or running (its admitted backlog, which it shares the device with fairly, is done).")
+    var settle = true
+    @Option(help: "The longest to wait for that, in seconds (then it measures anyway).") var settleTimeout: Double = 60
     @Option(help: "Rounds per flood: the client alone, then beside the flood, this many times; the ratios are the rounds' medians.")
     var rounds = 1
     @Option(parsing: .upToNextOption, help: "The floods to run beside the baseline (default: all of \(Self.allFloods.joined(separator: ", "))).")
@@ -63,6 +77,7 @@ struct BenchLoad: ParsableCommand {
 
     func validate() throws {
         guard (1...100).contains(rounds) else { throw ValidationError("--rounds must be 1 to 100") }
+        guard warmup >= 0, settleTimeout >= 0 else { throw ValidationError("--warmup and --settle-timeout must not be negative") }
         for f in floods where !Self.allFloods.contains(f) {
             throw ValidationError("unknown flood '\(f)'; the floods are \(Self.allFloods.joined(separator: ", "))")
         }
@@ -103,18 +118,27 @@ struct BenchLoad: ParsableCommand {
         let aloneDispatch = LatencySummary(nanos: aloneSamples)
         cells.append(.init(flood: "none", dispatch: aloneDispatch, saxpyMillis: aloneSaxpy,
                            aloneDispatchP50Micros: aloneDispatch.p50Micros, aloneSaxpyMillis: aloneSaxpy,
-                           dispatchRatio: 1, saxpyRatio: 1, dispatchRatios: [1], saxpyRatios: [1], floodPerSecond: 0, flooderSaw: ""))
+                           dispatchRatio: 1, saxpyRatio: 1, dispatchRatios: [1], saxpyRatios: [1], floodPerSecond: 0, flooderSaw: "",
+                           settleSeconds: 0))
         if !json { printError("none: dispatch p50 \(formatDouble(aloneDispatch.p50Micros, 1)) µs, saxpy \(formatDouble(aloneSaxpy, 2)) ms") }
         for flood in floods {
             var alone: [([UInt64], Double)] = [], beside: [([UInt64], Double)] = []
-            var rates: [Double] = [], saw = ""
+            var rates: [Double] = [], settles: [Double?] = [], saw = ""
             for _ in 0..<rounds {
                 // The client alone again right before each flood: the ratio compares measurements
                 // seconds apart, not the first cell's (a VM's speed drifts over a run).
                 alone.append(try measure())
                 let report = FloodReport()
+                let started = monotonicNanos()
                 let child = startFlood(flood, socket: d.socketPath, report: report)
                 usleep(useconds_t(warmup * 1e6))
+                if settle {
+                    let settled = awaitNoBacklog(of: child, socket: d.socketPath, deadline: started + UInt64(settleTimeout * 1e9))
+                    settles.append(settled ? Double(monotonicNanos() - started) / 1e9 : nil)
+                    if !settled { printError("\(flood): the flooder's device threads still ran after \(formatDouble(settleTimeout, 0)) s; measuring beside them") }
+                } else {
+                    settles.append(0)
+                }
                 let (served0, t0) = (report.served, monotonicNanos())
                 beside.append(try measure())
                 rates.append(Double(report.served &- served0) * 1e9 / Double(monotonicNanos() - t0))
@@ -132,18 +156,33 @@ struct BenchLoad: ParsableCommand {
             cells.append(.init(flood: flood, dispatch: LatencySummary(nanos: beside.flatMap { $0.0 }), saxpyMillis: median(beside.map { $0.1 }),
                                aloneDispatchP50Micros: median(aloneP50), aloneSaxpyMillis: median(alone.map { $0.1 }),
                                dispatchRatio: median(dispatchRatios), saxpyRatio: median(saxpyRatios),
-                               dispatchRatios: dispatchRatios, saxpyRatios: saxpyRatios, floodPerSecond: median(rates), flooderSaw: saw))
+                               dispatchRatios: dispatchRatios, saxpyRatios: saxpyRatios, floodPerSecond: median(rates), flooderSaw: saw,
+                               settleSeconds: settles.contains(nil) ? nil : median(settles.compactMap { $0 })))
             if !json { printError("\(flood): dispatch × \(dispatchRatios.map { formatDouble($0, 2) }.joined(separator: " ")), saxpy × \(saxpyRatios.map { formatDouble($0, 2) }.joined(separator: " "))") }
         }
         let result = LoadReport(backend: backend, rounds: rounds, cells: cells)
         if json { return try printJSON(result) }
-        printLine("A well-behaved client beside a hostile one (\(backend) backend; \(runs) tiny runs and \(saxpys) saxpys of \(saxpyElements) per measurement; \(rounds) round\(rounds == 1 ? "" : "s") alone / beside per flood, ratios are their medians; a noisy 2-core machine)")
+        printLine("A well-behaved client beside a hostile one (\(backend) backend; \(runs) tiny runs and \(saxpys) saxpys of \(saxpyElements) per measurement; \(rounds) round\(rounds == 1 ? "" : "s") alone / beside per flood, ratios are their medians; \(settle ? "measured once the flooder's admitted device threads were done (\"settled after\")" : "measured \(formatDouble(warmup, 1)) s into each flood"); a noisy 2-core machine)")
         print(table(["flood", "dispatch p50 µs", "p99 µs", "alone p50 µs", "× alone", "saxpy ms", "alone ms", "× alone",
-                     "flood done/s", "the flooder was told"],
+                     "flood done/s", "settled after s", "the flooder was told"],
                    cells.map { [$0.flood, formatDouble($0.dispatch.p50Micros, 1), formatDouble($0.dispatch.p99Micros, 1),
                                 formatDouble($0.aloneDispatchP50Micros, 1), formatDouble($0.dispatchRatio, 2),
                                 formatDouble($0.saxpyMillis, 2), formatDouble($0.aloneSaxpyMillis, 2), formatDouble($0.saxpyRatio, 2),
-                                formatDouble($0.floodPerSecond, 0), String($0.flooderSaw.prefix(60))] }))
+                                formatDouble($0.floodPerSecond, 0), $0.settleSeconds.map { formatDouble($0, 2) } ?? "timed out",
+                                String($0.flooderSaw.prefix(60))] }))
+    }
+
+    /// Waits until none of `pid`'s device threads is queued or running (`tether ps`, every 50 ms),
+    /// or until `deadline` (monotonic ns). Returns whether it happened.
+    private func awaitNoBacklog(of pid: pid_t, socket: String, deadline: UInt64) -> Bool {
+        while true {
+            let busy = (try? DaemonControl(socketPath: socket).ps())?.spaces.contains { space in
+                space.pid == pid && space.threads.contains { $0.state == .queued || $0.state == .running }
+            }
+            if busy == false { return true }
+            if monotonicNanos() >= deadline { return false }
+            usleep(50_000)
+        }
     }
 
     /// Forks the flooder; it writes the last error it got to `report` before it is killed.
@@ -202,8 +241,11 @@ struct BenchLoad: ParsableCommand {
                 close(fd)
             }
         case "waiters":
-            // Waiters on itself (alive: never answered) until the cap, then more of them.
+            // Waiters on itself (alive: never answered) until the cap, then more of them. The
+            // hello gives its pid an address space: without one, each wait is answered at once.
             guard let fd = raw() else { tether_exit_now(1) }
+            send(fd, .hello(policy: nil, backend: .auto), 0)
+            _ = reply(fd)
             while true {
                 for _ in 0..<64 { send(fd, .awaitTeardown(pid: getpid(), timeoutMillis: 600_000), id); id += 1 }
                 send(fd, .ping, 0)
