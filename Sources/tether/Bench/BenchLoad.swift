@@ -40,8 +40,8 @@ struct LoadReport: Codable {
 
 /// A well-behaved client's dispatch latency (a tiny `run`) and a saxpy's time, alone and while a
 /// hostile client floods the daemon: spawns without joining (over the socket, or through the
-/// library's submission ring), connections, teardown waiters, or requests it never reads the
-/// replies of. One private daemon, one run; each cell's ratios are against the client alone,
+/// library's submission ring), connections, teardown waiters, cheap requests (pings) it reads the
+/// replies of, or requests it never reads the replies of. One private daemon, one run; each cell's ratios are against the client alone,
 /// measured right before that flood started, and with `--rounds N` the cell alternates the two N
 /// times and reports the median of the rounds' ratios (this VM's timings swing between runs, and
 /// a single pair can land in different modes). The flooders are forked children of this process
@@ -56,7 +56,7 @@ struct LoadReport: Codable {
 struct BenchLoad: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "load",
-        abstract: "A well-behaved client's latency alone and beside floods (spawns, ring spawns, connections, waiters, a paused reader).")
+        abstract: "A well-behaved client's latency alone and beside floods (spawns, ring spawns, connections, waiters, cheap requests, a paused reader).")
 
     @OptionGroup var backendOptions: BackendOptions
     @Option(help: "Tiny runs timed per cell.") var runs = 300
@@ -73,7 +73,7 @@ struct BenchLoad: ParsableCommand {
     @OptionGroup var daemonArgOptions: DaemonArgOptions
     @Flag(help: "Print one JSON object.") var json = false
 
-    static let allFloods = ["spawns", "ring-spawns", "connections", "waiters", "paused-reader", "cpu"]
+    static let allFloods = ["spawns", "ring-spawns", "connections", "waiters", "requests", "paused-reader", "cpu"]
 
     func validate() throws {
         guard (1...100).contains(rounds) else { throw ValidationError("--rounds must be 1 to 100") }
@@ -253,6 +253,14 @@ struct BenchLoad: ParsableCommand {
                     if case .pong = r { break }
                     note(r)
                 }
+            }
+        case "requests":
+            // Cheap requests the daemon answers at once (ping), pipelined 64 deep and read: as
+            // many as its request budget lets through.
+            guard let fd = raw() else { tether_exit_now(1) }
+            while true {
+                for _ in 0..<64 { send(fd, .ping, id); id += 1 }
+                for _ in 0..<64 { note(reply(fd)) }
             }
         default:  // paused-reader: requests whose replies it never reads
             guard let fd = raw() else { tether_exit_now(1) }
