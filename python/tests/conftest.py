@@ -3,6 +3,7 @@
 The daemon binary is $TETHER_BIN, else PREFIX/bin/tether next to the libtether.so in use."""
 import os
 import select
+import shutil
 import subprocess
 import tempfile
 
@@ -37,6 +38,8 @@ def socket_path():
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+    # The daemon leaves its generation file next to the socket.
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Your own SPIR-V compute module from Python: a real GLSL shader compiled with glslc, run on a
 daemon on lavapipe, its result checked against numpy's."""
 import os
+import shutil
 import select
 import subprocess
 import tempfile
@@ -38,6 +39,7 @@ def vulkan_socket():
     yield path
     process.terminate()
     process.wait(timeout=15)
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_elementwise_module_matches_numpy(vulkan_socket):
