@@ -68,7 +68,7 @@ struct BenchLoad: ParsableCommand {
     @Option(help: "The longest to wait for that, in seconds (then it measures anyway).") var settleTimeout: Double = 60
     @Option(help: "Rounds per flood: the client alone, then beside the flood, this many times; the ratios are the rounds' medians.")
     var rounds = 1
-    @Option(parsing: .upToNextOption, help: "The floods to run beside the baseline (default: all of \(Self.allFloods.joined(separator: ", "))).")
+    @Option(parsing: .upToNextOption, help: "The floods to run beside the baseline, any of: \(Self.allFloods.joined(separator: ", ")).")
     var floods: [String] = allFloods
     @OptionGroup var daemonArgOptions: DaemonArgOptions
     @Flag(help: "Print one JSON object.") var json = false
