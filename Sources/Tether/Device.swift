@@ -162,12 +162,6 @@ public final class Device: @unchecked Sendable {
             if options.backend != .auto, hello.backend.rawValue != options.backend.rawValue {
                 throw TetherError(.backendUnavailable, "the Tether daemon at \(path) runs the \(hello.backend.rawValue) backend, not \(options.backend.rawValue); start it with `tether daemon --backend \(options.backend.rawValue)` or ask for backend auto")
             }
-            // A process has one address space, and its policy is the one its first connection
-            // chose: a later Device that asks for the other one would silently get it (under
-            // `release` a forked child's fd keeps work alive that its caller expected to die).
-            if let wanted = options.policy, hello.policy != wanted {
-                throw TetherError(.invalidArgument, "this process's address space already runs policy \(hello.policy) (an earlier connection chose it), not \(wanted); a process has one address space: open this Device with policy \(hello.policy) or none")
-            }
             if options.rings {
                 // A daemon that cannot take the rings (an older one, no memory) is served over the
                 // socket: the rings are a fast path, never a requirement.

@@ -628,12 +628,15 @@ public final class Daemon: @unchecked Sendable {
             }
             return space
         }
-        var policy = configuration.policy
-        if case .hello(let wanted?, _) = request, wanted != policy {
-            guard configuration.allowPolicyOverride else {
-                throw TetherError(.permissionDenied, "this daemon runs --policy \(policy) and does not allow a per-connection override")
+        var policy = configuration.policy, asked = false
+        if case .hello(let wanted?, _) = request {
+            asked = true
+            if wanted != policy {
+                guard configuration.allowPolicyOverride else {
+                    throw TetherError(.permissionDenied, "this daemon runs --policy \(policy) and does not allow a per-connection override")
+                }
+                policy = wanted
             }
-            policy = wanted
         }
         let gone = TetherError(.ownerExited, "the sending process \(sender.pid) already exited")
         // The kernel's pidfd of the sender, taken when it sent; opening one by pid instead (before
@@ -647,7 +650,7 @@ public final class Daemon: @unchecked Sendable {
             do { pidfd = try Pidfd.open(sender.pid) } catch { throw gone }
         }
         guard !Pidfd.hasExited(pidfd.raw) else { throw gone }
-        let (space, created) = try registry.bind(pid: sender.pid, uid: sender.uid, policy: policy, pidfd: pidfd,
+        let (space, created) = try registry.bind(pid: sender.pid, uid: sender.uid, policy: policy, asked: asked, pidfd: pidfd,
                                                  identity: sender.identity)
         connection.space = space
         if created {

@@ -42,11 +42,18 @@ public final class Registry: @unchecked Sendable {
     /// owner is the process `pidfd` refers to: matched by `identity` (its pidfs inode) where the
     /// kernel gives one, else by pid while the space's owner is still alive — never by a bare pid
     /// of a dead owner. The pidfd is closed here if an existing space is joined.
-    public func bind(pid: Int32, uid: UInt32, policy: LifetimePolicy, pidfd: consuming OwnedDescriptor,
+    public func bind(pid: Int32, uid: UInt32, policy: LifetimePolicy, asked: Bool = false, pidfd: consuming OwnedDescriptor,
                      identity: UInt64?) throws(TetherError) -> (AddressSpace, created: Bool) {
         let raw = pidfd.release()
         return try monitor.withLock { () throws(TetherError) -> (AddressSpace, created: Bool) in
             if let existing = spaces.values.first(where: { $0.phase == .live && $0.ownerAlive && $0.isOwner(pid: pid, identity: identity) }) {
+                // One process, one space, one policy: a connection that asks for another must not
+                // be given this one silently (asking `exit` under a `release` space would leave its
+                // work alive through a forked child's fd).
+                guard !asked || existing.policy == policy else {
+                    close(raw)
+                    throw TetherError(.invalidArgument, "this process's address space already runs policy \(existing.policy) (an earlier connection chose it), not \(policy); a process has one address space: ask for policy \(existing.policy) or none")
+                }
                 existing.connections += 1
                 close(raw)
                 return (existing, false)
