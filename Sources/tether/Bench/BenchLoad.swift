@@ -162,14 +162,14 @@ struct BenchLoad: ParsableCommand {
         }
         let result = LoadReport(backend: backend, rounds: rounds, cells: cells)
         if json { return try printJSON(result) }
-        printLine("A well-behaved client beside a hostile one (\(backend) backend; \(runs) tiny runs and \(saxpys) saxpys of \(saxpyElements) per measurement; \(rounds) round\(rounds == 1 ? "" : "s") alone / beside per flood, ratios are their medians; \(settle ? "measured once the flooder's admitted device threads were done (\"settled after\")" : "measured \(formatDouble(warmup, 1)) s into each flood"); a noisy 2-core machine)")
+        printLine("A well-behaved client beside a hostile one (\(backend) backend; \(runs) tiny runs and \(saxpys) saxpys of \(saxpyElements) per measurement; \(rounds) round\(rounds == 1 ? "" : "s") alone / beside per flood, ratios are their medians; \(settle ? "measured once the flooder's admitted device threads were done (\"settled after\")" : "measured \(formatDouble(warmup, 1)) s into each flood"); served/s: the flooder's requests done without an error, 0 once every one is refused at its limit; a noisy 2-core machine)")
         print(table(["flood", "dispatch p50 µs", "p99 µs", "alone p50 µs", "× alone", "saxpy ms", "alone ms", "× alone",
-                     "flood done/s", "settled after s", "the flooder was told"],
+                     "flood served/s", "settled after s", "the flooder was told"],
                    cells.map { [$0.flood, formatDouble($0.dispatch.p50Micros, 1), formatDouble($0.dispatch.p99Micros, 1),
                                 formatDouble($0.aloneDispatchP50Micros, 1), formatDouble($0.dispatchRatio, 2),
                                 formatDouble($0.saxpyMillis, 2), formatDouble($0.aloneSaxpyMillis, 2), formatDouble($0.saxpyRatio, 2),
                                 formatDouble($0.floodPerSecond, 0), $0.settleSeconds.map { formatDouble($0, 2) } ?? "timed out",
-                                String($0.flooderSaw.prefix(60))] }))
+                                String($0.flooderSaw.prefix(100))] }))
     }
 
     /// Waits until none of `pid`'s device threads is queued or running (`tether ps`, every 50 ms),
@@ -205,12 +205,14 @@ struct BenchLoad: ParsableCommand {
                   case .message(let m) = try? SeqPacketSocket.receive(fd, capacity: Wire.maxMessageBytes) else { return nil }
             return (try? MessageCodec.decodeReply(m.bytes))?.1
         }
+        // Request ids start at 1: id 0 is the daemon's for errors about the connection itself.
         var id: UInt64 = 1
         switch kind {
         case "spawns":
             // Spawns without ever joining, pipelined 64 deep, for as long as it lives.
             guard let fd = raw() else { tether_exit_now(1) }
-            send(fd, .hello(policy: nil, backend: .auto), 0)
+            send(fd, .hello(policy: nil, backend: .auto), id)
+            id += 1
             _ = reply(fd)
             let spawn = SpawnRequest(program: .builtin(.spin), args: [1], groups: 1)
             while true {
@@ -244,11 +246,13 @@ struct BenchLoad: ParsableCommand {
             // Waiters on itself (alive: never answered) until the cap, then more of them. The
             // hello gives its pid an address space: without one, each wait is answered at once.
             guard let fd = raw() else { tether_exit_now(1) }
-            send(fd, .hello(policy: nil, backend: .auto), 0)
+            send(fd, .hello(policy: nil, backend: .auto), id)
+            id += 1
             _ = reply(fd)
             while true {
                 for _ in 0..<64 { send(fd, .awaitTeardown(pid: getpid(), timeoutMillis: 600_000), id); id += 1 }
-                send(fd, .ping, 0)
+                send(fd, .ping, id)
+                id += 1
                 while let r = reply(fd) {
                     if case .pong = r { break }
                     note(r)
