@@ -16,14 +16,14 @@ import Testing
         do {
             _ = try rig.device.loadModule(spirv: words)
             Issue.record("a buffer-reference module was accepted")
-        } catch let error as TetherError {
+        } catch {
             #expect(error.code == .permissionDenied)
             #expect(error.message.contains("PhysicalStorageBufferAddresses") && error.message.contains("raw pointers"))
         }
         do {
             _ = try rig.device.spawn(spirv: words, invocationsPerGroup: 1, args: [], groups: 1)
             Issue.record("the pointer-ABI path was accepted without --allow-raw-pointers")
-        } catch let error as TetherError {
+        } catch {
             #expect(error.code == .permissionDenied)
         }
         #expect(rig.finish().isEmpty)
@@ -118,7 +118,7 @@ import Testing
                 _ = try rig.device.run(module, bindings: [BufferBinding(set: 0, binding: 0, memory: memory)], specialization: spec,
                                        grid: Grid(1))
                 return "accepted"
-            } catch let error as TetherError { return error.message } catch { return "\(error)" }
+            } catch { return error.message }
         }
         // 4 × 512 = 2,048 invocations: over lavapipe's 1,024 although spec 0 itself is small.
         #expect(refusal(expr, [.uint(0, 512)]).contains("local size x = 2048"))
@@ -146,7 +146,7 @@ import Testing
             do {
                 _ = try rig.device.run(module, bindings: bindings, pushConstants: push, specialization: spec, grid: grid)
                 return "accepted"
-            } catch let error as TetherError { return error.message } catch { return "\(error)" }
+            } catch { return error.message }
         }
         #expect(refusal(Array(good.prefix(2)), push: push).contains("binding 0.2"))
         #expect(refusal(good + [BufferBinding(set: 3, binding: 0, address: memory.address, bytes: 4)], push: push).contains("binding 3.0 is not in the module"))
@@ -185,10 +185,10 @@ import Testing
             counts.sent += 1
             let module: KernelModule
             if let dump = ProcessInfo.processInfo.environment["TETHER_FUZZ_DUMP"] {
-                FileManager.default.createFile(atPath: dump, contents: words.withUnsafeBytes { Data($0) })
+                _ = FileManager.default.createFile(atPath: dump, contents: words.withUnsafeBytes { Data($0) })
             }
             do { module = try rig.device.loadModule(spirv: words) } catch {
-                if (error as? TetherError)?.code == .deviceLost { unanswered += 1; break }
+                if error.code == .deviceLost { unanswered += 1; break }
                 counts.refused += 1
                 continue
             }
@@ -200,7 +200,7 @@ import Testing
             let push = [UInt8](repeating: 0, count: Int(module.description.pushConstantBytes))
             let thread: DeviceThreadHandle
             do { thread = try rig.device.spawn(module, bindings: bindings, pushConstants: push, grid: Grid(2)) } catch {
-                if (error as? TetherError)?.code == .deviceLost { unanswered += 1; break }
+                if error.code == .deviceLost { unanswered += 1; break }
                 counts.runRefused += 1
                 continue
             }
