@@ -36,7 +36,7 @@ func runTether(_ args: [String], environment extra: [String: String] = [:], keep
     if !extra.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(extra) { $1 } }
     let out = Pipe()
     let errPath = FileManager.default.temporaryDirectory.appendingPathComponent("tether-stderr-\(UUID().uuidString)").path
-    FileManager.default.createFile(atPath: errPath, contents: nil)
+    _ = FileManager.default.createFile(atPath: errPath, contents: nil)
     defer { try? FileManager.default.removeItem(atPath: errPath) }
     process.standardOutput = out
     process.standardError = FileHandle(forWritingAtPath: errPath)
