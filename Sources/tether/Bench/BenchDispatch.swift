@@ -147,33 +147,37 @@ struct BenchDispatch: ParsableCommand {
     }
 
     /// Spawns per second: each of `clients` connections (one thread each) spawns `runs` × 10
-    /// tiny threads back to back (their joins come after the clock stops), best of 3.
+    /// tiny threads back to back (their joins come after the clock stops), at most 50,000, best
+    /// of 3. At most 50,000: the connections share this process's address space, whose threads
+    /// (unjoined ones included) the daemon caps at `--max-threads-per-space`, 262,144 by
+    /// default; and tenths of a second of spawns give the rate already.
     func stream(clients: Int, path: String) throws -> Double {
         let devices = try (0..<clients).map { _ in try Device(DeviceOptions(socketPath: path, ringSpinMicroseconds: ringSpinMicros)) }
         defer { devices.forEach { $0.close() } }
-        let perClient = max(100, runs * 10)
+        let perClient = min(max(100, runs * 10), 50_000)
         var best = 0.0
         for _ in 0..<3 {
             let handles = Locked<[[DeviceThreadHandle]]>(Array(repeating: [], count: clients))
-            let failures = Locked(0)
+            let failures = Locked<[TetherError]>([])
             let start = monotonicNanos()
             let threads = (0..<clients).map { c in
                 startJoinableThread {
                     var mine: [DeviceThreadHandle] = []
                     mine.reserveCapacity(perClient)
                     for _ in 0..<perClient {
-                        guard let t = try? devices[c].spawn(.spin, args: [1], groups: 1) else {
-                            failures.withLock { $0 += 1 }
+                        do throws(TetherError) {
+                            mine.append(try devices[c].spawn(.spin, args: [1], groups: 1))
+                        } catch {
+                            failures.withLock { $0.append(error) }
                             return
                         }
-                        mine.append(t)
                     }
                     handles.withLock { $0[c] = mine }
                 }
             }
             for t in threads { pthread_join(t, nil) }
             let seconds = Double(monotonicNanos() - start) / 1e9
-            guard failures.withLock({ $0 }) == 0 else { throw fail("a spawn of the stream failed") }
+            if let failure = failures.withLock({ $0.first }) { throw fail("a spawn of the stream failed: \(failure.message)") }
             for (c, list) in handles.withLock({ $0 }).enumerated() {
                 for t in list { _ = try devices[c].wait(t, timeoutSeconds: 60) }
             }
@@ -184,7 +188,10 @@ struct BenchDispatch: ParsableCommand {
 
     /// A second client (its own address space) runs a persistent kernel; its device time per wall
     /// second is read over windows in which this client is idle, or runs round trips over the
-    /// rings or the socket (interleaved, 3 windows each, medians).
+    /// rings or the socket (interleaved, 3 windows each, medians). A window's round trips are
+    /// `3 × runs`, 200 to 1,200 (the default `--runs 400`'s): beside a neighbour that keeps the
+    /// device busy one can take milliseconds, and `--runs 20000` would make this part run for
+    /// many minutes.
     func sideBySide(_ device: Device, path: String) throws -> NeighbourShare {
         let neighbour = try Device(DeviceOptions(socketPath: path))
         defer { neighbour.close() }
@@ -201,8 +208,9 @@ struct BenchDispatch: ParsableCommand {
         var idle: [Double] = [], ring: [Double] = [], socket: [Double] = []
         for _ in 0..<3 {
             idle.append(try window { usleep(300_000) })
-            ring.append(try window { _ = try roundTrips(device, max(200, 3 * runs), warmup: 0) })
-            socket.append(try window { _ = try roundTrips(socketDevice, max(200, 3 * runs), warmup: 0) })
+            let count = min(max(200, 3 * runs), 1_200)
+            ring.append(try window { _ = try roundTrips(device, count, warmup: 0) })
+            socket.append(try window { _ = try roundTrips(socketDevice, count, warmup: 0) })
         }
         func median(_ a: [Double]) -> Double { a.sorted()[a.count / 2] }
         return NeighbourShare(idle: median(idle), ring: median(ring), socket: median(socket))
