@@ -41,18 +41,20 @@ struct LoadReport: Codable {
 /// A well-behaved client's dispatch latency (a tiny `run`) and a saxpy's time, alone and while a
 /// hostile client floods the daemon: spawns without joining (over the socket, or through the
 /// library's submission ring), connections, teardown waiters, cheap requests (pings) it reads the
-/// replies of, or requests it never reads the replies of. One private daemon, one run; each cell's ratios are against the client alone,
-/// measured right before that flood started, and with `--rounds N` the cell alternates the two N
-/// times and reports the median of the rounds' ratios (this VM's timings swing between runs, and
-/// a single pair can land in different modes). The flooders are forked children of this process
-/// (it never loads Vulkan), each killed after its round.
+/// replies of, or requests it never reads the replies of. One private daemon, one run; each
+/// cell's ratios are against the client alone, measured right before that flood started, and
+/// with `--rounds N` the cell alternates the two N times and reports the median of the rounds'
+/// ratios (this VM's timings swing between runs, and a single pair can land in different modes).
+/// The flooders are forked children of this process (it never loads Vulkan), each killed after
+/// its round.
 ///
 /// A spawn flood first gets device threads admitted up to its limit: work it may run, which the
 /// scheduler shares fairly with the client (the client then gets about half of the device, as
 /// beside any busy neighbour). So, after `--warmup`, the measurement waits until none of the
-/// flooder's threads is queued or running — the flood goes on, and every spawn is refused — and
-/// measures what the flood itself costs (`settleSeconds` says how long its backlog took).
-/// `--no-settle` measures at the end of the warm-up instead, beside whatever is left of it.
+/// flooder's threads is queued or running — the flood goes on: each further spawn is refused at
+/// the limit, or read at the shared rate and done at once — and measures what the flood itself
+/// costs (`settleSeconds` says how long its backlog took). `--no-settle` measures at the end of
+/// the warm-up instead, beside whatever is left of it.
 struct BenchLoad: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "load",
