@@ -571,7 +571,7 @@ public final class Daemon: @unchecked Sendable {
         case .ringDoorbell:
             return nil  // the event loop polls the rings after this batch of events
         case .spawn(let s):
-            return .spawned(try spawn(s, space: space).id)
+            return .spawned(try spawn(s, space: space, beside: isShared(connection, now: monotonicNanos())).id)
         case .join(let threadID):
             let thread: DeviceThread
             do throws(TetherError) { thread = try ownThread(threadID, of: space) } catch {
@@ -715,7 +715,10 @@ public final class Daemon: @unchecked Sendable {
     }
 
     /// `submit`: false leaves the thread registered but not yet queued; the caller submits it.
-    private func spawn(_ s: SpawnRequest, space: AddressSpace, submit: Bool = true) throws(TetherError) -> DeviceThread {
+    /// `beside`: spawned while another requester uses the daemon (`isShared`): its known-tiny
+    /// slices run on the scheduler's worker although nobody waits for it yet
+    /// (`DeviceThread.tinySlicesOnWorker`).
+    private func spawn(_ s: SpawnRequest, space: AddressSpace, submit: Bool = true, beside: Bool = false) throws(TetherError) -> DeviceThread {
         // A module's grid is checked per dimension against the device (`UserLaunch`).
         let isModule = if case .module = s.program { true } else { false }
         guard isModule || (s.groups >= 1 && s.groups <= Self.maxGroups) else {
@@ -763,6 +766,7 @@ public final class Daemon: @unchecked Sendable {
         let thread = DeviceThread(id: threadID, space: space.id, program: program, args: s.args,
                                   groups: groups, persistentNanos: s.persistentNanos, priority: s.priority,
                                   context: context, regions: space.table, queued: space.queued)
+        thread.tinySlicesOnWorker = beside
         do {
             try registry.add(thread, to: space)
         } catch {

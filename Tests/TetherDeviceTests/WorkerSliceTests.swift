@@ -11,12 +11,13 @@ import Testing
     /// (as the daemon's `run` does before submitting). `runHere`: submitted as the daemon's event
     /// loop submits a `run` (`Scheduler.submit(_:runHere:)`).
     static func spawn(_ scheduler: Scheduler, id: UInt64, iterations: UInt64, groups: UInt32 = 1,
-                      persistentNanos: UInt64 = 0, awaited: Bool, runHere: Bool = false, done: Monitor? = nil,
-                      ended: UnsafeMutablePointer<Int>? = nil) throws -> DeviceThread {
+                      persistentNanos: UInt64 = 0, awaited: Bool, runHere: Bool = false, beside: Bool = false,
+                      done: Monitor? = nil, ended: UnsafeMutablePointer<Int>? = nil) throws -> DeviceThread {
         let program = KernelProgram.builtin(.spin)
         let thread = DeviceThread(id: ThreadID(rawValue: id), space: SpaceID(rawValue: 1), program: program,
                                   args: [iterations], groups: groups, persistentNanos: persistentNanos, priority: .normal,
                                   context: try scheduler.contexts.acquire(program), regions: RegionTable())
+        thread.tinySlicesOnWorker = beside
         if awaited {
             let box = UncheckedBox(done: done, ended: ended)
             thread.waiters.append { _ in
@@ -62,6 +63,23 @@ import Testing
         // A grid of more than one group is never known tiny (its cost is not remembered).
         let big = try Self.spawn(scheduler, id: 3, iterations: 64, groups: 256, awaited: true)
         #expect(scheduler.wait(big, timeoutNanos: 10_000_000_000)?.state == .finished)
+        #expect(backend.pool.slicesRunInline == 1)
+    }
+
+    @Test("a one-group thread spawned beside another client runs on the worker though nobody waits for it, once its work is known tiny; unknown work still goes to the device threads")
+    func tinySpawnBesideAnotherClientRunsOnWorker() throws {
+        let backend = SoftwareBackend(workers: 2)
+        let scheduler = Scheduler(backend: backend)
+        defer { scheduler.shutdown() }
+        let unknown = try Self.spawn(scheduler, id: 1, iterations: 1, awaited: false, beside: true)
+        #expect(scheduler.wait(unknown, timeoutNanos: 10_000_000_000)?.state == .finished)
+        #expect(backend.pool.slicesRunInline == 0, "work of unknown cost never runs on the worker")
+        let known = try Self.spawn(scheduler, id: 2, iterations: 1, awaited: false, beside: true)
+        #expect(scheduler.wait(known, timeoutNanos: 10_000_000_000)?.state == .finished)
+        #expect(backend.pool.slicesRunInline == 1)
+        // The same work spawned by a client alone goes to the device threads.
+        let alone = try Self.spawn(scheduler, id: 3, iterations: 1, awaited: false)
+        #expect(scheduler.wait(alone, timeoutNanos: 10_000_000_000)?.state == .finished)
         #expect(backend.pool.slicesRunInline == 1)
     }
 

@@ -57,6 +57,18 @@ public final class DeviceThread: @unchecked Sendable {
     var ending: (ThreadState, TetherError?)?
     var outcome: ThreadOutcome?
     var waiters: [@Sendable (ThreadOutcome) -> Void] = []
+    /// Its known-tiny slices run on the scheduler's worker even while nobody waits for it
+    /// (`Scheduler.start`), instead of being handed to the device's threads. The daemon sets it
+    /// for a thread spawned while another client uses the device: a flood of tiny spawns beside
+    /// that client then wakes the worker once per spawn, instead of waking the device's threads
+    /// and the worker again for each one's end — a worker in the real-time class that the kernel
+    /// kept on the client's CPU and that preempted it ~20,000 times a second (measured, `tether
+    /// bench load --floods spawns`, software, 2 cores: the neighbour's dispatch 4–8× its time
+    /// alone in a third to half of the rounds without, never past 1.73× in 24 rounds with). Not
+    /// for a client alone: one streaming spawns keeps the device's threads busy in parallel with
+    /// its submissions (~160 k spawns/s, against ~35 k with every slice on the worker). Set
+    /// before the thread is submitted.
+    public var tinySlicesOnWorker = false
 
     public init(id: ThreadID, space: SpaceID, program: KernelProgram, args: [UInt64], groups: UInt32,
                 persistentNanos: UInt64 = 0, priority: PriorityClass = .normal,

@@ -401,7 +401,8 @@ public final class Scheduler: @unchecked Sendable {
     /// spawn flood, 3–4× → ~1× its time alone). A stream of spawns
     /// nobody waits for yet is handed over: the worker is the control plane, above device work,
     /// and must not take the CPU a submitter needs (measured: inline slices for a stream of spawns
-    /// halved its rate on 2 cores).
+    /// halved its rate on 2 cores) — unless it was spawned beside another client
+    /// (`DeviceThread.tinySlicesOnWorker`).
     private func start(onSubmitter: Bool = false) -> Started? {
         guard let pick = queue.pick(), let thread = threads[pick.thread] else { return nil }
         inFlight += 1
@@ -413,7 +414,7 @@ public final class Scheduler: @unchecked Sendable {
         var slice = Started(pick: pick, thread: thread, startNanos: now)
         let launch = SliceLaunch(args: thread.args, regions: thread.regions.snapshot, groupBase: pick.groupBase,
                                  groupCount: pick.groupCount, groupTotal: thread.groups, round: pick.round,
-                                 mayRunOnCaller: onSubmitter || runsSmallSlicesOnWorker && !thread.waiters.isEmpty
+                                 mayRunOnCaller: onSubmitter || runsSmallSlicesOnWorker && (!thread.waiters.isEmpty || thread.tinySlicesOnWorker)
                                     && pick.groupCount <= UInt32(backend.callerSliceGroups) && isKnownTiny(thread, groups: pick.groupCount))
         if !launch.mayRunOnCaller {
             slice.handedOver = true
