@@ -66,8 +66,9 @@ public final class DeviceThread: @unchecked Sendable {
     /// bench load --floods spawns`, software, 2 cores: the neighbour's dispatch 4–8× its time
     /// alone in a third to half of the rounds without, never past 1.73× in 24 rounds with). Not
     /// for a client alone: one streaming spawns keeps the device's threads busy in parallel with
-    /// its submissions (~160 k spawns/s, against ~35 k with every slice on the worker). Set
-    /// before the thread is submitted.
+    /// its submissions (~160 k spawns/s, against ~35 k with every slice on the worker). At most
+    /// 5 % of the worker's time (`TinySliceBudget`); past that they go to the device's threads.
+    /// Set before the thread is submitted.
     public var tinySlicesOnWorker = false
 
     public init(id: ThreadID, space: SpaceID, program: KernelProgram, args: [UInt64], groups: UInt32,

@@ -36,6 +36,8 @@ public final class Scheduler: @unchecked Sendable {
     /// threads run it (the backend's `submitterWaitNanos`); past that the worker finishes it and
     /// the submitter — the daemon's event loop, whose other clients wait meanwhile — goes on.
     public let submitterWaitNanos: UInt64
+    /// The worker's time for known-tiny slices nobody waits for yet (`DeviceThread.tinySlicesOnWorker`).
+    private var tinySliceBudget = TinySliceBudget()
     /// Slices a submitter started and handed to the worker to finish (`submitterWaitNanos`).
     private var handedToWorker: [Started] = []
     /// Whether even a slice started on the caller runs on the device's own threads (a backend
@@ -412,9 +414,11 @@ public final class Scheduler: @unchecked Sendable {
         if thread.firstStartNanos == 0 { thread.firstStartNanos = now }
         thread.leaveQueued()
         var slice = Started(pick: pick, thread: thread, startNanos: now)
+        let unawaited = !onSubmitter && thread.waiters.isEmpty
         let launch = SliceLaunch(args: thread.args, regions: thread.regions.snapshot, groupBase: pick.groupBase,
                                  groupCount: pick.groupCount, groupTotal: thread.groups, round: pick.round,
-                                 mayRunOnCaller: onSubmitter || runsSmallSlicesOnWorker && (!thread.waiters.isEmpty || thread.tinySlicesOnWorker)
+                                 mayRunOnCaller: onSubmitter || runsSmallSlicesOnWorker
+                                    && (!unawaited || thread.tinySlicesOnWorker && tinySliceBudget.allows(at: now))
                                     && pick.groupCount <= UInt32(backend.callerSliceGroups) && isKnownTiny(thread, groups: pick.groupCount))
         if !launch.mayRunOnCaller {
             slice.handedOver = true
@@ -423,6 +427,8 @@ public final class Scheduler: @unchecked Sendable {
         monitor.unlocked {
             do throws(TetherError) { try thread.context.startSlice(launch) } catch { slice.failure = error }
         }
+        // On software a slice allowed on the caller has run by now, unless the pool took it.
+        if unawaited && launch.mayRunOnCaller { tinySliceBudget.charge(monotonicNanos() - now) }
         if let failure = slice.failure, thread.ending == nil {
             thread.ending = (.failed, failure)
             queue.remove(thread.id)
