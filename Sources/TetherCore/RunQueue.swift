@@ -129,6 +129,8 @@ public struct RunQueue: Sendable {
     /// Address spaces with threads queued (runnable, in flight or waiting for `remove`).
     public private(set) var activeSpaces = 0
     public var threadCount: Int { threads.count }
+    /// Whether the space has threads queued (runnable, in flight or waiting for `remove`).
+    public func isActive(_ space: SpaceID) -> Bool { spaces[space].map { !$0.turns.isEmpty } ?? false }
     public func contains(_ id: ThreadID) -> Bool { threads[id] != nil }
     public func deviceNanos(of id: ThreadID) -> UInt64? { threads[id]?.deviceNanos }
     /// A queued thread's cost per workgroup as measured so far (its own slices, or its space's

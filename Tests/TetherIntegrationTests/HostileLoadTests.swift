@@ -87,6 +87,25 @@ import Testing
         withExtendedLifetime(device) {}
     }
 
+    @Test("fair admission: while another space's long run is on the device, a connection is read at --max-shared-requests-per-second though that client asks for nothing")
+    func sharedWhileAnotherSpaceRuns() throws {
+        let daemon = try TestDaemon(extra: ["--max-shared-requests-per-second", "1000", "--max-request-burst", "10"])
+        // A neighbour space with a thread running for 10 s, and no request after its spawn.
+        let device = try Device(daemon.options())
+        let long = try device.spawn(.spin, args: [BuiltinKernel.maxSpinIterations], groups: 1, persistentSeconds: 10)
+        defer { _ = try? device.kill(long) }
+        #expect(Self.eventually(10) { (try? device.status(long).state) == .running })
+        // Past the window in which its requests count (`Daemon.sharedWindowNanos`, 10 ms).
+        usleep(50_000)
+        let fd = try SeqPacketSocket.connect(path: daemon.socketPath)
+        let start = monotonicNanos()
+        for i in 0..<210 { #expect(rawRequest(fd.raw, .ping, id: UInt64(i + 1)) == .pong, "ping \(i)") }
+        let took = monotonicNanos() - start
+        // 200 beyond the burst at 1,000 a second: at least 0.2 s however fast the machine (at the
+        // full budget, 20,000 a second, ~10 ms).
+        #expect(took >= 190_000_000, "beside another space's running thread, 210 pings took \(took / 1_000_000) ms")
+    }
+
     @Test("a request refused for a limit costs 64 tokens: a client that keeps asking past its quota is slowed, then served")
     func refusalsCostMore() throws {
         let daemon = try TestDaemon(extra: ["--max-requests-per-second", "100", "--max-request-burst", "4",

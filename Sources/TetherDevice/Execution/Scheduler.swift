@@ -63,6 +63,10 @@ public final class Scheduler: @unchecked Sendable {
     /// Whether device threads of more than one address space are queued or running: a space
     /// then has others to share the device with.
     public var isShared: Bool { activeSpaceCount.load(ordering: .relaxed) > 1 }
+    /// Whether any address space has device threads queued or running.
+    public var hasWork: Bool { activeSpaceCount.load(ordering: .relaxed) > 0 }
+    /// Whether `space` has device threads queued or running.
+    public func hasWork(of space: SpaceID) -> Bool { monitor.withLock { queue.isActive(space) } }
     /// Whether the device's own threads have slices of this scheduler to run.
     public var deviceThreadsBusy: Bool { handedOver.load(ordering: .relaxed) > 0 }
     private let monitor = Monitor()
