@@ -45,6 +45,8 @@ final class Connection: @unchecked Sendable {
     var ringBudget: RequestBudget
     /// The ring is out of tokens and the event loop will wake for the next one (event loop only).
     var ringWaits = false
+    /// What `Daemon.isShared` answered for the request read last (event loop only).
+    var readWhileShared = false
     /// The connection's submission and completion rings, once attached (`RingServer`).
     let rings = Mutex<ConnectionRings?>(nil)
 

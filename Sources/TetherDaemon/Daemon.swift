@@ -331,7 +331,8 @@ public final class Daemon: @unchecked Sendable {
     /// connection without one) was read within `sharedWindowNanos`, threads of more than one
     /// space are on the device, or another space's are while the connection's own space has none
     /// there. Such a connection is read at `DaemonLimits.sharedRequestsPerSecond` and
-    /// `sharedRingRequestsPerSecond` (fair admission).
+    /// `sharedRingRequestsPerSecond` (fair admission). The answer is kept in
+    /// `Connection.readWhileShared` for the request's handler.
     ///
     /// The last: a client waiting for a long run asks for nothing meanwhile, and still shares the
     /// daemon (measured, `tether bench load --floods requests`, lavapipe: a ping flood was read at
@@ -340,8 +341,9 @@ public final class Daemon: @unchecked Sendable {
     func isShared(_ connection: Connection, now: UInt64) -> Bool {
         // Space ids and connection tokens (kind in the top byte) never collide.
         let other = recentRequesters.note(connection.space?.id.rawValue ?? connection.id, at: now)
-        if scheduler.isShared || other.map({ now &- $0 < Self.sharedWindowNanos }) == true { return true }
-        return scheduler.hasWork && !(connection.space.map { scheduler.hasWork(of: $0.id) } ?? false)
+        connection.readWhileShared = scheduler.isShared || other.map { now &- $0 < Self.sharedWindowNanos } == true
+            || scheduler.hasWork && !(connection.space.map { scheduler.hasWork(of: $0.id) } ?? false)
+        return connection.readWhileShared
     }
 
     /// How soon a connection whose space has as many threads queued as it may is read again.
@@ -578,7 +580,8 @@ public final class Daemon: @unchecked Sendable {
         case .ringDoorbell:
             return nil  // the event loop polls the rings after this batch of events
         case .spawn(let s):
-            return .spawned(try spawn(s, space: space, beside: isShared(connection, now: monotonicNanos())).id)
+            // Read moments ago; asking `isShared` again would note the request twice.
+            return .spawned(try spawn(s, space: space, beside: connection.readWhileShared).id)
         case .join(let threadID):
             let thread: DeviceThread
             do throws(TetherError) { thread = try ownThread(threadID, of: space) } catch {
