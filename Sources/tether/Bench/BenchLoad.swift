@@ -61,7 +61,7 @@ struct BenchLoad: ParsableCommand {
         abstract: "A well-behaved client's latency alone and beside floods (spawns, ring spawns, connections, waiters, cheap requests, a paused reader).")
 
     @OptionGroup var backendOptions: BackendOptions
-    @Option(help: "Tiny runs timed per cell.") var runs = 300
+    @Option(help: "Tiny runs timed per measurement (200 runs on lavapipe are ~10 ms: one stall of this VM moves their median).") var runs = 2000
     @Option(help: "Elements of the timed saxpy.") var saxpyElements = 1 << 20
     @Option(help: "Saxpys timed per cell (the median is reported).") var saxpys = 200
     @Option(help: "Seconds each flood runs before the measurement starts (at least).") var warmup: Double = 0.5
@@ -69,7 +69,7 @@ struct BenchLoad: ParsableCommand {
     var settle = true
     @Option(help: "The longest to wait for that, in seconds (then it measures anyway).") var settleTimeout: Double = 60
     @Option(help: "Rounds per flood: the client alone, then beside the flood, this many times; the ratios are the rounds' medians.")
-    var rounds = 1
+    var rounds = 3
     @Option(parsing: .upToNextOption, help: "The floods to run beside the baseline, any of: \(Self.allFloods.joined(separator: ", ")).")
     var floods: [String] = allFloods
     @OptionGroup var daemonArgOptions: DaemonArgOptions
