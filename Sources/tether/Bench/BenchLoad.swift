@@ -61,14 +61,14 @@ struct BenchLoad: ParsableCommand {
         abstract: "A well-behaved client's latency alone and beside floods (spawns, ring spawns, connections, waiters, cheap requests, a paused reader).")
 
     @OptionGroup var backendOptions: BackendOptions
-    @Option(help: "Tiny runs timed per measurement (200 runs on lavapipe are ~10 ms: one stall of this VM moves their median).") var runs = 2000
+    @Option(help: "Tiny runs timed per measurement, the client alone and beside a flood (200 runs on lavapipe last ~10 ms, and one stall of a busy machine moves their median).") var runs = 2000
     @Option(help: "Elements of the timed saxpy.") var saxpyElements = 1 << 20
-    @Option(help: "Saxpys timed per cell (the median is reported).") var saxpys = 200
+    @Option(help: "Saxpys timed per measurement (the median is reported).") var saxpys = 200
     @Option(help: "Seconds each flood runs before the measurement starts (at least).") var warmup: Double = 0.5
     @Flag(inversion: .prefixedNo, help: "After the warm-up, wait until none of the flooder's device threads is queued or running (its admitted backlog, which it shares the device with fairly, is done).")
     var settle = true
     @Option(help: "The longest to wait for that, in seconds (then it measures anyway).") var settleTimeout: Double = 60
-    @Option(help: "Rounds per flood: the client alone, then beside the flood, this many times; the ratios are the rounds' medians.")
+    @Option(help: "Rounds per flood: the client alone, then beside the flood, this many times; each ratio reported is the median of the rounds' ratios.")
     var rounds = 3
     @Option(parsing: .upToNextOption, help: "The floods to run beside the baseline, any of: \(Self.allFloods.joined(separator: ", ")).")
     var floods: [String] = allFloods
@@ -79,6 +79,7 @@ struct BenchLoad: ParsableCommand {
 
     func validate() throws {
         guard (1...100).contains(rounds) else { throw ValidationError("--rounds must be 1 to 100") }
+        guard runs >= 1, saxpys >= 1, saxpyElements >= 1 else { throw ValidationError("--runs, --saxpys and --saxpy-elements must be at least 1") }
         guard warmup >= 0, settleTimeout >= 0 else { throw ValidationError("--warmup and --settle-timeout must not be negative") }
         for f in floods where !Self.allFloods.contains(f) {
             throw ValidationError("unknown flood '\(f)'; the floods are \(Self.allFloods.joined(separator: ", "))")
