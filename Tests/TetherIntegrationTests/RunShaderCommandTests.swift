@@ -9,9 +9,12 @@ import Testing
 @Suite(.serialized) final class RunShaderCommandTests {
     let dir: String
 
+    /// A directory of its own for each test's instance (Swift Testing makes one per test, and the
+    /// previous one's `deinit` may run after the next `init`: a shared path was removed under a test).
     init() throws {
-        dir = FileManager.default.temporaryDirectory.appendingPathComponent("tether-run-spirv-\(getpid())").path
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        var template = Array((FileManager.default.temporaryDirectory.path + "/tether-run-spirv-XXXXXX").utf8CString)
+        guard let made = mkdtemp(&template) else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
+        dir = String(cString: made)
     }
 
     deinit { try? FileManager.default.removeItem(atPath: dir) }
