@@ -222,24 +222,30 @@ import Testing
         #expect(ticks < 10, "daemon used \(ticks) ticks of CPU in 300 ms after teardown")
     }
 
-    @Test("a client waiting on a join gets deviceLost, promptly, when the daemon is killed")
+    @Test("a client waiting on a join gets deviceLost, not its timeout, when the daemon is killed")
     func daemonKilledUnderWaitingClient() async throws {
         let daemon = try TestDaemon()
         let device = try Device(daemon.options())
         let t = try device.spawn(.spin, args: [60_000], groups: 64, persistentSeconds: 600)
+        let daemonPid = daemon.pid
+        let killer = startJoinableThread {
+            usleep(200_000)  // the join is waiting by then (a kill before it is answered the same way)
+            kill(daemonPid, SIGKILL)
+        }
+        defer { pthread_join(killer, nil) }
         let start = monotonicNanos()
-        async let joined: ThreadReport = device.join(t, timeoutSeconds: 60)
-        kill(daemon.pid, SIGKILL)
         do {
-            _ = try await joined
+            _ = try await device.join(t, timeoutSeconds: 60)
             Issue.record("join returned although the daemon died")
-        } catch let error as TetherError {
+        } catch {
             #expect(error.code == .deviceLost)
         }
-        // Well before the join's own 60 s timeout. Alone this takes ~0.1 s; beside the other suites
-        // the async join resumes on a cooperative pool of two threads (two cores) that their
-        // blocking calls share, which has taken 5–6 s here.
-        #expect(monotonicNanos() - start < 20_000_000_000)
+        // Alone this takes ~0.3 s. How long it takes beside the other suites is the cooperative
+        // pool's (two threads on two cores), which their blocking calls share: the join resumes
+        // only once one is free, 5–6 s and once 26 s in fresh-clone CI runs. So the bound is only
+        // below the join's own 60 s timeout; `RingTests.daemonDeathUnderRingWaiter` bounds the
+        // blocking `wait` at 5 s.
+        #expect(monotonicNanos() - start < 50_000_000_000)
         #expect(throws: TetherError.self) { try device.status(t) }
     }
 
