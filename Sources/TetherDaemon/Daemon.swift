@@ -578,7 +578,10 @@ public final class Daemon: @unchecked Sendable {
             connection.send(.done, id: id, viaSocket: true)
             return nil
         case .ringDoorbell:
-            return nil  // the event loop polls the rings after this batch of events
+            // The event loop polls the rings after this batch of events. An empty doorbell keeps
+            // its full price, so a doorbell flood is admitted like any other.
+            if rings.doorbellFindsWork(connection) { connection.budget.chargeOwnRate() }
+            return nil
         case .spawn(let s):
             // Read moments ago; asking `isShared` again would note the request twice.
             return .spawned(try spawn(s, space: space, beside: connection.readWhileShared).id)

@@ -26,6 +26,9 @@ final class ConnectionRings: @unchecked Sendable {
     private let eventfd: Int32
     /// The next submission to consume. Event loop only.
     var sqHead: UInt32 = 0
+    /// Submissions before this one have excused a `ringDoorbell` each, or never will
+    /// (`RingServer.doorbellFindsWork`). Event loop only.
+    var doorbellMark: UInt32 = 0
     private struct Producer {
         var tail: UInt32 = 0
         /// Whether the memory is still mapped (and the eventfd open).
@@ -89,6 +92,17 @@ final class ConnectionRings: @unchecked Sendable {
         if posted { wakeConsumer() }
         for f in sent { f() }
         return drained
+    }
+
+    /// Whether the ring holds a reply back and its client has made room for one (the completion
+    /// head moved past what the daemon last posted into a full ring).
+    var mayPostHeld: Bool {
+        guard held.load(ordering: .relaxed) > 0 else { return false }
+        return producer.withLock { state in
+            guard state.mapped, let first = state.overflow.first else { return false }
+            let free = RingLayout.free(head: memory.load(RingLayout.cqHeadOffset), tail: state.tail, entries: memory.layout.cqEntries) ?? 0
+            return Int(free) >= RingSlot.count(forMessageBytes: first.bytes.count)
+        }
     }
 
     /// Whether the held replies are below half of the back-pressure bound.
@@ -272,6 +286,30 @@ final class RingServer {
     func forget(_ connection: Connection) {
         attached[connection.id] = nil
     }
+
+    /// Whether a `ringDoorbell` read now was rung for work: a submission not yet matched with a
+    /// doorbell, consumed already or pending (an event loop awake for other clients often takes a
+    /// submission before the doorbell rung for it is read, and doorbells that waited in a
+    /// throttled socket arrive together), or a held reply the client made room for. Such a
+    /// doorbell is charged at the connection's own rate even beside other clients, since the ring
+    /// budget pays for the submission at the shared rate; a submission excuses one doorbell at
+    /// most, and only `excusedBacklog` of those consumed without one count.
+    func doorbellFindsWork(_ connection: Connection) -> Bool {
+        guard let rings = attached[connection.id]?.rings else { return false }
+        let tail = rings.memory.load(RingLayout.sqTailOffset)
+        let pending = RingLayout.pending(head: rings.sqHead, tail: tail, entries: rings.memory.layout.sqEntries) ?? 0
+        // Distances, so that the indices may wrap.
+        if Int32(bitPattern: rings.sqHead &- rings.doorbellMark) > Self.excusedBacklog { rings.doorbellMark = rings.sqHead &- UInt32(Self.excusedBacklog) }
+        if Int32(bitPattern: (rings.sqHead &+ pending) &- rings.doorbellMark) > 0 {
+            rings.doorbellMark &+= 1
+            return true
+        }
+        return rings.mayPostHeld
+    }
+
+    /// Submissions consumed without a doorbell that may still excuse one (a client that submits
+    /// while the event loop is awake rings none, then may ring for several at once).
+    static let excusedBacklog: Int32 = 64
 
     /// How long the event loop may sleep in epoll: 0 while polling, `millis` once the rings are
     /// armed (their need-wakeup flags set and looked at once more). `deviceIdle`: the device's
