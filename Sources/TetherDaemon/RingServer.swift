@@ -296,20 +296,18 @@ final class RingServer {
     /// most, and only `excusedBacklog` of those consumed without one count.
     func doorbellFindsWork(_ connection: Connection) -> Bool {
         guard let rings = attached[connection.id]?.rings else { return false }
-        let tail = rings.memory.load(RingLayout.sqTailOffset)
-        let pending = RingLayout.pending(head: rings.sqHead, tail: tail, entries: rings.memory.layout.sqEntries) ?? 0
-        // Distances, so that the indices may wrap.
-        if Int32(bitPattern: rings.sqHead &- rings.doorbellMark) > Self.excusedBacklog { rings.doorbellMark = rings.sqHead &- UInt32(Self.excusedBacklog) }
-        if Int32(bitPattern: (rings.sqHead &+ pending) &- rings.doorbellMark) > 0 {
-            rings.doorbellMark &+= 1
-            return true
-        }
+        let entries = rings.memory.layout.sqEntries
+        let pending = RingLayout.pending(head: rings.sqHead, tail: rings.memory.load(RingLayout.sqTailOffset), entries: entries) ?? 0
+        let excuse = RingLayout.excuseDoorbell(head: rings.sqHead, pending: pending, mark: rings.doorbellMark, entries: entries,
+                                               backlog: Self.excusedBacklog)
+        rings.doorbellMark = excuse.mark
+        if excuse.excused { return true }
         return rings.mayPostHeld
     }
 
     /// Submissions consumed without a doorbell that may still excuse one (a client that submits
     /// while the event loop is awake rings none, then may ring for several at once).
-    static let excusedBacklog: Int32 = 64
+    static let excusedBacklog: UInt32 = 64
 
     /// How long the event loop may sleep in epoll: 0 while polling, `millis` once the rings are
     /// armed (their need-wakeup flags set and looked at once more). `deviceIdle`: the device's

@@ -524,6 +524,48 @@ struct RingLayoutTests {
         }
     }
 
+    @Test("a doorbell is excused once per submission, consumed or pending; at most `backlog` consumed without one count; the u32 wrap and a mark 2^31 behind included")
+    func doorbellExcuses() {
+        func excuse(_ head: UInt32, _ pending: UInt32, _ mark: UInt32) -> (excused: Bool, mark: UInt32) {
+            RingLayout.excuseDoorbell(head: head, pending: pending, mark: mark, entries: 8, backlog: 64)
+        }
+        // One pending submission excuses one doorbell, not two.
+        #expect(excuse(5, 1, 5) == (true, 6))
+        #expect(excuse(5, 1, 6) == (false, 6))
+        // Consumed before its doorbell was read: still excused, once.
+        #expect(excuse(6, 0, 5) == (true, 6))
+        #expect(excuse(6, 0, 6) == (false, 6))
+        // Three consumed without a doorbell excuse three doorbells rung together.
+        var mark: UInt32 = 10
+        var excused = 0
+        for _ in 0..<5 { let e = excuse(13, 0, mark); mark = e.mark; if e.excused { excused += 1 } }
+        #expect(excused == 3)
+        // A thousand consumed without one: only the last 64 count.
+        mark = 0
+        excused = 0
+        for _ in 0..<100 { let e = excuse(1_000, 0, mark); mark = e.mark; if e.excused { excused += 1 } }
+        #expect(excused == 64)
+        // Across the u32 wrap, and with the mark 2^31 and more behind (a long stream without doorbells).
+        #expect(excuse(2, 0, .max - 1) == (true, .max))
+        #expect(excuse(2, 1, 2) == (true, 3))
+        #expect(excuse(1 << 31 &+ 100, 1, 0).excused)
+        #expect(excuse(.max - 100, 0, 0).excused)
+        // (2^32 − 4 behind is 4 ahead: a mark is never more than `entries` ahead, so that reads as ahead.)
+        #expect(!excuse(.max - 3, 0, 0).excused)
+        // A mark ahead of the head (pending submissions excused already) excuses nothing more.
+        #expect(excuse(5, 2, 7) == (false, 7))
+        #expect(excuse(5, 0, 7) == (false, 7))
+        // Any (head, pending, mark) the invariants allow: excused at most once per submission.
+        var rng = SplitMix64(seed: 11)
+        for _ in 0..<10_000 {
+            let head = UInt32(truncatingIfNeeded: rng.next()), pending = UInt32(rng.next() % 9)
+            let m = head &+ UInt32(truncatingIfNeeded: rng.next() % 200) &- 100
+            let e = excuse(head, pending, m)
+            if e.excused { #expect(e.mark &- 1 &- head < pending || head &- e.mark < 64) }
+            #expect(e.mark &- head <= 8 || head &- e.mark <= 64 || e.mark == m)
+        }
+    }
+
     @Test func slotsRoundTripAndRefuseBadLengths() throws {
         let slot = UnsafeMutableRawPointer.allocate(byteCount: RingLayout.slotBytes, alignment: 8)
         defer { slot.deallocate() }

@@ -106,6 +106,21 @@ public struct RingLayout: Sendable, Equatable {
         guard let used = pending(head: head, tail: tail, entries: entries) else { return nil }
         return entries - used
     }
+
+    /// The daemon's matching of `ringDoorbell`s with submissions: whether a doorbell is excused by
+    /// a submission not yet matched with one — consumed already (below the consumer's `head`) or
+    /// `pending` — and the new `mark` (the submissions before it excused a doorbell each, or never
+    /// will). At most `backlog` submissions consumed without a doorbell still excuse one. The mark
+    /// never passes `head + pending`, so it is at most `entries` ahead of the head, and may be any
+    /// distance behind it (a client may stream 2^31 submissions without a doorbell); wrap-around of
+    /// the `u32` counters is handled.
+    public static func excuseDoorbell(head: UInt32, pending: UInt32, mark: UInt32, entries: UInt32, backlog: UInt32) -> (excused: Bool, mark: UInt32) {
+        var mark = mark
+        let behind = head &- mark
+        if behind > backlog && behind <= UInt32.max - entries { mark = head &- backlog }
+        guard (head &+ pending) &- mark &- 1 < entries &+ backlog else { return (false, mark) }
+        return (true, mark &+ 1)
+    }
 }
 
 /// Reading and writing one slot's packet (`RingLayout`).
