@@ -47,8 +47,8 @@ struct RequestBudget {
     /// one it was read at: for a `ringDoorbell` rung for a submission, which the ring budget pays
     /// for at the shared rate. Charged twice, a ring client's doorbells beside a neighbour were
     /// read at `sharedRequestsPerSecond` and set its round trip (measured, lavapipe, `tether bench
-    /// load --floods spawns` with `--max-shared-requests-per-second 1000`: dispatch p50 1,096 µs
-    /// beside the flood, 310 µs once excused).
+    /// load --floods spawns` with `--max-shared-requests-per-second 1000`: dispatch p50 beside the
+    /// flood 1,080 and 1,084 µs, 363 and 92 µs once excused; docs/performance.md).
     mutating func chargeOwnRate() {
         emptyAt &-= lastCost - nanosPerToken
         lastCost = nanosPerToken

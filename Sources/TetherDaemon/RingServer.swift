@@ -94,8 +94,8 @@ final class ConnectionRings: @unchecked Sendable {
         return drained
     }
 
-    /// Whether the ring holds a reply back and its client has made room for one (the completion
-    /// head moved past what the daemon last posted into a full ring).
+    /// Whether the ring holds replies back and its client has made room for the oldest (the
+    /// completion ring the daemon found full now has room for it).
     var mayPostHeld: Bool {
         guard held.load(ordering: .relaxed) > 0 else { return false }
         return producer.withLock { state in
