@@ -100,8 +100,7 @@ final class ConnectionRings: @unchecked Sendable {
         guard held.load(ordering: .relaxed) > 0 else { return false }
         return producer.withLock { state in
             guard state.mapped, let first = state.overflow.first else { return false }
-            let free = RingLayout.free(head: memory.load(RingLayout.cqHeadOffset), tail: state.tail, entries: memory.layout.cqEntries) ?? 0
-            return Int(free) >= RingSlot.count(forMessageBytes: first.bytes.count)
+            return fits(first.bytes, state) == true
         }
     }
 
@@ -117,18 +116,22 @@ final class ConnectionRings: @unchecked Sendable {
 
     /// Writes one message at the tail if it fits, publishing the new tail (lock held).
     private func post(_ bytes: [UInt8], _ state: inout Producer) -> Bool {
-        let layout = memory.layout
-        let head = memory.load(RingLayout.cqHeadOffset)
-        let slots = RingSlot.count(forMessageBytes: bytes.count)
-        guard let free = RingLayout.free(head: head, tail: state.tail, entries: layout.cqEntries) else {
+        guard let fits = fits(bytes, state) else {
             if !headCorrupt.exchange(true, ordering: .relaxed) { loopWake.signal() }
             return false
         }
-        guard Int(free) >= slots else { return false }
-        RingSlot.writeCompletion(bytes, at: state.tail, layout: layout, base: memory.base)
-        state.tail &+= UInt32(slots)
+        guard fits else { return false }
+        RingSlot.writeCompletion(bytes, at: state.tail, layout: memory.layout, base: memory.base)
+        state.tail &+= UInt32(RingSlot.count(forMessageBytes: bytes.count))
         memory.store(RingLayout.cqTailOffset, state.tail)
         return true
+    }
+
+    /// Whether a message of `bytes` fits between the tail and the client's completion head now,
+    /// or nil when that head is impossible (lock held).
+    private func fits(_ bytes: [UInt8], _ state: Producer) -> Bool? {
+        guard let free = RingLayout.free(head: memory.load(RingLayout.cqHeadOffset), tail: state.tail, entries: memory.layout.cqEntries) else { return nil }
+        return Int(free) >= RingSlot.count(forMessageBytes: bytes.count)
     }
 
     /// Posts held replies, oldest first, while they fit; returns whether it posted any. Whenever
